@@ -1,0 +1,43 @@
+# `make run` serves the default model on http://127.0.0.1:8000; `make test` runs lint and the tests.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ../shared/data/fish4knowledge
+
+.PHONY: install install-dev run test lint train-default evaluate-default clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(VENV)/bin/gunicorn --config gunicorn.conf.py wsgi:app
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+
+test: install-dev lint
+	$(PY) -m pytest
+
+# The exact recipe of weights/fish4knowledge_resnet50.pt (see weights/README.md); about 40 minutes on 2 CPU cores.
+train-default: install
+	$(PY) train.py --data $(DATA) --out runs/f4k_resnet50 --weights none --arch resnet50 \
+	  --epochs 25 --batch-size 64 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.1 --warmup-epochs 2 \
+	  --image-size 128 --group-pattern 'fish_(\d+)_' --workers 2 --cache-images --seed 0
+
+evaluate-default: install
+	$(PY) evaluate.py --checkpoint weights/fish4knowledge_resnet50.pt --data $(DATA) \
+	  --split-file weights/fish4knowledge_split.csv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

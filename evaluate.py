@@ -1,0 +1,49 @@
+"""Evaluate a checkpoint on a labelled ImageFolder tree. See ``python evaluate.py --help``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from model.checkpoint import CheckpointError
+from model.predictor import PRECISIONS, Predictor
+from training.evaluation import evaluate_predictor, report, samples_for_checkpoint
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Arguments of ``evaluate.py``."""
+    parser = argparse.ArgumentParser(
+        description="Accuracy, precision, recall, F1 and the confusion matrix of a checkpoint on labelled images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py (best.pt, release.pt...)")
+    parser.add_argument("--data", required=True, help="ImageFolder root with the checkpoint's class folders")
+    parser.add_argument("--split-file", help="evaluate only the 'val' rows of this split.csv (from a run folder)")
+    parser.add_argument("--out", help="folder to write metrics.json, per_class.csv and the confusion matrix to")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate and print the report; exit code 0 on success, 2 on a user error (bad file, class mismatch)."""
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("evaluate")
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
+        samples = samples_for_checkpoint(args.data, predictor.class_names, args.split_file)
+        metrics = evaluate_predictor(predictor, args.data, samples, batch_size=args.batch_size, workers=args.workers)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    sys.stdout.write(f"{args.checkpoint} on {metrics['images']} images of {args.data}\n")
+    sys.stdout.write(report(metrics, predictor.class_names, args.out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

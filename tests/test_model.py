@@ -1,0 +1,246 @@
+"""The network builder, transforms, checkpoint schema and predictor, on tiny inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from model.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    release_checkpoint,
+    save_checkpoint,
+)
+from model.network import WeightsUnavailableError, build_model
+from model.predictor import Predictor
+from model.transforms import Preprocessing, eval_transform, to_rgb, train_transform
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+def test_build_model_replaces_the_classifier(arch: str) -> None:
+    model = build_model(arch, num_classes=7).eval()
+    with torch.inference_mode():
+        logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+
+
+def test_resnet50_has_a_15_way_head_and_runs() -> None:
+    model = build_model("resnet50", num_classes=15).eval()
+    assert model.fc.out_features == 15 and model.fc.in_features == 2048
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 15)
+
+
+def test_unknown_arch_and_bad_class_count_are_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("resnet5000", num_classes=3)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("resnet18", num_classes=0)
+
+
+def _fake_imagenet_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str) -> torch.nn.Module:
+    """Place a random-weight file where torchvision looks for ``arch``'s default ImageNet weights."""
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    source = torchvision.models.get_model(arch, weights=None)
+    torch.nn.init.constant_(source.conv1.weight, 0.125)  # a marker to find after loading
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(source.state_dict(), cache / Path(weights.url).name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return source
+
+
+def test_imagenet_weights_load_from_the_torch_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _fake_imagenet_cache(tmp_path, monkeypatch, "resnet18")
+    model = build_model("resnet18", num_classes=4, weights="imagenet")
+    assert torch.equal(model.conv1.weight, source.conv1.weight)  # the cached file was used
+    assert model.fc.out_features == 4  # and the ImageNet head was replaced
+
+
+def test_imagenet_weights_unavailable_names_the_alternatives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsUnavailableError, match="--weights none") as info:
+        build_model("resnet18", num_classes=3, weights="imagenet")
+    assert "--weights PATH" in str(info.value)
+
+
+def test_weights_path_loads_a_local_state_dict_and_drops_a_mismatched_head(tmp_path: Path) -> None:
+    source = build_model("resnet18", num_classes=10)
+    path = tmp_path / "r18.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("resnet18", num_classes=3, weights=str(path))
+    assert torch.equal(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    assert model.fc.out_features == 3
+    with pytest.raises(WeightsUnavailableError, match="not a resnet50 state dict"):
+        build_model("resnet50", num_classes=3, weights=str(path))
+    with pytest.raises(WeightsUnavailableError, match="could not read"):
+        build_model("resnet18", num_classes=3, weights=str(tmp_path / "missing.pth"))
+
+
+def test_eval_transform_shape_and_normalisation() -> None:
+    p = Preprocessing.for_image_size(64)
+    assert p.resize_size == 73  # 64 / 0.875, torchvision's ImageNet ratio
+    x = eval_transform(p)(Image.new("RGB", (300, 100), (124, 116, 104)))
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    # (124, 116, 104) / 255 is ImageNet's mean colour, so it normalises to ~0
+    assert x.abs().max() < 0.02
+    assert train_transform(p)(Image.new("RGB", (50, 80))).shape == (3, 64, 64)
+
+
+def test_preprocessing_round_trips_and_validates() -> None:
+    p = Preprocessing.for_image_size(128)
+    assert Preprocessing.from_dict(p.to_dict()) == p
+    with pytest.raises(ValueError):
+        Preprocessing(image_size=64, resize_size=32)
+    with pytest.raises(ValueError):
+        Preprocessing(image_size=64, resize_size=80, interpolation="sideways")
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("L", (8, 8), 128),
+        Image.new("P", (8, 8), 3),
+        Image.new("RGBA", (8, 8), (255, 0, 0, 0)),
+        Image.new("CMYK", (8, 8), (0, 255, 0, 0)),
+        Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)),
+    ],
+    ids=["L", "P", "RGBA-transparent", "CMYK", "I;16"],
+)
+def test_to_rgb_handles_every_mode(image: Image.Image) -> None:
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == (8, 8)
+
+
+def test_to_rgb_composites_transparency_on_white_and_scales_16_bit() -> None:
+    assert to_rgb(Image.new("RGBA", (2, 2), (255, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def _checkpoint(**overrides: object) -> dict:
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    kwargs = dict(
+        model=model,
+        arch="resnet18",
+        class_names=["a", "b", "c"],
+        preprocessing=Preprocessing.for_image_size(32),
+        epoch=4,
+        metrics={"val_macro_f1": 0.5},
+        config={"lr": 0.1, "group_pattern": None},
+        optimizer=optimizer,
+    )
+    kwargs.update(overrides)
+    return make_checkpoint(**kwargs)
+
+
+def test_checkpoint_schema_and_weights_only_load(tmp_path: Path) -> None:
+    path = save_checkpoint(_checkpoint(), tmp_path / "ckpt.pt")
+    raw = torch.load(path, weights_only=True)  # must not need unsafe pickle
+    assert raw["format_version"] == FORMAT_VERSION
+    assert raw["arch"] == "resnet18" and raw["class_names"] == ["a", "b", "c"]
+    assert raw["preprocessing"] == {
+        "image_size": 32,
+        "resize_size": 37,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+    }
+    assert raw["epoch"] == 4 and raw["metrics"] == {"val_macro_f1": 0.5} and raw["config"]["lr"] == 0.1
+    assert set(raw["versions"]) == {"torch", "torchvision", "python"}
+    assert "optimizer" in raw and "state" in raw["optimizer"]
+    assert load_checkpoint(path)["arch"] == "resnet18"
+
+
+def test_release_checkpoint_is_fp16_without_optimizer_and_predicts_the_same(tmp_path: Path) -> None:
+    full = _checkpoint()
+    full_path = save_checkpoint(full, tmp_path / "full.pt")
+    slim_path = save_checkpoint(release_checkpoint(full), tmp_path / "slim.pt")
+    slim = load_checkpoint(slim_path)
+    assert "optimizer" not in slim
+    assert slim["model"]["conv1.weight"].dtype == torch.float16
+    assert slim["model"]["bn1.num_batches_tracked"].dtype == torch.int64
+    assert slim_path.stat().st_size < 0.6 * full_path.stat().st_size
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        diff = (model_from_checkpoint(full)(x).softmax(1) - model_from_checkpoint(slim)(x).softmax(1)).abs().max()
+    assert diff < 1e-2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"this is a text file, not a checkpoint", "not a readable checkpoint"),
+        (None, "does not exist"),
+    ],
+)
+def test_bad_checkpoint_files_give_clear_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_bare_state_dict_and_newer_format_are_refused(tmp_path: Path) -> None:
+    torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="missing format_version"):
+        load_checkpoint(tmp_path / "bare.pt")
+    future = _checkpoint()
+    future["format_version"] = FORMAT_VERSION + 1
+    save_checkpoint(future, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # noqa: ANN204
+            return (Path.touch, (marker,))
+
+    torch.save({"format_version": 1, "payload": Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_predictor_returns_sorted_top_k_over_the_checkpoint_classes(tiny_checkpoint: Path) -> None:
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    images = [Image.new("RGB", (50, 30), "red"), Image.new("L", (3, 300), 40)]
+    predictions = predictor.predict(images, top_k=10)
+    assert len(predictions) == 2
+    for p in predictions:
+        probs = [c for _, c in p.top_k]
+        assert len(p.top_k) == 3  # clipped to the class count
+        assert probs == sorted(probs, reverse=True)
+        assert p.label == p.top_k[0][0] and p.label in predictor.class_names
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    batch = torch.stack([predictor.transform(to_rgb(im)) for im in images])
+    assert torch.equal(
+        predictor.probabilities(batch).argmax(1),
+        torch.tensor([predictor.class_names.index(p.label) for p in predictions]),
+    )
+
+
+def test_predictor_bf16_agrees_with_fp32(tiny_checkpoint: Path) -> None:
+    fp32 = Predictor.from_checkpoint(tiny_checkpoint)
+    bf16 = Predictor.from_checkpoint(tiny_checkpoint, precision="bf16")
+    batch = torch.randn(4, 3, 32, 32)
+    assert (fp32.probabilities(batch) - bf16.probabilities(batch)).abs().max() < 0.05

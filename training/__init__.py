@@ -1,0 +1,1 @@
+"""Training: data loading and splits, the loop, metrics and configuration."""

@@ -1,0 +1,91 @@
+"""Evaluate a :class:`model.predictor.Predictor` on labelled images: shared by ``train.py`` and ``evaluate.py``.
+
+The images go through ``predictor.transform`` (the checkpoint's eval preset) and ``predictor.logits``, the same
+code path the web app serves with, so the numbers printed here are the numbers users get.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from model.predictor import Predictor
+from training.data import ImageListDataset, Sample, collate_skip_none, read_split, scan_image_folder
+from training.engine import predict_loader
+from training.metrics import classification_metrics, format_report, write_evaluation
+
+logger = logging.getLogger(__name__)
+
+
+class ClassMismatchError(ValueError):
+    """The data's class folders are not the classes the checkpoint was trained on."""
+
+
+def evaluate_predictor(
+    predictor: Predictor,
+    root: str | os.PathLike[str],
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``).
+
+    Returns:
+        :func:`training.metrics.classification_metrics` plus ``"images"`` (how many were classified) and
+        ``"mean_confidence"``.
+    """
+    dataset = ImageListDataset(root, samples, predictor.transform)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip_none
+    )
+    logits, targets = predict_loader(predictor.logits, loader)
+    if targets.numel() == 0:
+        raise ValueError(f"no readable image to evaluate under {root}")
+    probs = torch.softmax(logits, dim=1)
+    metrics = classification_metrics(targets.tolist(), probs.argmax(1).tolist(), predictor.class_names)
+    metrics["images"] = int(targets.numel())
+    metrics["mean_confidence"] = float(probs.max(1).values.mean())
+    return metrics
+
+
+def samples_for_checkpoint(
+    data: str | os.PathLike[str], class_names: Sequence[str], split_file: str | os.PathLike[str] | None = None
+) -> list[Sample]:
+    """The labelled images of ``data`` indexed by the checkpoint's ``class_names``.
+
+    With ``split_file``, only its ``val`` rows; otherwise every image of the ImageFolder tree.
+
+    Raises:
+        ClassMismatchError: the folder's classes differ from ``class_names`` (names both sides' extras).
+        FileNotFoundError, ValueError: see :func:`training.data.scan_image_folder` and ``read_split``.
+    """
+    if split_file is not None:
+        return read_split(split_file, class_names, split="val")
+    folder_classes, samples = scan_image_folder(data)
+    if list(folder_classes) != list(class_names):
+        extra = sorted(set(folder_classes) - set(class_names))
+        missing = sorted(set(class_names) - set(folder_classes))
+        raise ClassMismatchError(
+            f"the class folders of {data} do not match the checkpoint's classes: "
+            f"not in the checkpoint: {extra or 'none'}; missing from the data: {missing or 'none'}"
+            + ("" if extra or missing else "; same names in a different order")
+        )
+    return samples
+
+
+def report(
+    metrics: dict[str, Any], class_names: Sequence[str], out_dir: str | os.PathLike[str] | None, prefix: str = ""
+) -> str:
+    """Format ``metrics`` as text and, when ``out_dir`` is given, write the evaluation files there."""
+    text = format_report(metrics)
+    if out_dir is not None:
+        paths = write_evaluation(metrics, class_names, Path(out_dir), prefix=prefix)
+        logger.info("wrote %s", ", ".join(str(p) for p in paths))
+    return text
