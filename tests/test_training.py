@@ -161,6 +161,11 @@ def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> N
     assert last["config"]["group_pattern"] == FISH_GROUPS
     assert last["preprocessing"]["image_size"] == 32
     assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    release = load_checkpoint(run / "release.pt")
+    final = json.loads((run / "metrics.json").read_text())
+    assert "optimizer" not in release and release["model"]["conv1.weight"].dtype == torch.float16
+    assert release["metrics"]["val_accuracy"] == pytest.approx(final["accuracy"])  # what the app will show
+    assert release["metrics"]["val_macro_f1"] == pytest.approx(final["macro_f1"])
 
 
 def test_evaluate_reproduces_the_training_evaluation(

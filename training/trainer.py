@@ -262,21 +262,51 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             logger.info("new best macro-F1 %.4f: saved %s", best_f1, out / "best.pt")
 
     train_seconds = time.perf_counter() - run_start
+    final = write_release(out, val_root, val_samples, device=device, batch_size=cfg.batch_size * 2, workers=cfg.workers)
+    final.update(
+        train_seconds=train_seconds,
+        train_images_per_s=float(np.mean(train_speeds)) if train_speeds else 0.0,
+    )
+    (out / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    return final
+
+
+def write_release(
+    out: Path,
+    val_root: Path,
+    val_samples: list[Sample],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Make ``out/release.pt`` from ``out/best.pt`` and evaluate it on the validation images.
+
+    The release copy holds fp16 weights and no optimizer state (see :func:`model.checkpoint.release_checkpoint`);
+    its ``metrics`` are replaced by this evaluation (through :class:`Predictor`, as served), so the numbers the
+    web app shows are the ones ``evaluate.py`` reproduces. Writes the evaluation files into ``out``.
+
+    Returns:
+        The evaluation (see :func:`training.evaluation.evaluate_predictor`) plus ``"best_epoch"``.
+    """
     best = load_checkpoint(out / "best.pt")
-    save_checkpoint(release_checkpoint(best), out / "release.pt")
+    release = release_checkpoint(best)
+    save_checkpoint(release, out / "release.pt")
     predictor = Predictor.from_checkpoint(out / "release.pt", device=device)
-    final = evaluate_predictor(predictor, val_root, val_samples, batch_size=cfg.batch_size * 2, workers=cfg.workers)
+    final = evaluate_predictor(predictor, val_root, val_samples, batch_size=batch_size, workers=workers)
     logger.info(
         "final evaluation of %s (epoch %d) on %d val images:\n%s",
         out / "release.pt",
         best["epoch"],
         final["images"],
-        report(final, class_names, out),
+        report(final, predictor.class_names, out),
     )
-    final.update(
-        best_epoch=best["epoch"],
-        train_seconds=train_seconds,
-        train_images_per_s=float(np.mean(train_speeds)) if train_speeds else 0.0,
-    )
-    (out / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    release["metrics"] = {
+        "val_accuracy": final["accuracy"],
+        "val_macro_f1": final["macro_f1"],
+        "val_images": float(final["images"]),
+        "best_epoch": float(best["epoch"]),
+    }
+    save_checkpoint(release, out / "release.pt")
+    final["best_epoch"] = best["epoch"]
     return final

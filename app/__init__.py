@@ -1,0 +1,139 @@
+"""The fish-species classifier web app: an HTML upload page and a JSON API over one :class:`Predictor`.
+
+``create_app`` is the application factory (Flask tutorial style), a list of small named steps
+(cookiecutter-flask style). Serve it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from app.images import DEFAULT_MAX_PIXELS, InMemoryRequest
+from model.checkpoint import CheckpointError
+from model.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Prefix of environment variables that override the defaults, e.g. ``FISH_MODEL_PATH``, ``FISH_TOP_K``.
+ENV_PREFIX = "FISH"
+#: Key of the predictor in ``app.extensions``.
+EXTENSION_KEY = "predictor"
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app and load its model once.
+
+    Configuration, later sources winning: the defaults below, ``FISH_*`` environment variables (values parsed
+    as JSON where possible, so ``FISH_TOP_K=3`` is an int), then ``config`` (tests).
+
+    Settings:
+        MODEL_PATH: checkpoint written by ``train.py`` (default ``weights/fish4knowledge_resnet50.pt``).
+        MAX_CONTENT_LENGTH: largest request body, in bytes (default 16 MiB; bigger requests get 413).
+        MAX_IMAGE_PIXELS: largest decoded image, in pixels (width x height, default 50 million).
+        TOP_K: how many classes to list by default (clipped to the number of classes).
+        DEVICE: torch device for inference (default ``"cpu"``).
+        PRECISION: ``"fp32"`` or ``"bf16"``.
+        TORCH_THREADS: torch intra-op threads for this process, or None to keep torch's default.
+
+    Raises:
+        model.checkpoint.CheckpointError: the checkpoint at MODEL_PATH is missing or invalid.
+        ValueError: a setting has an invalid value.
+    """
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.request_class = InMemoryRequest
+    configure(app, config)
+    init_predictor(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    return app
+
+
+def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
+    """Defaults, then ``FISH_*`` environment variables, then ``config``; validate the result.
+
+    Raises:
+        ValueError: TOP_K, MAX_IMAGE_PIXELS, MAX_CONTENT_LENGTH or TORCH_THREADS (if set) is not a positive integer.
+    """
+    app.config.from_mapping(
+        MODEL_PATH=str(ROOT / "weights" / "fish4knowledge_resnet50.pt"),
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        MAX_IMAGE_PIXELS=DEFAULT_MAX_PIXELS,
+        TOP_K=5,
+        DEVICE="cpu",
+        PRECISION="fp32",
+        TORCH_THREADS=None,
+    )
+    app.config.from_prefixed_env(ENV_PREFIX)
+    if config is not None:
+        app.config.from_mapping(config)
+    for key in ("TOP_K", "MAX_IMAGE_PIXELS", "MAX_CONTENT_LENGTH", "TORCH_THREADS"):
+        value = app.config[key]
+        if value is None and key == "TORCH_THREADS":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} (env {ENV_PREFIX}_{key}) must be a positive integer, got {value!r}")
+
+
+def init_predictor(app: Flask) -> None:
+    """Load the checkpoint at ``MODEL_PATH`` into ``app.extensions["predictor"]``.
+
+    Raises:
+        model.checkpoint.CheckpointError: the checkpoint is missing or invalid; the message names the path and
+            how to point the app at another one.
+        ValueError: PRECISION is not one of ``model.predictor.PRECISIONS``.
+    """
+    threads = app.config["TORCH_THREADS"]
+    if threads is not None:
+        torch.set_num_threads(threads)
+    path = app.config["MODEL_PATH"]
+    try:
+        predictor = Predictor.from_checkpoint(path, device=app.config["DEVICE"], precision=app.config["PRECISION"])
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"cannot load the model from MODEL_PATH={path}: {exc}. Set the environment variable "
+            f"{ENV_PREFIX}_MODEL_PATH to a checkpoint written by train.py."
+        ) from exc
+    app.extensions[EXTENSION_KEY] = predictor
+    logger.info("serving %s (%d classes, torch threads %d)", path, len(predictor.class_names), torch.get_num_threads())
+
+
+def get_predictor() -> Predictor:
+    """The current app's predictor (call inside a request or app context)."""
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def register_blueprints(app: Flask) -> None:
+    """Mount the HTML page (``/``) and the JSON API (``/api/...``, ``/healthz``)."""
+    from app import api, web
+
+    app.register_blueprint(web.bp)
+    app.register_blueprint(api.bp)
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/healthz"
+
+
+def register_errorhandlers(app: Flask) -> None:
+    """Answer HTTP errors (404, 405, 413, 500...) on API paths with ``{"error": message}`` JSON.
+
+    Other paths keep Flask's HTML error pages; the upload page handles its own upload errors.
+    """
+
+    def handle_http_error(error: HTTPException) -> Any:
+        if not _wants_json():
+            return error.get_response()
+        response = jsonify(error=error.description or error.name)
+        response.status_code = error.code or 500
+        if error.code == 405 and (allow := error.get_response().headers.get("Allow")):
+            response.headers["Allow"] = allow
+        return response
+
+    app.register_error_handler(HTTPException, handle_http_error)
