@@ -33,7 +33,8 @@ test: install-dev lint
 train-default: install
 	$(PY) train.py --data $(DATA) --out runs/f4k_resnet50 --weights none --arch resnet50 \
 	  --epochs 25 --batch-size 64 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.1 --warmup-epochs 2 \
-	  --image-size 128 --group-pattern 'fish_(\d+)_' --workers 2 --cache-images --seed 0
+	  --image-size 128 --group-pattern 'fish_(\d+)_' --workers 2 --cache-images --seed 0 \
+	  --class-info weights/fish4knowledge_species.csv
 
 evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_resnet50.pt --data $(DATA) \

@@ -13,6 +13,9 @@ Schema (format version 1), all values plain Python types or tensors:
 ``config``            dict, the resolved training configuration
 ``versions``          dict[str, str], torch / torchvision / python versions that wrote it
 ``created``           str, ISO 8601 UTC time
+``class_info``        optional dict, class name -> ``{"common_name", "scientific_name"}`` (``--class-info``)
+``serving``           release only: ``{"confidence_threshold", "target_accuracy", "coverage",
+                      "selective_accuracy"}``, the "not sure" threshold chosen on validation data
 ``optimizer``,        state dicts for ``--resume``; absent from release checkpoints
 ``lr_scheduler``,
 ``scaler``
@@ -28,7 +31,6 @@ import logging
 import os
 import pickle
 import platform
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ def make_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    class_info: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Assemble a checkpoint dict (see the module docstring for the schema)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
@@ -86,6 +89,8 @@ def make_checkpoint(
         "versions": library_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if class_info:
+        ckpt["class_info"] = {name: dict(info) for name, info in class_info.items() if name in class_names}
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
     if lr_scheduler is not None:
@@ -99,8 +104,7 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``ckpt`` atomically (temporary file then rename), so a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(ckpt, tmp)
         os.replace(tmp, path)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,26 +24,106 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
 
 
+def pretty_label(label: str) -> str:
+    """A class folder name for people: ``amphiprion_clarkii`` -> ``Amphiprion clarkii``."""
+    name = label.replace("_", " ").strip()
+    return name[:1].upper() + name[1:]
+
+
 @dataclass(frozen=True)
-class Prediction:
-    """The classification of one image.
+class ClassScore:
+    """One class and its probability, with the names people know it by (where the checkpoint has them).
 
     Attributes:
-        label: class name with the highest probability.
-        confidence: its softmax probability, in [0, 1].
-        top_k: ``(class name, probability)`` pairs, most probable first.
+        label: the class name (its training folder name).
+        confidence: softmax probability in [0, 1].
+        common_name: e.g. ``"Clark's anemonefish"``, or None.
+        scientific_name: e.g. ``"Amphiprion clarkii"``, or None.
     """
 
     label: str
     confidence: float
-    top_k: list[tuple[str, float]] = field(default_factory=list)
+    common_name: str | None = None
+    scientific_name: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """``"Common name (Scientific name)"``, whichever of the two exists, or the prettified label."""
+        if self.common_name and self.scientific_name:
+            return f"{self.common_name} ({self.scientific_name})"
+        return self.common_name or self.scientific_name or pretty_label(self.label)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"label", "confidence", "top_k": [{"label", "confidence"}, ...]}``."""
+        """JSON-ready: ``label, confidence, display_name, common_name, scientific_name``."""
         return {
             "label": self.label,
             "confidence": self.confidence,
-            "top_k": [{"label": name, "confidence": p} for name, p in self.top_k],
+            "display_name": self.display_name,
+            "common_name": self.common_name,
+            "scientific_name": self.scientific_name,
+        }
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classification of one image: the ``top_k`` classes, most probable first.
+
+    Attributes:
+        top_k: at least one :class:`ClassScore`, sorted by descending confidence.
+        threshold: confidence below which the prediction is reported as "not sure" (0 disables it); chosen on
+            validation data when the model was trained (see ``training.metrics.selective_threshold``).
+    """
+
+    top_k: list[ClassScore]
+    threshold: float = 0.0
+
+    @property
+    def best(self) -> ClassScore:
+        """The most probable class."""
+        return self.top_k[0]
+
+    @property
+    def label(self) -> str:
+        """Class name with the highest probability."""
+        return self.best.label
+
+    @property
+    def confidence(self) -> float:
+        """Its probability, in [0, 1]."""
+        return self.best.confidence
+
+    @property
+    def confident(self) -> bool:
+        """True when ``confidence >= threshold``: say the species; otherwise say "not sure: maybe X or Y"."""
+        return self.confidence >= self.threshold
+
+    @property
+    def display_name(self) -> str:
+        """Readable name of :attr:`label` (see :attr:`ClassScore.display_name`)."""
+        return self.best.display_name
+
+    @property
+    def common_name(self) -> str | None:
+        """Common name of :attr:`label`, or None."""
+        return self.best.common_name
+
+    @property
+    def scientific_name(self) -> str | None:
+        """Scientific name of :attr:`label`, or None."""
+        return self.best.scientific_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``label, confidence, confident, threshold, display_name, common_name, scientific_name,
+        top_k: [ClassScore.to_dict(), ...]``."""
+        return {
+            "label": self.label,
+            "confidence": self.confidence,
+            "confident": self.confident,
+            "threshold": self.threshold,
+            "display_name": self.display_name,
+            "common_name": self.common_name,
+            "scientific_name": self.scientific_name,
+            "top_k": [score.to_dict() for score in self.top_k],
         }
 
 
@@ -56,10 +136,13 @@ class Predictor:
         preprocessing: the checkpoint's preprocessing; :attr:`transform` is built from it.
         device: where the network runs.
         precision: ``"fp32"``, or ``"bf16"`` for bf16 autocast (on CPUs with AVX-512 BF16/AMX, or GPUs).
+        confidence_threshold: predictions below it are flagged ``confident=False`` (0 disables the flag).
+        class_info: optional ``{class name: {"common_name": str, "scientific_name": str}}``.
         metadata: descriptive fields (arch, epoch, metrics...) reported by :meth:`describe`.
 
     Raises:
-        ValueError: the number of class names does not match the network's outputs, or unknown precision.
+        ValueError: the number of class names does not match the network's outputs, unknown precision, or a
+            threshold outside [0, 1].
     """
 
     def __init__(
@@ -70,8 +153,12 @@ class Predictor:
         *,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        confidence_threshold: float = 0.0,
+        class_info: dict[str, dict[str, str | None]] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
@@ -80,6 +167,12 @@ class Predictor:
         self.preprocessing = preprocessing
         self.transform = eval_transform(preprocessing)
         self.precision = precision
+        self.confidence_threshold = float(confidence_threshold)
+        info = class_info or {}
+        self.class_info = {
+            name: (info.get(name, {}).get("common_name") or None, info.get(name, {}).get("scientific_name") or None)
+            for name in self.class_names
+        }
         self.metadata = dict(metadata or {})
         size = preprocessing.image_size
         with torch.inference_mode():
@@ -94,17 +187,31 @@ class Predictor:
         *,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        confidence_threshold: float | None = None,
     ) -> Predictor:
         """Load a checkpoint written by ``train.py`` (see :mod:`model.checkpoint`).
 
+        Args:
+            path: the checkpoint file.
+            device: where to run the network.
+            precision: ``"fp32"`` or ``"bf16"``.
+            confidence_threshold: overrides the threshold the checkpoint records (``serving.confidence_threshold``,
+                chosen on validation data; 0 when absent).
+
         Raises:
             model.checkpoint.CheckpointError: the file is missing or not a valid checkpoint.
+            ValueError: see :class:`Predictor`.
         """
         ckpt = load_checkpoint(path)
+        serving = ckpt.get("serving", {})
+        if confidence_threshold is None:
+            confidence_threshold = float(serving.get("confidence_threshold", 0.0))
         metadata = {
             "arch": ckpt["arch"],
             "epoch": ckpt.get("epoch"),
             "metrics": ckpt.get("metrics", {}),
+            "config": ckpt.get("config", {}),
+            "serving": serving,
             "checkpoint": os.path.basename(os.fspath(path)),
             "created": ckpt.get("created"),
         }
@@ -114,6 +221,8 @@ class Predictor:
             Preprocessing.from_dict(ckpt["preprocessing"]),
             device=device,
             precision=precision,
+            confidence_threshold=confidence_threshold,
+            class_info=ckpt.get("class_info"),
             metadata=metadata,
         )
         logger.info(
@@ -127,13 +236,39 @@ class Predictor:
         )
         return predictor
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready description: name, arch, classes, input size, precision and recorded metrics."""
+    def score(self, label: str, confidence: float) -> ClassScore:
+        """A :class:`ClassScore` for ``label`` with the names the checkpoint records for it."""
+        common, scientific = self.class_info.get(label, (None, None))
+        return ClassScore(label, confidence, common, scientific)
+
+    def summary(self) -> dict[str, Any]:
+        """Short JSON-ready description for API responses: arch, checkpoint, input size, precision, threshold and
+        the headline validation metrics."""
+        metrics = self.metadata.get("metrics", {})
         return {
-            **self.metadata,
-            "classes": self.class_names,
+            "arch": self.metadata.get("arch"),
+            "checkpoint": self.metadata.get("checkpoint"),
+            "created": self.metadata.get("created"),
+            "num_classes": len(self.class_names),
             "image_size": self.preprocessing.image_size,
             "precision": self.precision,
+            "confidence_threshold": self.confidence_threshold,
+            "val_accuracy": metrics.get("val_accuracy"),
+            "val_macro_f1": metrics.get("val_macro_f1"),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Full JSON-ready description for the model page: everything in :meth:`summary` plus the classes with
+        their names (``class_info``), the training ``config``, the ``metrics`` (possibly with ``per_class`` and
+        ``confusion_matrix``), ``epoch`` and the ``serving`` record."""
+        return {
+            **self.metadata,
+            **{k: v for k, v in self.summary().items() if k not in ("val_accuracy", "val_macro_f1")},
+            "classes": self.class_names,
+            "class_info": {
+                name: {k: v for k, v in self.score(name, 0.0).to_dict().items() if k.endswith("name")}
+                for name in self.class_names
+            },
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -178,6 +313,6 @@ class Predictor:
         values, indices = probs.topk(k, dim=1)
         predictions = []
         for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):
-            pairs = [(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=True)]
-            predictions.append(Prediction(label=pairs[0][0], confidence=pairs[0][1], top_k=pairs))
+            scores = [self.score(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=True)]
+            predictions.append(Prediction(top_k=scores, threshold=self.confidence_threshold))
         return predictions

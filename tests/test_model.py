@@ -227,10 +227,10 @@ def test_predictor_returns_sorted_top_k_over_the_checkpoint_classes(tiny_checkpo
     predictions = predictor.predict(images, top_k=10)
     assert len(predictions) == 2
     for p in predictions:
-        probs = [c for _, c in p.top_k]
+        probs = [score.confidence for score in p.top_k]
         assert len(p.top_k) == 3  # clipped to the class count
         assert probs == sorted(probs, reverse=True)
-        assert p.label == p.top_k[0][0] and p.label in predictor.class_names
+        assert p.label == p.top_k[0].label and p.label in predictor.class_names
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
     batch = torch.stack([predictor.transform(to_rgb(im)) for im in images])
     assert torch.equal(
@@ -244,3 +244,24 @@ def test_predictor_bf16_agrees_with_fp32(tiny_checkpoint: Path) -> None:
     bf16 = Predictor.from_checkpoint(tiny_checkpoint, precision="bf16")
     batch = torch.randn(4, 3, 32, 32)
     assert (fp32.probabilities(batch) - bf16.probabilities(batch)).abs().max() < 0.05
+
+
+def test_predictor_flags_low_confidence_and_names_species(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt["class_info"] = {"clownfish": {"common_name": "Clownfish", "scientific_name": "Amphiprion ocellaris"}}
+    ckpt["serving"] = {"confidence_threshold": 0.99}
+    path = save_checkpoint(ckpt, tmp_path / "named.pt")
+    image = [Image.new("RGB", (40, 40), "orange")]
+
+    strict = Predictor.from_checkpoint(path).predict(image, top_k=3)[0]
+    assert strict.threshold == 0.99 and not strict.confident  # 3 classes, random weights: never 99 % sure
+    assert Predictor.from_checkpoint(path, confidence_threshold=0.0).predict(image)[0].confident  # override
+
+    names = {score.label: score.display_name for score in strict.top_k}
+    assert names["clownfish"] == "Clownfish (Amphiprion ocellaris)"
+    assert names["blue_tang"] == "Blue tang"  # no names recorded: the prettified folder name
+    body = strict.to_dict()
+    assert body["confident"] is False and body["threshold"] == 0.99
+    assert {"label", "confidence", "display_name", "common_name", "scientific_name"} <= set(body["top_k"][0])
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        Predictor.from_checkpoint(path, confidence_threshold=1.5)

@@ -16,9 +16,9 @@ import train
 from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
 from tests.conftest import COLOURS, encode, make_imagefolder, synthetic_image
-from training.data import read_split, scan_image_folder, split_samples
+from training.data import read_class_info, read_split, scan_image_folder, split_samples
 from training.engine import build_optimizer, build_scheduler
-from training.metrics import classification_metrics
+from training.metrics import classification_metrics, selective_threshold
 
 FISH_GROUPS = r"fish_(\d+)_"
 
@@ -84,6 +84,32 @@ def test_metrics_match_hand_counts() -> None:
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
 
 
+def test_selective_threshold_reaches_the_target_accuracy_with_the_most_coverage() -> None:
+    confidences = [0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    correct = [True, True, True, False, True, True, False, False]
+    result = selective_threshold(confidences, correct, target_accuracy=0.8)
+    # prefixes: 1/1, 2/2, 3/3, 3/4, 4/5 = 0.8, 5/6 = 0.83, 5/7, 5/8 -> the longest meeting 0.8 has 6 items
+    assert result["confidence_threshold"] == 0.5
+    assert result["coverage"] == pytest.approx(6 / 8) and result["selective_accuracy"] == pytest.approx(5 / 6)
+    assert selective_threshold(confidences, correct, 0.5)["confidence_threshold"] == 0.0  # all meet it
+    assert selective_threshold([0.9], [False], 0.9)["confidence_threshold"] == 1.0  # nothing does
+    with pytest.raises(ValueError):
+        selective_threshold([], [], 0.9)
+
+
+def test_class_info_file(tmp_path: Path) -> None:
+    path = tmp_path / "species.csv"
+    path.write_text("class,common_name,scientific_name\nclownfish,Clownfish,Amphiprion ocellaris\nblue_tang,,\n")
+    info = read_class_info(path, sorted(COLOURS))
+    assert info == {
+        "clownfish": {"common_name": "Clownfish", "scientific_name": "Amphiprion ocellaris"},
+        "blue_tang": {},
+    }
+    path.write_text("class,common_name\ntulip,Tulip\n")
+    with pytest.raises(ValueError, match="not in the data"):
+        read_class_info(path, sorted(COLOURS))
+
+
 def test_warmup_then_cosine_schedule() -> None:
     optimizer = build_optimizer(torch.nn.Linear(2, 2), lr=0.1, momentum=0.9, weight_decay=1e-4)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0]  # no decay on the bias
@@ -132,7 +158,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train")
     data = make_imagefolder(root / "data", per_class=16, groups_per_class=8)
     (data / "clownfish" / "corrupt.jpg").write_bytes(encode(synthetic_image((1, 2, 3)))[:50])
-    assert train.main(_train_args(data, root / "run")) == 0
+    (root / "species.csv").write_text("class,common_name,scientific_name\nclownfish,Clownfish,Amphiprion ocellaris\n")
+    assert train.main(_train_args(data, root / "run", "--class-info", str(root / "species.csv"))) == 0
     return data, root / "run"
 
 
@@ -166,6 +193,10 @@ def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> N
     assert "optimizer" not in release and release["model"]["conv1.weight"].dtype == torch.float16
     assert release["metrics"]["val_accuracy"] == pytest.approx(final["accuracy"])  # what the app will show
     assert release["metrics"]["val_macro_f1"] == pytest.approx(final["macro_f1"])
+    assert release["metrics"]["confusion_matrix"] == final["confusion_matrix"]
+    assert release["class_info"]["clownfish"]["common_name"] == "Clownfish"
+    assert release["serving"] == final["selective"]
+    assert 0.0 <= release["serving"]["confidence_threshold"] <= 1.0
 
 
 def test_evaluate_reproduces_the_training_evaluation(

@@ -42,6 +42,8 @@ class TrainConfig:
     cache_images: bool = False
     resume: str | None = None
     seed: int = 0
+    class_info: str | None = None
+    target_accuracy: float = 0.95
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the resolved options (JSON- and ``weights_only``-safe)."""
@@ -77,6 +79,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--crop-pct", type=float, default=d.crop_pct, help="eval: resize short side to size/crop_pct")
     g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     g.add_argument("--cache-images", action="store_true", help="keep decoded images in memory (small datasets)")
+    g.add_argument(
+        "--class-info",
+        default=d.class_info,
+        help="CSV with columns class, common_name, scientific_name: readable names stored in the checkpoint",
+    )
 
     g = parser.add_argument_group("model")
     g.add_argument("--arch", default=d.arch, help="torchvision classification model name")
@@ -104,6 +111,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=d.precision,
         help="autocast dtype; auto: bf16 on GPUs and CPUs that support it, else fp16 on GPUs, fp32 on CPUs",
     )
+    g.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=d.target_accuracy,
+        help="the served 'not sure' threshold is the lowest confidence whose predictions reach this validation "
+        "accuracy",
+    )
     g.add_argument("--resume", default=d.resume, help="checkpoint to continue from (e.g. RUN/last.pt)")
     g.add_argument("--seed", type=int, default=d.seed)
     return parser
@@ -125,6 +139,7 @@ def validate(cfg: TrainConfig) -> None:
         (0 <= cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (cfg.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (cfg.workers >= 0, "--workers must be >= 0"),
+        (0 < cfg.target_accuracy <= 1, "--target-accuracy must be in (0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -237,3 +237,26 @@ def class_counts(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[
     """Number of images per class name (classes with none included, as 0)."""
     counts = Counter(s.target for s in samples)
     return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
+
+
+def read_class_info(path: str | os.PathLike[str], class_names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Readable names per class from a CSV with columns ``class, common_name, scientific_name``.
+
+    Classes of the data missing from the file simply have no names; empty cells are dropped.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: no ``class`` column, or the file names classes that are not in ``class_names``.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "class" not in reader.fieldnames:
+            raise ValueError(f"{path} needs a 'class' column (and common_name, scientific_name)")
+        rows = list(reader)
+    unknown = sorted({r["class"] for r in rows} - set(class_names))
+    if unknown:
+        raise ValueError(f"{path} names classes that are not in the data: {unknown}")
+    return {
+        r["class"]: {k: r[k].strip() for k in ("common_name", "scientific_name") if (r.get(k) or "").strip()}
+        for r in rows
+    }

@@ -18,9 +18,13 @@ from torch.utils.data import DataLoader
 from model.predictor import Predictor
 from training.data import ImageListDataset, Sample, collate_skip_none, read_split, scan_image_folder
 from training.engine import predict_loader
-from training.metrics import classification_metrics, format_report, write_evaluation
+from training.metrics import classification_metrics, format_report, selective_threshold, write_evaluation
 
 logger = logging.getLogger(__name__)
+
+
+#: Default accuracy wanted of the predictions shown as confident (the rest are "not sure"); a choice, not a measurement.
+DEFAULT_TARGET_ACCURACY = 0.95
 
 
 class ClassMismatchError(ValueError):
@@ -34,12 +38,14 @@ def evaluate_predictor(
     *,
     batch_size: int = 64,
     workers: int = 2,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
 ) -> dict[str, Any]:
     """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``).
 
     Returns:
-        :func:`training.metrics.classification_metrics` plus ``"images"`` (how many were classified) and
-        ``"mean_confidence"``.
+        :func:`training.metrics.classification_metrics` plus ``"images"`` (how many were classified),
+        ``"mean_confidence"`` and ``"selective"``: the "not sure" threshold for ``target_accuracy`` (see
+        :func:`training.metrics.selective_threshold`) and the accuracy above the predictor's current threshold.
     """
     dataset = ImageListDataset(root, samples, predictor.transform)
     loader = DataLoader(
@@ -51,7 +57,16 @@ def evaluate_predictor(
     probs = torch.softmax(logits, dim=1)
     metrics = classification_metrics(targets.tolist(), probs.argmax(1).tolist(), predictor.class_names)
     metrics["images"] = int(targets.numel())
-    metrics["mean_confidence"] = float(probs.max(1).values.mean())
+    confidences, predicted = probs.max(1)
+    correct = (predicted == targets).numpy()
+    metrics["mean_confidence"] = float(confidences.mean())
+    metrics["selective"] = selective_threshold(confidences.numpy(), correct, target_accuracy)
+    accepted = (confidences >= predictor.confidence_threshold).numpy()
+    metrics["at_model_threshold"] = {
+        "confidence_threshold": predictor.confidence_threshold,
+        "coverage": float(accepted.mean()),
+        "selective_accuracy": float(correct[accepted].mean()) if accepted.any() else 0.0,
+    }
     return metrics
 
 

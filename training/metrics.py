@@ -110,3 +110,53 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def selective_threshold(
+    confidences: Sequence[float], correct: Sequence[bool], target_accuracy: float
+) -> dict[str, float]:
+    """The lowest confidence threshold whose accepted predictions reach ``target_accuracy`` on validation data.
+
+    Selective classification (Geifman & El-Yaniv, "Selective Classification for Deep Neural Networks", NeurIPS
+    2017) with the empirical risk: predictions are sorted by confidence (top-1 softmax probability), and the
+    threshold is the confidence of the last prediction of the longest prefix whose accuracy is at least
+    ``target_accuracy``. Predictions below it are shown as "not sure".
+
+    Args:
+        confidences: top-1 probability of each validation image, in [0, 1].
+        correct: whether each top-1 prediction was right.
+        target_accuracy: wanted accuracy of the predictions above the threshold, in (0, 1].
+
+    Returns:
+        ``{"confidence_threshold", "coverage" (share of images above it), "selective_accuracy" (their accuracy),
+        "target_accuracy"}``. The threshold is 0 when every prediction together already meets the target, and 1
+        when no prefix does.
+
+    Raises:
+        ValueError: empty input, mismatched lengths, or ``target_accuracy`` out of range.
+    """
+    if not 0.0 < target_accuracy <= 1.0:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+    conf = np.asarray(confidences, dtype=np.float64)
+    hits = np.asarray(correct, dtype=bool)
+    if conf.size == 0 or conf.shape != hits.shape:
+        raise ValueError("need one confidence per prediction, and at least one")
+    order = np.argsort(-conf, kind="stable")
+    cumulative = np.cumsum(hits[order]) / np.arange(1, conf.size + 1)
+    meeting = np.flatnonzero(cumulative >= target_accuracy)
+    if meeting.size == 0:
+        return {
+            "confidence_threshold": 1.0,
+            "coverage": 0.0,
+            "selective_accuracy": 0.0,
+            "target_accuracy": target_accuracy,
+        }
+    n = int(meeting[-1]) + 1
+    threshold = 0.0 if n == conf.size else float(conf[order[n - 1]])
+    accepted = conf >= threshold
+    return {
+        "confidence_threshold": threshold,
+        "coverage": float(accepted.mean()),
+        "selective_accuracy": float(hits[accepted].mean()),
+        "target_accuracy": target_accuracy,
+    }

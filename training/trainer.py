@@ -33,6 +33,7 @@ from training.data import (
     Sample,
     class_counts,
     collate_skip_none,
+    read_class_info,
     read_split,
     scan_image_folder,
     split_samples,
@@ -47,7 +48,7 @@ from training.engine import (
     resolve_precision,
     train_one_epoch,
 )
-from training.evaluation import ClassMismatchError, evaluate_predictor, report
+from training.evaluation import DEFAULT_TARGET_ACCURACY, ClassMismatchError, evaluate_predictor, report
 from training.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     logger.info("device %s, precision %s, torch threads %d", device, precision, torch.get_num_threads())
 
     class_names, train_root, train_samples, val_root, val_samples = load_data(cfg, out)
+    class_info = read_class_info(cfg.class_info, class_names) if cfg.class_info else None
     preprocessing = Preprocessing.for_image_size(cfg.image_size, cfg.crop_pct)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader_kwargs: dict[str, Any] = {
@@ -255,6 +257,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             scaler=scaler,
+            class_info=class_info,
         )
         save_checkpoint(ckpt, out / "last.pt")
         if best_epoch == epoch:
@@ -262,7 +265,15 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             logger.info("new best macro-F1 %.4f: saved %s", best_f1, out / "best.pt")
 
     train_seconds = time.perf_counter() - run_start
-    final = write_release(out, val_root, val_samples, device=device, batch_size=cfg.batch_size * 2, workers=cfg.workers)
+    final = write_release(
+        out,
+        val_root,
+        val_samples,
+        device=device,
+        batch_size=cfg.batch_size * 2,
+        workers=cfg.workers,
+        target_accuracy=cfg.target_accuracy,
+    )
     final.update(
         train_seconds=train_seconds,
         train_images_per_s=float(np.mean(train_speeds)) if train_speeds else 0.0,
@@ -279,21 +290,29 @@ def write_release(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     workers: int = 2,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    class_info: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Make ``out/release.pt`` from ``out/best.pt`` and evaluate it on the validation images.
 
     The release copy holds fp16 weights and no optimizer state (see :func:`model.checkpoint.release_checkpoint`);
     its ``metrics`` are replaced by this evaluation (through :class:`Predictor`, as served), so the numbers the
-    web app shows are the ones ``evaluate.py`` reproduces. Writes the evaluation files into ``out``.
+    web app shows are the ones ``evaluate.py`` reproduces, and its ``serving`` record holds the "not sure"
+    threshold chosen on the same images for ``target_accuracy``. ``class_info`` replaces the names recorded in
+    ``best.pt`` when given. Writes the evaluation files into ``out``.
 
     Returns:
         The evaluation (see :func:`training.evaluation.evaluate_predictor`) plus ``"best_epoch"``.
     """
     best = load_checkpoint(out / "best.pt")
     release = release_checkpoint(best)
+    if class_info is not None:
+        release["class_info"] = class_info
     save_checkpoint(release, out / "release.pt")
     predictor = Predictor.from_checkpoint(out / "release.pt", device=device)
-    final = evaluate_predictor(predictor, val_root, val_samples, batch_size=batch_size, workers=workers)
+    final = evaluate_predictor(
+        predictor, val_root, val_samples, batch_size=batch_size, workers=workers, target_accuracy=target_accuracy
+    )
     logger.info(
         "final evaluation of %s (epoch %d) on %d val images:\n%s",
         out / "release.pt",
@@ -304,9 +323,21 @@ def write_release(
     release["metrics"] = {
         "val_accuracy": final["accuracy"],
         "val_macro_f1": final["macro_f1"],
+        "val_macro_precision": final["macro_precision"],
+        "val_macro_recall": final["macro_recall"],
         "val_images": float(final["images"]),
         "best_epoch": float(best["epoch"]),
+        "per_class": final["per_class"],
+        "confusion_matrix": final["confusion_matrix"],
     }
+    release["serving"] = dict(final["selective"])
+    logger.info(
+        "'not sure' threshold %.3f: %.1f%% of val images above it, %.1f%% of those right (target %.0f%%)",
+        final["selective"]["confidence_threshold"],
+        100 * final["selective"]["coverage"],
+        100 * final["selective"]["selective_accuracy"],
+        100 * target_accuracy,
+    )
     save_checkpoint(release, out / "release.pt")
     final["best_epoch"] = best["epoch"]
     return final
