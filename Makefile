@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run test lint train-default evaluate-default clean
+.PHONY: install install-dev run test lint browser train-default evaluate-default loadtest clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ run: install
 lint: install-dev
 	$(VENV)/bin/ruff check .
 
-test: install-dev lint
+# Debian's Chromium for the browser tests (tests/test_browser.py drives it with Playwright; never `playwright install`).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install-dev lint browser
 	$(PY) -m pytest
 
 # The exact recipe of weights/fish4knowledge_resnet50.pt (see weights/README.md); about 40 minutes on 2 CPU cores.
@@ -39,6 +43,11 @@ train-default: install
 evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_resnet50.pt --data $(DATA) \
 	  --split-file weights/fish4knowledge_split.csv
+
+# Real gunicorn with the default model, 16 clients for 60 s, one worker killed half-way (see tools/loadtest.py);
+# e.g. `make loadtest LOADTEST_ARGS="--duration 10 --output loadtest.md"`.
+loadtest: install
+	$(PY) tools/loadtest.py --data $(DATA) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

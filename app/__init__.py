@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.images import DEFAULT_MAX_PIXELS, InMemoryRequest
+from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest
 from model.checkpoint import CheckpointError
 from model.predictor import Predictor
 
@@ -37,10 +37,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MODEL_PATH: checkpoint written by ``train.py`` (default ``weights/fish4knowledge_resnet50.pt``).
         MAX_CONTENT_LENGTH: largest request body, in bytes (default 16 MiB; bigger requests get 413).
         MAX_IMAGE_PIXELS: largest decoded image, in pixels (width x height, default 50 million).
+        MAX_IMAGES_PER_REQUEST: most images (``image`` fields) in one API request (default 16; 413 above).
         TOP_K: how many classes to list by default (clipped to the number of classes).
         DEVICE: torch device for inference (default ``"cpu"``).
         PRECISION: ``"fp32"`` or ``"bf16"``.
         TORCH_THREADS: torch intra-op threads for this process, or None to keep torch's default.
+        CONFIDENCE_THRESHOLD: predictions below this probability are shown as "not sure"; None (default) uses
+            the threshold recorded in the checkpoint, chosen on validation data.
 
     Raises:
         model.checkpoint.CheckpointError: the checkpoint at MODEL_PATH is missing or invalid.
@@ -52,6 +55,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_predictor(app)
     register_blueprints(app)
     register_errorhandlers(app)
+    register_security_headers(app)
     return app
 
 
@@ -59,26 +63,39 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
     """Defaults, then ``FISH_*`` environment variables, then ``config``; validate the result.
 
     Raises:
-        ValueError: TOP_K, MAX_IMAGE_PIXELS, MAX_CONTENT_LENGTH or TORCH_THREADS (if set) is not a positive integer.
+        ValueError: TOP_K, MAX_IMAGE_PIXELS, MAX_IMAGES_PER_REQUEST, MAX_CONTENT_LENGTH or TORCH_THREADS (if set)
+            is not a positive integer.
     """
     app.config.from_mapping(
         MODEL_PATH=str(ROOT / "weights" / "fish4knowledge_resnet50.pt"),
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
         MAX_IMAGE_PIXELS=DEFAULT_MAX_PIXELS,
+        MAX_IMAGES_PER_REQUEST=DEFAULT_MAX_IMAGES_PER_REQUEST,
         TOP_K=5,
         DEVICE="cpu",
         PRECISION="fp32",
         TORCH_THREADS=None,
+        CONFIDENCE_THRESHOLD=None,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
+    # Debug mode (interactive tracebacks, reloading) is never taken from the environment (FLASK_DEBUG, FISH_DEBUG):
+    # gunicorn serves this app. Only an explicit ``config`` can turn it on, for local experiments.
+    app.config["DEBUG"] = False
     if config is not None:
         app.config.from_mapping(config)
-    for key in ("TOP_K", "MAX_IMAGE_PIXELS", "MAX_CONTENT_LENGTH", "TORCH_THREADS"):
+    for key in ("TOP_K", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST", "MAX_CONTENT_LENGTH", "TORCH_THREADS"):
         value = app.config[key]
         if value is None and key == "TORCH_THREADS":
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} (env {ENV_PREFIX}_{key}) must be a positive integer, got {value!r}")
+    threshold = app.config["CONFIDENCE_THRESHOLD"]
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1
+    ):
+        raise ValueError(
+            f"CONFIDENCE_THRESHOLD (env {ENV_PREFIX}_CONFIDENCE_THRESHOLD) must be in [0, 1], got {threshold!r}"
+        )
 
 
 def init_predictor(app: Flask) -> None:
@@ -94,7 +111,12 @@ def init_predictor(app: Flask) -> None:
         torch.set_num_threads(threads)
     path = app.config["MODEL_PATH"]
     try:
-        predictor = Predictor.from_checkpoint(path, device=app.config["DEVICE"], precision=app.config["PRECISION"])
+        predictor = Predictor.from_checkpoint(
+            path,
+            device=app.config["DEVICE"],
+            precision=app.config["PRECISION"],
+            confidence_threshold=app.config["CONFIDENCE_THRESHOLD"],
+        )
     except CheckpointError as exc:
         raise CheckpointError(
             f"cannot load the model from MODEL_PATH={path}: {exc}. Set the environment variable "
@@ -137,3 +159,26 @@ def register_errorhandlers(app: Flask) -> None:
         return response
 
     app.register_error_handler(HTTPException, handle_http_error)
+
+
+#: Headers sent with every response. The pages use no inline scripts or styles and nothing from other origins;
+#: ``data:`` and ``blob:`` images are the thumbnails and the previews of the photos being sent.
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def register_security_headers(app: Flask) -> None:
+    """Add :data:`SECURITY_HEADERS` to every response: pages, API answers, static files and errors."""
+
+    @app.after_request
+    def add_security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response

@@ -1,14 +1,25 @@
-"""JSON API: ``POST /api/predict`` classifies an uploaded image, ``GET /healthz`` reports the loaded model."""
+"""JSON API: ``POST /api/predict`` classifies one or several uploaded images, ``GET /healthz`` reports the loaded
+model, ``GET /api/openapi.json`` describes both (OpenAPI 3.1, see :mod:`app.openapi`).
+
+One ``image`` field gives one prediction object (``{"label", "confidence", ..., "model"}``); several give
+``{"predictions": [{..., "index": i}, ...], "model"}``, in the order of the fields. All images of a request are
+classified in one batch; if any of them cannot be, the whole request fails with the error of the first bad one.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from PIL import Image
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from app import get_predictor
 from app.images import ImageError, decode_image
+from app.openapi import openapi_document
 
 logger = logging.getLogger(__name__)
 
@@ -37,22 +48,72 @@ def parse_top_k(value: str | None, default: int, num_classes: int) -> int:
     return top_k
 
 
+def decode_uploads(
+    uploads: list[FileStorage], *, max_images: int, max_pixels: int, resize_short_side: int
+) -> list[Image.Image]:
+    """Decode the files of one request, in order, stopping at the first that cannot be classified.
+
+    Each image is shrunk right after decoding to what the model needs (see ``reduce_to`` in
+    :func:`app.images.decode_image`), so a request holds at most one full-size image in memory at a time.
+
+    Args:
+        uploads: the request's ``image`` fields.
+        max_images: most files allowed in one request.
+        max_pixels: most pixels (width x height) of each image.
+        resize_short_side: the model's resize size, in pixels.
+
+    Returns:
+        One RGB image per upload.
+
+    Raises:
+        ImageError: 400 without any file; 413 with more than ``max_images`` files; otherwise the error of the
+            first bad file (see :func:`app.images.decode_image`), its message prefixed with ``image N of M:``
+            (N counted from 1) and its ``index`` (from 0) set when the request has several files.
+    """
+    if not uploads:
+        raise ImageError("no image uploaded: send the file(s) in the multipart form field 'image'", 400)
+    if len(uploads) > max_images:
+        raise ImageError(f"too many images: {len(uploads)} in one request, the limit is {max_images}", 413)
+    images = []
+    for index, upload in enumerate(uploads):
+        try:
+            images.append(
+                decode_image(
+                    upload, max_pixels=max_pixels, resize_short_side=resize_short_side, reduce_to=resize_short_side
+                )
+            )
+        except ImageError as exc:
+            if len(uploads) == 1:
+                raise
+            raise ImageError(f"image {index + 1} of {len(uploads)}: {exc.message}", exc.status, index=index) from exc
+    return images
+
+
 @bp.post("/api/predict")
 def predict() -> Response:
-    """Classify the image in multipart field ``image``; optional ``top_k`` as a form field or query parameter.
+    """Classify the images in the multipart field ``image`` (repeat the field for several); optional ``top_k``
+    as a form field or query parameter.
 
-    Returns ``{"label", "confidence", "top_k": [{"label", "confidence"}, ...], "model": {...}}`` with
-    confidences (softmax probabilities) in [0, 1], most probable first; errors are ``{"error": message}``.
+    Returns:
+        One image: ``Prediction.to_dict()`` plus ``"model"`` (``Predictor.summary()``). Several images:
+        ``{"predictions": [Prediction.to_dict() + {"index": i}, ...], "model": {...}}``, ``index`` being the
+        position (from 0) of the file among the ``image`` fields. Errors are ``{"error": message}`` (plus
+        ``"index"`` for a bad file among several) with status 400, 413 or 415.
     """
     predictor = get_predictor()
     top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.class_names))
-    image = decode_image(
-        request.files.get("image"),
+    uploads = request.files.getlist("image")
+    images = decode_uploads(
+        uploads,
+        max_images=current_app.config["MAX_IMAGES_PER_REQUEST"],
         max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
         resize_short_side=predictor.preprocessing.resize_size,
     )
-    prediction = predictor.predict([image], top_k=top_k)[0]
-    return jsonify({**prediction.to_dict(), "model": predictor.describe()})
+    predictions = predictor.predict(images, top_k=top_k)
+    model = predictor.summary()
+    if len(predictions) == 1:
+        return jsonify({**predictions[0].to_dict(), "model": model})
+    return jsonify(predictions=[{**p.to_dict(), "index": i} for i, p in enumerate(predictions)], model=model)
 
 
 @bp.get("/healthz")
@@ -62,7 +123,24 @@ def healthz() -> Response:
     return jsonify(status="ok", model=info["arch"], checkpoint=info.get("checkpoint"), classes=info["classes"])
 
 
+@bp.get("/api/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this API, with this app's limits and the loaded model's classes."""
+    return jsonify(openapi_document(current_app.config, get_predictor()))
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(error: RequestEntityTooLarge) -> tuple[Response, int]:
+    """``{"error": message}`` with 413 for a body over ``MAX_CONTENT_LENGTH``, saying what the limit is."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    message = f"the request is too large: the limit is {limit} bytes ({limit / 2**20:.3g} MiB) for all its files"
+    return jsonify(error=message), 413
+
+
 @bp.errorhandler(ImageError)
 def image_error(error: ImageError) -> tuple[Response, int]:
-    """``{"error": message}`` with the error's status (400, 413 or 415)."""
-    return jsonify(error=error.message), error.status
+    """``{"error": message}`` with the error's status (400, 413 or 415), plus ``"index"`` for one of several files."""
+    body: dict[str, Any] = {"error": error.message}
+    if error.index is not None:
+        body["index"] = error.index
+    return jsonify(body), error.status

@@ -28,6 +28,17 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF
 SUPPORTED_FORMATS_TEXT = "JPEG, PNG, GIF, BMP, WebP or TIFF"
 #: Default cap on decoded pixels (width x height): 50 megapixels, about 150 MB as 8-bit RGB.
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Default cap on the number of images (``image`` fields) in one API request.
+DEFAULT_MAX_IMAGES_PER_REQUEST = 16
+
+#: Leading bytes of the supported formats (BMP's two-letter ``BM`` is left out: too likely in plain text). A file
+#: that starts with one of these but that Pillow cannot open is a corrupt image (400), not an unsupported one (415).
+_SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+}
 
 # What Pillow's decoders raise on broken files (truncated data, bad chunks, impossible headers).
 _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error)
@@ -40,12 +51,25 @@ class ImageError(Exception):
     Args:
         message: explanation for the user (no internals, no file names).
         status: HTTP status code to answer with (400, 413 or 415).
+        index: position (from 0) of the offending file among the request's ``image`` fields, when the request
+            has several.
     """
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, index: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.index = index
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The supported format whose signature ``data`` starts with (``"JPEG"``, ``"PNG"``...), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    for fmt, signatures in _SIGNATURES.items():
+        if data.startswith(signatures):
+            return fmt
+    return None
 
 
 class InMemoryRequest(Request):
@@ -66,6 +90,7 @@ def decode_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     resize_short_side: int | None = None,
+    reduce_to: int | None = None,
 ) -> Image.Image:
     """Decode an uploaded file into an upright 8-bit RGB image.
 
@@ -77,13 +102,20 @@ def decode_image(
         max_pixels: refuse images with more than this many pixels (width x height), before decoding them.
         resize_short_side: when given, also refuse images so elongated that scaling their short side to this
             many pixels (as the eval transform does) would exceed ``max_pixels``.
+        reduce_to: when given, an image whose short side is at least twice this many pixels is returned
+            shrunk by an integer factor, its short side kept at ``reduce_to`` pixels or more: JPEGs are
+            decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder itself (``Image.draft``), which makes a
+            12-megapixel photo cheap, and any image still that large is box-filtered (``Image.reduce``). Pass
+            the model's resize size (``Preprocessing.resize_size``): the eval transform then resizes a smaller
+            image to the same size, and the result differs from full-size decoding only by resampling noise.
 
     Returns:
         A fully loaded ``PIL.Image`` in mode ``"RGB"``.
 
     Raises:
-        ImageError: 400 for a missing or empty upload or a truncated/corrupt image, 413 for an image with too
-            many pixels (decompression bomb), 415 for data that is not an image in a supported format.
+        ImageError: 400 for a missing or empty upload or a truncated/corrupt image (including a file with the
+            signature of a supported format whose header is broken), 413 for an image with too many pixels
+            (decompression bomb) or too elongated, 415 for data that is not an image in a supported format.
     """
     if upload is None:
         raise ImageError("no image uploaded: send the file in the multipart form field 'image'", 400)
@@ -96,6 +128,8 @@ def decode_image(
     except _BOMB_ERRORS as exc:
         raise ImageError("image is too large: it has too many pixels to decode safely", 413) from exc
     except UnidentifiedImageError as exc:
+        if (fmt := sniff_format(data)) is not None:
+            raise ImageError(f"corrupt {fmt} file: its header cannot be read", 400) from exc
         raise ImageError(f"not a supported image: upload a {SUPPORTED_FORMATS_TEXT} file", 415) from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"corrupt image file: {exc}", 400) from exc
@@ -111,9 +145,13 @@ def decode_image(
                 f"image shape {width} x {height} is too elongated to classify; crop it closer to the fish", 413
             )
     try:
+        if reduce_to is not None:
+            image.draft("RGB", (reduce_to, reduce_to))  # JPEG only (a no-op for other formats), before load
         image.load()  # decodes the first frame; raises on truncated or corrupt data
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
+        image = to_rgb(ImageOps.exif_transpose(image))
+        if reduce_to is not None and (factor := min(image.size) // reduce_to) >= 2:
+            image = image.reduce(factor)
+        return image
     except _BOMB_ERRORS as exc:
         raise ImageError("image is too large: it has too many pixels to decode safely", 413) from exc
     except _DECODE_ERRORS as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
+import re
 import runpy
 import socket
 import struct
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zlib
@@ -107,25 +110,45 @@ def app(tiny_checkpoint: Path) -> Flask:
 # --- the upload page ---------------------------------------------------------------------------------------------
 
 
+def alert_text(html: str) -> str:
+    """The text of the page's error box (``role="alert"``), or "" when it is hidden."""
+    match = re.search(r'<div id="error" class="error" role="alert"( hidden)?>(.*?)</div>', html, re.S)
+    assert match, "the page has no error box"
+    return "" if match.group(1) else re.sub(r"<[^>]+>", "", match.group(2)).strip()
+
+
+def assert_no_inline_code(html: str) -> None:
+    """Ready for the strict Content-Security-Policy: scripts only from files, no inline styles, no CDN."""
+    scripts = re.findall(r"<script\b.*?</script>", html, re.S)
+    assert scripts == ['<script src="/static/app.js" defer></script>']  # one script, from a file, nothing inline
+    assert "style=" not in html and "https://" not in html and "http://" not in html
+    assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
+
+
 def test_page_renders_form(client: FlaskClient) -> None:
     response = client.get("/")
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert '<html lang="en">' in html
     assert 'name="viewport"' in html
-    assert 'enctype="multipart/form-data"' in html
-    assert 'type="file"' in html and 'name="image"' in html and 'accept="image/*"' in html
-    assert '<label for="image">' in html
+    assert 'enctype="multipart/form-data"' in html and 'action="/"' in html and 'method="post"' in html
+    input_tag = re.search(r"<input [^>]*>", html).group(0)
+    for attribute in ('type="file"', 'name="image"', 'id="image"', 'accept="image/*"', "multiple", "required"):
+        assert attribute in input_tag
+    assert '<label for="image"' in html  # the drop zone is the input's label
+    assert 'data-api="/api/predict"' in html
     assert "Reef fish identifier" in html
     assert "resnet18" in html and "3 species" in html
-    # Ready for a strict Content-Security-Policy: no scripts, no inline styles, nothing from a CDN.
-    assert "<script" not in html and "style=" not in html and "https://" not in html
+    assert 'href="/model"' in html
+    assert alert_text(html) == ""
+    assert_no_inline_code(html)
 
 
-def test_stylesheet_is_served(client: FlaskClient) -> None:
-    response = client.get("/static/style.css")
+@pytest.mark.parametrize(("path", "mimetype"), [("style.css", "text/css"), ("app.js", "text/javascript")])
+def test_static_files_are_served(client: FlaskClient, path: str, mimetype: str) -> None:
+    response = client.get(f"/static/{path}")
     assert response.status_code == 200
-    assert "text/css" in response.content_type
+    assert response.mimetype == mimetype
 
 
 def test_form_post_shows_species_confidence_and_top_k(client: FlaskClient, jpeg_bytes: Callable[..., bytes]) -> None:
@@ -133,37 +156,259 @@ def test_form_post_shows_species_confidence_and_top_k(client: FlaskClient, jpeg_
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert any(name in html for name in SPECIES_NAMES)
-    assert "Confidence:" in html and "%" in html
-    assert html.count("<meter") == len(CLASS_NAMES)
+    assert re.search(r"Confidence <strong>\d+\.\d%</strong>", html)
+    assert html.count("<meter") == 1 + len(CLASS_NAMES)  # the confidence bar and one bar per top-k class
+    assert "Top 3 species" in html
     assert 'src="data:image/jpeg;base64,' in html
-    assert "_" not in html.split('class="species">')[1].split("<")[0]
-    assert "<script" not in html and "style=" not in html
+    verdict = html.split('<p class="species')[1].split("</p>")[0]
+    assert "_" not in verdict
+    assert alert_text(html) == ""
+    assert_no_inline_code(html)
+
+
+@pytest.mark.parametrize(("threshold", "sure"), [(0.0, True), (1.0, False)])
+def test_form_post_says_when_it_is_not_sure(
+    tiny_checkpoint: Path, jpeg_bytes: Callable[..., bytes], threshold: float, sure: bool
+) -> None:
+    client = make_app(MODEL_PATH=str(tiny_checkpoint), CONFIDENCE_THRESHOLD=threshold).test_client()
+    html = post_image(client, jpeg_bytes(), url="/").get_data(as_text=True)
+    if sure:
+        assert '<p class="species">' in html and "Not sure" not in html
+    else:
+        sentence = re.search(r'<p class="species not-sure">(Not sure: maybe ([^<]+) or ([^<]+))</p>', html)
+        assert sentence, html
+        assert {sentence.group(2), sentence.group(3)} <= set(SPECIES_NAMES)
+        assert "below the 100.0% confidence" in html
+        assert '<p class="species">' not in html
+
+
+def test_form_post_several_files_gives_a_table_and_csv(client: FlaskClient, jpeg_bytes: Callable[..., bytes]) -> None:
+    files = [
+        (io.BytesIO(jpeg_bytes(COLOURS["blue_tang"])), "reef/one.jpg"),
+        (io.BytesIO(b"not an image at all"), "notes.txt"),
+        (io.BytesIO(encode(synthetic_image(COLOURS["clownfish"]), "PNG")), "=cmd|calc.png"),
+    ]
+    response = client.post("/", data={"image": files}, content_type="multipart/form-data")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "Results for 3 photos" in html
+    rows = re.findall(r'<th scope="row" class="file-name">([^<]*)</th>', html)
+    assert rows == ["one.jpg", "notes.txt", "=cmd|calc.png"]  # base names, in order, escaped by Jinja
+    assert html.count('class="row-error"') == 1 and "not a supported image" in html
+    assert html.count('class="row-thumbnail"') == 2
+    link = re.search(r'<a class="button" id="csv-download" href="([^"]+)" download="fish-species.csv">', html)
+    assert link and link.group(1).startswith("data:text/csv;charset=utf-8,")
+    text = urllib.parse.unquote(link.group(1).split(",", 1)[1])
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [r["file_name"] for r in table] == ["one.jpg", "notes.txt", "'=cmd|calc.png"]  # no formula injection
+    assert table[0]["label"] in CLASS_NAMES and table[0]["species"] in SPECIES_NAMES
+    assert 0 <= float(table[0]["confidence"]) <= 1 and table[0]["confident"] in ("true", "false")
+    assert table[0]["top_1"] == table[0]["label"] and table[0]["top_3"] in CLASS_NAMES
+    assert table[1]["label"] == "" and "not a supported image" in table[1]["error"]
+    assert_no_inline_code(html)
+
+
+def test_form_post_too_many_files(tiny_checkpoint: Path, jpeg_bytes: Callable[..., bytes]) -> None:
+    client = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_IMAGES_PER_REQUEST=2).test_client()
+    files = [(io.BytesIO(jpeg_bytes()), f"{i}.jpg") for i in range(3)]
+    response = client.post("/", data={"image": files}, content_type="multipart/form-data")
+    assert response.status_code == 413
+    assert "at most 2" in alert_text(response.get_data(as_text=True))
 
 
 @pytest.mark.parametrize(
-    ("data", "status"),
-    [(b"", 400), (b"hello, this is plain text", 415), (truncated_jpeg(), 400)],
+    ("data", "status", "message"),
+    [(b"", 400, "empty"), (b"hello, this is plain text", 415, "not a supported image"), (truncated_jpeg(), 400, "")],
     ids=["empty", "text", "truncated"],
 )
-def test_form_post_bad_upload_shows_error(client: FlaskClient, data: bytes, status: int) -> None:
+def test_form_post_bad_upload_shows_error(client: FlaskClient, data: bytes, status: int, message: str) -> None:
     response = post_image(client, data, url="/")
     assert response.status_code == status
     html = response.get_data(as_text=True)
-    assert 'role="alert"' in html
+    assert message in alert_text(html) and alert_text(html).startswith("Sorry:")
     assert 'name="image"' in html  # the form is still there to try again
+    assert 'class="card result' not in html
 
 
 def test_form_post_without_a_file(client: FlaskClient) -> None:
     response = client.post("/", data={}, content_type="multipart/form-data")
     assert response.status_code == 400
-    assert 'role="alert"' in response.get_data(as_text=True)
+    assert "image" in alert_text(response.get_data(as_text=True))
+    # what a browser sends when the form is submitted with no file chosen: an empty part without a file name
+    response = client.post("/", data={"image": (io.BytesIO(b""), "")}, content_type="multipart/form-data")
+    assert response.status_code == 400
+    assert "choose an image file" in alert_text(response.get_data(as_text=True))
 
 
 def test_form_post_too_large(tiny_checkpoint: Path, jpeg_bytes: Callable[..., bytes]) -> None:
     client = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_CONTENT_LENGTH=1024).test_client()
     response = post_image(client, jpeg_bytes(size=(200, 200)), url="/")
     assert response.status_code == 413
-    assert "too large" in response.get_data(as_text=True)
+    assert "too large" in alert_text(response.get_data(as_text=True))
+
+
+def test_results_csv_and_data_url() -> None:
+    from app.web import FileResult, csv_cell, csv_data_url, results_csv
+
+    assert [csv_cell(v) for v in ("=1+1", "+1", "-1", "@a", "fish", None, 0.5)] == [
+        "'=1+1",
+        "'+1",
+        "'-1",
+        "'@a",
+        "fish",
+        "",
+        "0.5",
+    ]
+    text = results_csv([FileResult("a, b.jpg", error='bad "image"')])
+    assert text == 'file_name,species,label,confidence,confident,error\r\n"a, b.jpg",,,,,"bad ""image"""\r\n'
+    assert csv_data_url("a,b\r\n") == "data:text/csv;charset=utf-8,a%2Cb%0D%0A"
+
+
+# --- the model page ----------------------------------------------------------------------------------------------
+
+
+def test_model_page_renders_a_bare_checkpoint(client: FlaskClient) -> None:
+    """The tiny checkpoint has no per-class metrics, confusion matrix, names or threshold: the page still works."""
+    response = client.get("/model")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "<h1>About the model</h1>" in html
+    assert "resnet18" in html and "32 × 32" in html
+    for label, name in zip(CLASS_NAMES, SPECIES_NAMES, strict=True):
+        assert f'<th scope="row">{name} <code class="label">{label}</code></th>' in html
+    assert "records no per-species metrics" in html
+    assert "records no confusion matrix" in html
+    assert "<dt>Input size</dt>" in html  # from the checkpoint's config {"arch", "image_size"}
+    assert 'aria-current="page"' in html
+    assert "<script" not in html and "style=" not in html
+
+
+@pytest.fixture(scope="module")
+def described_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint with everything the model page can show: names, config, per-class metrics, threshold."""
+    import torch
+
+    from model.checkpoint import make_checkpoint, save_checkpoint
+    from model.network import build_model
+    from model.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    ckpt = make_checkpoint(
+        model=build_model("resnet18", num_classes=3),
+        arch="resnet18",
+        class_names=CLASS_NAMES,
+        preprocessing=Preprocessing.for_image_size(32),
+        epoch=4,
+        metrics={},
+        config={
+            "data": "/secret/training/photos",
+            "out": "runs/secret",
+            "arch": "resnet18",
+            "weights": "none",
+            "epochs": 5,
+            "batch_size": 8,
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "scheduler": "cosine",
+            "warmup_epochs": 1.0,
+            "label_smoothing": 0.1,
+            "image_size": 32,
+            "crop_pct": 0.875,
+            "val_fraction": 0.2,
+            "group_pattern": r"fish_(\d+)_",
+            "seed": 7,
+        },
+        class_info={
+            "blue_tang": {"common_name": "Palette surgeonfish", "scientific_name": "Paracanthurus hepatus"},
+            "clownfish": {"common_name": "Clown anemonefish"},
+        },
+    )
+    ckpt["metrics"] = {
+        "val_accuracy": 0.8,
+        "val_macro_f1": 0.75,
+        "val_images": 20.0,
+        "best_epoch": 3.0,
+        "per_class": {
+            "blue_tang": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "support": 10},
+            "clownfish": {"precision": 0.5, "recall": 0.6, "f1": 0.545, "support": 5},
+            "green_chromis": {"precision": 0.7, "recall": 0.8, "f1": 0.747, "support": 5},
+        },
+        "confusion_matrix": [[9, 1, 0], [2, 3, 0], [0, 1, 4]],
+    }
+    ckpt["serving"] = {"confidence_threshold": 0.5, "coverage": 0.9, "selective_accuracy": 0.95}
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("described") / "described.pt")
+
+
+def test_model_page_shows_names_training_metrics_and_confusion(described_checkpoint: Path) -> None:
+    html = make_app(MODEL_PATH=str(described_checkpoint)).test_client().get("/model").get_data(as_text=True)
+    # names: common and scientific where the checkpoint has them, the prettified label otherwise
+    assert ">Palette surgeonfish <code" in html and '<i lang="la">Paracanthurus hepatus</i>' in html
+    assert ">Clown anemonefish <code" in html and ">Green chromis <code" in html
+    # metrics
+    assert "80.0%" in html and "0.750" in html and "20 validation photos" in html
+    assert '<td class="number">0.947</td>' in html and '<td class="number">10</td>' in html
+    assert "50.0% confidence" in html and "95.0% of those are right" in html
+    # training, without file-system paths
+    for fact in ("Architecture", "Initial weights", "Epochs", "Input size", "Optimizer", "Data split", "Random seed"):
+        assert f"<dt>{fact}</dt>" in html
+    assert "learning rate 0.1, momentum 0.9, weight decay 0.0005" in html
+    assert "from epoch 4" in html and "20% of the images held out" in html and "fish_(\\d+)_" in html
+    assert "secret" not in html
+    # the confusion matrix: counts in shaded cells, hits on the diagonal
+    table = html.split('id="confusion-matrix"')[1].split("</table>")[0]
+    cells = re.findall(r'<td class="(cm-(?:hit|miss) cm-\d)">(\d+)</td>', table)
+    assert [int(count) for _, count in cells] == [9, 1, 0, 2, 3, 0, 0, 1, 4]
+    assert cells[0][0] == "cm-hit cm-5" and cells[1][0] == "cm-miss cm-1" and cells[2][0] == "cm-miss cm-0"
+    assert '<th scope="row">Palette surgeonfish</th>' in table and "<caption" in table
+    assert "style=" not in html
+
+
+def test_confusion_rows_shading_and_bad_matrices() -> None:
+    from app.web import confusion_rows, shade_level
+
+    assert [shade_level(c, 10) for c in (0, 1, 2, 3, 5, 9, 10)] == [0, 1, 1, 2, 3, 5, 5]
+    assert shade_level(0, 0) == 0
+    rows = confusion_rows([[2, 0], [0, 0]], ["a", "b"])
+    assert rows is not None and rows[0]["total"] == 2 and rows[1]["total"] == 0
+    assert [c["css"] for c in rows[0]["cells"]] == ["cm-hit cm-5", "cm-miss cm-0"]
+    for bad in (None, [], [[1, 2]], [[1], [2]], "matrix"):
+        assert confusion_rows(bad, ["a", "b"]) is None
+
+
+# --- security headers --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/model", "/static/style.css", "/static/app.js", "/healthz", "/nope", "/api/x"])
+def test_security_headers_on_every_response(client: FlaskClient, path: str) -> None:
+    from app import SECURITY_HEADERS
+
+    response = client.get(path)
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get(name) == value, (path, name)
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_security_headers_on_errors_and_posts(client: FlaskClient, jpeg_bytes: Callable[..., bytes]) -> None:
+    for response in (
+        post_image(client, b"text", url="/"),
+        post_image(client, b"text"),
+        post_image(client, jpeg_bytes(), url="/"),
+        client.get("/api/predict"),
+    ):
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_debug_mode_never_comes_from_the_environment(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    monkeypatch.setenv("FISH_DEBUG", "true")
+    assert make_app(MODEL_PATH=str(tiny_checkpoint)).debug is False
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert not settings.get("reload") and "debug" not in settings
 
 
 # --- the JSON API ------------------------------------------------------------------------------------------------
@@ -184,7 +429,7 @@ def test_api_predict_schema(client: FlaskClient, jpeg_bytes: Callable[..., bytes
     assert confidences == sorted(confidences, reverse=True)
     assert sum(confidences) == pytest.approx(1.0, abs=1e-4)
     assert body["model"]["arch"] == "resnet18"
-    assert body["model"]["classes"] == CLASS_NAMES
+    assert body["model"]["num_classes"] == len(CLASS_NAMES)
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
@@ -209,43 +454,7 @@ def test_healthz(client: FlaskClient, tiny_checkpoint: Path) -> None:
     assert body == {"status": "ok", "model": "resnet18", "checkpoint": tiny_checkpoint.name, "classes": CLASS_NAMES}
 
 
-BAD_UPLOADS = {
-    "empty": (b"", 400),
-    "text": (b"just some text, not an image\n" * 10, 415),
-    "html": (b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>", 415),
-    "pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n", 415),
-    "jpeg-magic-only": (b"\xff\xd8\xff\xe0" + b"\x00" * 64, 415),
-    "truncated-jpeg": (truncated_jpeg(), 400),
-    "bomb-64mp": (png_declaring_size(8000, 8000), 413),  # above our 50 MP limit
-    "bomb-100mp": (png_declaring_size(10_000, 10_000), 413),  # above Pillow's warning threshold
-    "bomb-900mp": (png_declaring_size(30_000, 30_000), 413),  # above Pillow's error threshold
-}
-
-
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize(("data", "status"), list(BAD_UPLOADS.values()), ids=list(BAD_UPLOADS))
-def test_api_bad_uploads(client: FlaskClient, data: bytes, status: int) -> None:
-    assert_json_error(post_image(client, data), status)
-
-
-def test_api_unsupported_format_lists_formats(client: FlaskClient) -> None:
-    message = assert_json_error(post_image(client, b"GIF? no, text"), 415)
-    assert "JPEG" in message and "PNG" in message
-
-
-def test_api_missing_field(client: FlaskClient, jpeg_bytes: Callable[..., bytes]) -> None:
-    assert_json_error(client.post("/api/predict", data={}, content_type="multipart/form-data"), 400)
-    wrong_field = client.post(
-        "/api/predict", data={"photo": (io.BytesIO(jpeg_bytes()), "x.jpg")}, content_type="multipart/form-data"
-    )
-    assert "image" in assert_json_error(wrong_field, 400)
-    assert_json_error(client.post("/api/predict", data=jpeg_bytes(), content_type="image/jpeg"), 400)
-
-
-def test_api_body_too_large(tiny_checkpoint: Path, jpeg_bytes: Callable[..., bytes]) -> None:
-    client = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_CONTENT_LENGTH=1024).test_client()
-    assert_json_error(post_image(client, jpeg_bytes(size=(200, 200))), 413)
-    assert post_image(client, jpeg_bytes(size=(8, 8))).status_code == 200
+# Bad uploads, missing fields, body limits and odd images: tests/test_api_inputs.py.
 
 
 def test_api_too_elongated(tiny_checkpoint: Path) -> None:
@@ -261,30 +470,6 @@ def test_api_unknown_route_and_method_are_json(client: FlaskClient) -> None:
     assert_json_error(response, 405)
     assert "POST" in response.headers["Allow"]
     assert not client.get("/nope").is_json  # HTML pages keep HTML errors
-
-
-ODD_IMAGES: dict[str, Callable[[], bytes]] = {
-    "grayscale": lambda: encode(synthetic_image(COLOURS["clownfish"]).convert("L")),
-    "palette-png": lambda: encode(synthetic_image(COLOURS["clownfish"]).convert("P"), "PNG"),
-    "rgba-png": rgba_png,
-    "16-bit-png": sixteen_bit_png,
-    "exif-rotated-jpeg": exif_rotated_jpeg,
-    "1x1": lambda: encode(Image.new("RGB", (1, 1), (200, 100, 0)), "PNG"),
-    "2000x3": lambda: encode(synthetic_image(COLOURS["blue_tang"], size=(2000, 3)), "PNG"),
-    "3x2000": lambda: encode(synthetic_image(COLOURS["blue_tang"], size=(3, 2000))),
-    "cmyk-jpeg": lambda: encode(synthetic_image(COLOURS["clownfish"]).convert("CMYK")),
-    "animated-gif": lambda: animated_gif([(255, 0, 0), (0, 0, 255)]),
-    "webp": lambda: encode(synthetic_image(COLOURS["green_chromis"]), "WEBP"),
-    "bmp": lambda: encode(synthetic_image(COLOURS["green_chromis"]), "BMP"),
-    "tiff": lambda: encode(synthetic_image(COLOURS["green_chromis"]), "TIFF"),
-}
-
-
-@pytest.mark.parametrize("make", list(ODD_IMAGES.values()), ids=list(ODD_IMAGES))
-def test_api_accepts_odd_images(client: FlaskClient, make: Callable[[], bytes]) -> None:
-    response = post_image(client, make(), filename="../../etc/passwd")  # the file name is never used
-    assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.get_json()["label"] in CLASS_NAMES
 
 
 # --- decoding, directly ------------------------------------------------------------------------------------------

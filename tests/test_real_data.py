@@ -75,8 +75,24 @@ def test_train_one_epoch_on_real_flower_photos(tmp_path: Path) -> None:
         (data / name).mkdir(parents=True)
         for photo in sorted((FLOWERS / name).glob("*.jpg"))[:24]:
             (data / name / photo.name).symlink_to(photo)
-    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--arch", "resnet18", "--weights", "none",
-            "--epochs", "1", "--batch-size", "16", "--image-size", "64", "--workers", "0"]
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--arch",
+        "resnet18",
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+    ]
     assert train.main(args) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["images"] == 10  # 20% of 48, stratified

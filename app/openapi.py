@@ -1,0 +1,263 @@
+"""The OpenAPI 3.1 description of the JSON API, served at ``GET /api/openapi.json``.
+
+A plain dict built from the running app's settings (body size, pixel and image-count limits, default ``top_k``),
+the decoder's supported formats and the loaded model's classes, so the document never drifts from what the
+server enforces. Its JSON Schemas (draft 2020-12, as OpenAPI 3.1 uses) describe every response body;
+``tests/test_api_inputs.py`` validates live responses against them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image
+
+from app.images import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
+from model.predictor import PRECISIONS, Predictor
+
+#: Version of the API described (not of the app): 2 added several images per request and the OpenAPI document.
+API_VERSION = "2.0.0"
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def supported_media_types() -> list[str]:
+    """MIME types of :data:`app.images.SUPPORTED_FORMATS`, from Pillow's registry (``image/jpeg``, ...)."""
+    Image.init()
+    return [Image.MIME.get(fmt, f"image/{fmt.lower()}") for fmt in SUPPORTED_FORMATS]
+
+
+def _schemas(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
+    classes = list(predictor.class_names)
+    max_images = config["MAX_IMAGES_PER_REQUEST"]
+    class_score = {
+        "label": {"type": "string", "enum": classes, "description": "class name (its training folder name)"},
+        "confidence": {**_PROBABILITY, "description": "softmax probability of the class"},
+        "display_name": {"type": "string", "description": "'Common name (Scientific name)', or the label"},
+        "common_name": _NULLABLE_STRING,
+        "scientific_name": _NULLABLE_STRING,
+    }
+    prediction = {
+        **class_score,
+        "confidence": {**_PROBABILITY, "description": "softmax probability of `label`, the most probable class"},
+        "confident": {"type": "boolean", "description": "`confidence >= threshold`; false means 'not sure'"},
+        "threshold": {**_PROBABILITY, "description": "confidence below which the model is not sure"},
+        "top_k": {
+            "type": "array",
+            "items": _ref("ClassScore"),
+            "minItems": 1,
+            "maxItems": len(classes),
+            "description": "the `top_k` most probable classes, most probable first",
+        },
+    }
+    return {
+        "ClassScore": {"type": "object", "properties": class_score, "required": list(class_score)},
+        "Prediction": {"type": "object", "properties": prediction, "required": list(prediction)},
+        "ModelSummary": {
+            "type": "object",
+            "description": "the model that answered (`Predictor.summary()`)",
+            "properties": {
+                "arch": {"type": "string"},
+                "checkpoint": _NULLABLE_STRING,
+                "created": _NULLABLE_STRING,
+                "num_classes": {"type": "integer", "minimum": 1},
+                "image_size": {"type": "integer", "minimum": 1, "description": "input side, in pixels"},
+                "precision": {"type": "string", "enum": list(PRECISIONS)},
+                "confidence_threshold": _PROBABILITY,
+                "val_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "val_macro_f1": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            },
+            "required": ["arch", "num_classes", "image_size", "precision", "confidence_threshold"],
+        },
+        "PredictionResponse": {
+            "type": "object",
+            "description": "the answer for one image: its prediction and the model",
+            "properties": {**prediction, "model": _ref("ModelSummary")},
+            "required": [*prediction, "model"],
+        },
+        "IndexedPrediction": {
+            "type": "object",
+            "properties": {
+                **prediction,
+                "index": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": max_images - 1,
+                    "description": "position (from 0) of the file among the request's `image` fields",
+                },
+            },
+            "required": [*prediction, "index"],
+        },
+        "BatchResponse": {
+            "type": "object",
+            "description": "the answer for several images: one prediction per file, in request order",
+            "properties": {
+                "predictions": {
+                    "type": "array",
+                    "items": _ref("IndexedPrediction"),
+                    "minItems": 2,
+                    "maxItems": max_images,
+                },
+                "model": _ref("ModelSummary"),
+            },
+            "required": ["predictions", "model"],
+        },
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {"type": "string", "minLength": 1, "description": "what is wrong, for people"},
+                "index": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "with several files: position (from 0) of the first bad one; the message "
+                    "names it as 'image N of M' counting from 1",
+                },
+            },
+            "required": ["error"],
+        },
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": {"const": "ok"},
+                "model": {"type": "string", "description": "architecture"},
+                "checkpoint": _NULLABLE_STRING,
+                "classes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            },
+            "required": ["status", "model", "checkpoint", "classes"],
+        },
+    }
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this app.
+
+    Args:
+        config: the app's config (``MAX_CONTENT_LENGTH`` in bytes, ``MAX_IMAGE_PIXELS``,
+            ``MAX_IMAGES_PER_REQUEST``, ``TOP_K``).
+        predictor: the loaded model (classes, for the ``label`` enum and the ``top_k`` range).
+
+    Returns:
+        A JSON-ready dict.
+    """
+    num_classes = len(predictor.class_names)
+    max_images = config["MAX_IMAGES_PER_REQUEST"]
+    max_bytes = config["MAX_CONTENT_LENGTH"]
+    max_megapixels = f"{config['MAX_IMAGE_PIXELS'] / 1e6:g}"
+    default_top_k = max(1, min(config["TOP_K"], num_classes))
+    top_k = {"type": "integer", "minimum": 1, "maximum": num_classes, "default": default_top_k}
+    media_types = supported_media_types()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Reef fish identifier API",
+            "version": API_VERSION,
+            "summary": "Identify the species of reef fish in photos.",
+            "description": (
+                f"Upload one or several photos ({SUPPORTED_FORMATS_TEXT}) and get the most likely species with "
+                f"their softmax probabilities. Limits: {max_bytes} bytes per request body, {max_images} images "
+                f'per request, {max_megapixels} megapixels per image. Errors are JSON `{{"error": message}}` '
+                "with status 400, 413 or 415; bad input never gets a 500."
+            ),
+        },
+        "paths": {
+            "/api/predict": {
+                "post": {
+                    "operationId": "predict",
+                    "summary": "Classify one or several images",
+                    "description": (
+                        "Send each image as a multipart field named `image` (repeat the field for several). "
+                        "One image gives a `PredictionResponse`; several give a `BatchResponse` whose "
+                        "`predictions` follow the order of the fields. All images of a request are classified "
+                        "together; if any cannot be, the request fails with the error of the first bad one "
+                        "(`index` names it). The format is detected from the bytes: file names and declared "
+                        "content types are ignored. Animated images give their first frame; EXIF orientation "
+                        "is applied; transparency is composited on white."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "top_k",
+                            "in": "query",
+                            "required": False,
+                            "description": "classes listed per image (also accepted as a form field)",
+                            "schema": top_k,
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "image": {
+                                            "type": "array",
+                                            "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                                            "minItems": 1,
+                                            "maxItems": max_images,
+                                            "description": f"the image file(s): {SUPPORTED_FORMATS_TEXT}",
+                                        },
+                                        "top_k": top_k,
+                                    },
+                                    "required": ["image"],
+                                },
+                                "encoding": {"image": {"contentType": ", ".join(media_types)}},
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the prediction(s)",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"oneOf": [_ref("PredictionResponse"), _ref("BatchResponse")]}
+                                }
+                            },
+                        },
+                        "400": _error_response(
+                            "no `image` field, an empty file, a truncated or corrupt image, a bad `top_k`"
+                        ),
+                        "413": _error_response(
+                            f"a body over {max_bytes} bytes, more than {max_images} images, or an image over "
+                            f"{max_megapixels} megapixels (decompression bomb) or too elongated to classify"
+                        ),
+                        "415": _error_response(f"a file that is not a {SUPPORTED_FORMATS_TEXT} image"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness and the loaded model",
+                    "responses": {
+                        "200": {
+                            "description": "the app is up and its model is loaded",
+                            "content": {"application/json": {"schema": _ref("Health")}},
+                        }
+                    },
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "the OpenAPI 3.1 description of the API",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": _schemas(config, predictor)},
+    }

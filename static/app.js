@@ -1,0 +1,459 @@
+/* Reef fish identifier: progressive enhancement of the upload form.
+ *
+ * Without this file the page is a plain HTML form posted to "/" (the server renders the results). With it:
+ * drag and drop or paste photos, previews before sending, and no reload: the photos are posted to the JSON API
+ * (/api/predict, several "image" fields in one request) and the results, including the CSV download, are
+ * rendered here. No framework, no inline code: the Content-Security-Policy allows scripts from 'self' only.
+ * Text from files or the server is only ever set with textContent, never parsed as HTML.
+ */
+"use strict";
+
+(function () {
+  document.documentElement.classList.add("js");
+
+  const form = document.getElementById("upload-form");
+  if (!form || !window.fetch || !window.FormData) {
+    return; // another page, or an old browser: the plain form keeps working
+  }
+
+  const input = document.getElementById("image");
+  const dropzone = document.getElementById("dropzone");
+  const preview = document.getElementById("preview");
+  const statusLine = document.getElementById("status");
+  const errorBox = document.getElementById("error");
+  const results = document.getElementById("results");
+  const submit = document.getElementById("submit");
+  const apiUrl = form.dataset.api;
+  const topK = form.dataset.topK;
+  const maxFiles = Number(form.dataset.maxFiles) || 16;
+  const CSV_FILENAME = "fish-species.csv";
+
+  let files = [];
+  let previewUrls = [];
+  let resultUrls = [];
+
+  /** Build an element: attributes (null values skipped) and children (strings become text nodes). */
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value !== null && value !== undefined && value !== false) {
+        node.setAttribute(name, value === true ? "" : String(value));
+      }
+    }
+    for (const child of [].concat(children === undefined ? [] : children)) {
+      if (child !== null && child !== undefined) {
+        node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      }
+    }
+    return node;
+  }
+
+  function percent(value, decimals) {
+    return (value * 100).toFixed(decimals === undefined ? 1 : decimals) + "%";
+  }
+
+  /** The short name of a class score for sentences: its common name, else its display name. */
+  function shortName(score) {
+    return score.common_name || score.display_name || score.label;
+  }
+
+  function plural(count, word) {
+    return count + " " + word + (count === 1 ? "" : "s");
+  }
+
+  function setStatus(text) {
+    statusLine.textContent = text;
+  }
+
+  function showError(message) {
+    errorBox.replaceChildren(el("strong", {}, "Sorry:"), " " + message);
+    errorBox.hidden = false;
+  }
+
+  function clearError() {
+    errorBox.hidden = true;
+    errorBox.replaceChildren();
+  }
+
+  function setBusy(busy) {
+    submit.disabled = busy;
+    form.setAttribute("aria-busy", busy ? "true" : "false");
+  }
+
+  // --- choosing photos: picker, drag and drop, paste --------------------------------------------------------
+
+  function renderPreview() {
+    previewUrls.forEach((url) => URL.revokeObjectURL(url));
+    previewUrls = [];
+    const figures = files.map((file) => {
+      let picture;
+      if (file.type.startsWith("image/")) {
+        const url = URL.createObjectURL(file);
+        previewUrls.push(url);
+        picture = el("img", { src: url, alt: "" });
+      } else {
+        picture = el("span", { class: "not-image" }, "not an image");
+      }
+      return el("figure", {}, [picture, el("figcaption", {}, file.name)]);
+    });
+    preview.replaceChildren(...figures);
+    preview.hidden = files.length === 0;
+  }
+
+  /** Take these files as the choice; `fromInput` when they already are the input's files. */
+  function setFiles(list, fromInput) {
+    files = Array.from(list);
+    if (!fromInput) {
+      try {
+        const transfer = new DataTransfer();
+        files.forEach((file) => transfer.items.add(file));
+        input.files = transfer.files; // so the plain form would post them too
+      } catch (err) {
+        // Browsers without a DataTransfer constructor: the choice lives in `files` only.
+      }
+    }
+    renderPreview();
+    clearError();
+    if (files.length > maxFiles) {
+      showError("too many photos: " + files.length + " at once, choose at most " + maxFiles);
+    }
+    if (files.length === 0) {
+      setStatus("");
+    } else if (files.length === 1) {
+      setStatus("1 photo chosen: " + files[0].name + ". Press Identify.");
+    } else {
+      setStatus(files.length + " photos chosen. Press Identify.");
+    }
+  }
+
+  function hasFiles(event) {
+    return Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes("Files");
+  }
+
+  input.addEventListener("change", () => setFiles(input.files, true));
+  // Space opens the picker natively; make Enter do so too, as on a button.
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      input.click();
+    }
+  });
+
+  ["dragenter", "dragover"].forEach((type) => {
+    dropzone.addEventListener(type, (event) => {
+      if (!hasFiles(event)) {
+        return;
+      }
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      dropzone.classList.add("dragover");
+    });
+  });
+  dropzone.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget || !dropzone.contains(event.relatedTarget)) {
+      dropzone.classList.remove("dragover");
+    }
+  });
+  // A photo dropped anywhere on the page is taken too, instead of the browser leaving the page to show it.
+  document.addEventListener("dragover", (event) => {
+    if (hasFiles(event)) {
+      event.preventDefault();
+    }
+  });
+  document.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) {
+      return;
+    }
+    event.preventDefault();
+    dropzone.classList.remove("dragover");
+    if (event.dataTransfer.files.length) {
+      setFiles(event.dataTransfer.files, false);
+    }
+  });
+
+  document.addEventListener("paste", (event) => {
+    const pasted = Array.from((event.clipboardData && event.clipboardData.files) || []).filter((file) =>
+      file.type.startsWith("image/"),
+    );
+    if (!pasted.length) {
+      return;
+    }
+    event.preventDefault();
+    const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
+    const named = pasted.map((file, i) => {
+      const extension = (file.type.split("/")[1] || "png").replace(/[^a-z0-9]/gi, "");
+      const suffix = pasted.length > 1 ? "-" + (i + 1) : "";
+      return new File([file], "pasted-" + stamp + suffix + "." + extension, { type: file.type });
+    });
+    setFiles(named, false);
+  });
+
+  // --- sending: one request for all photos, repeated without any photo the server refuses --------------------
+
+  /** Classify `chosen`; returns one {file, prediction, error} per file, in order. */
+  async function classifyAll(chosen) {
+    const entries = chosen.map((file) => ({ file: file, prediction: null, error: null }));
+    let pending = entries.slice();
+    while (pending.length) {
+      const body = new FormData();
+      pending.forEach((entry) => body.append("image", entry.file, entry.file.name));
+      body.append("top_k", topK);
+      const response = await fetch(apiUrl, {
+        method: "POST",
+        body: body,
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+      });
+      const data = await response.json().catch(() => null);
+      if (response.ok && data) {
+        if (pending.length === 1) {
+          pending[0].prediction = data;
+        } else {
+          data.predictions.forEach((prediction, i) => {
+            pending[Number.isInteger(prediction.index) ? prediction.index : i].prediction = prediction;
+          });
+        }
+        break;
+      }
+      const message = (data && data.error) || "the server answered " + response.status + " " + response.statusText;
+      const bad = data && Number.isInteger(data.index) ? data.index : null;
+      if (pending.length > 1 && bad !== null && bad < pending.length) {
+        pending[bad].error = message.replace(/^image \d+ of \d+: /, "");
+        pending = pending.filter((_, i) => i !== bad);
+      } else if (pending.length === 1 && entries.length > 1) {
+        pending[0].error = message;
+        break;
+      } else {
+        throw new Error(message);
+      }
+    }
+    return entries;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!files.length) {
+      showError("choose an image file to upload first");
+      input.focus();
+      return;
+    }
+    if (files.length > maxFiles) {
+      showError("too many photos: " + files.length + " at once, choose at most " + maxFiles);
+      return;
+    }
+    clearError();
+    setBusy(true);
+    setStatus("Identifying " + plural(files.length, "photo") + "…");
+    try {
+      const entries = await classifyAll(files);
+      renderResults(entries);
+      const failed = entries.filter((entry) => entry.error).length;
+      setStatus(
+        entries.length === 1
+          ? "Done."
+          : "Done: " + plural(entries.length - failed, "photo") + " identified" + (failed ? ", " + failed + " refused." : "."),
+      );
+    } catch (err) {
+      setStatus("");
+      showError(err instanceof TypeError ? "could not reach the server; check your connection and try again" : err.message);
+    } finally {
+      setBusy(false);
+    }
+  });
+
+  // --- results: the same markup as the server renders without JavaScript ---------------------------------------
+
+  function bar(value, name, css, low) {
+    return el(
+      "meter",
+      {
+        class: css || "bar",
+        min: "0",
+        max: "1",
+        low: low === undefined ? null : low.toFixed(4),
+        optimum: low === undefined ? null : "1",
+        value: value.toFixed(4),
+        "aria-label": name + ": " + percent(value),
+      },
+      percent(value),
+    );
+  }
+
+  /** "Clark's anemonefish" (+ scientific name), or "Not sure: maybe X or Y". */
+  function verdict(p) {
+    if (!p.confident) {
+      const guesses = p.top_k.slice(0, 2).map(shortName).join(" or ");
+      return [el("p", { class: "species not-sure" }, "Not sure: maybe " + guesses)];
+    }
+    const nodes = [el("p", { class: "species" }, p.common_name || p.display_name)];
+    if (p.common_name && p.scientific_name) {
+      nodes.push(el("p", { class: "scientific" }, el("i", { lang: "la" }, p.scientific_name)));
+    }
+    return nodes;
+  }
+
+  function objectUrl(file) {
+    const url = URL.createObjectURL(file);
+    resultUrls.push(url);
+    return url;
+  }
+
+  function singleResult(entry) {
+    const p = entry.prediction;
+    const details = [
+      ...verdict(p),
+      el("p", { class: "confidence" }, ["Confidence ", el("strong", {}, percent(p.confidence))]),
+      bar(p.confidence, "Confidence", "bar confidence-bar", p.threshold),
+    ];
+    if (!p.confident) {
+      details.push(
+        el(
+          "p",
+          { class: "hint" },
+          "The best guess is below the " +
+            percent(p.threshold) +
+            " confidence this model needs to name a species. Try a sharper photo, cropped to one fish.",
+        ),
+      );
+    }
+    const rows = p.top_k.map((score) =>
+      el("tr", {}, [
+        el("th", { scope: "row" }, score.display_name),
+        el("td", { class: "number" }, percent(score.confidence)),
+        el("td", { class: "bar-cell" }, bar(score.confidence, score.display_name)),
+      ]),
+    );
+    return el("section", { class: "card result", "aria-labelledby": "result-heading" }, [
+      el("h2", { id: "result-heading", tabindex: "-1" }, "Result"),
+      el("div", { class: "result-body" }, [
+        el("img", { class: "thumbnail", src: objectUrl(entry.file), alt: "The photo you sent" }),
+        el("div", { class: "verdict" }, details),
+      ]),
+      el("table", { class: "top-k" }, [
+        el("caption", {}, "Top " + p.top_k.length + " species"),
+        el(
+          "thead",
+          {},
+          el("tr", {}, [
+            el("th", { scope: "col" }, "Species"),
+            el("th", { scope: "col", class: "number" }, "Probability"),
+            el("th", { scope: "col" }, el("span", { class: "visually-hidden" }, "Bar")),
+          ]),
+        ),
+        el("tbody", {}, rows),
+      ]),
+    ]);
+  }
+
+  function tableResults(entries) {
+    const rows = entries.map((entry) => {
+      const p = entry.prediction;
+      const cells = [
+        el("td", {}, entry.file.type.startsWith("image/") ? el("img", { class: "row-thumbnail", src: objectUrl(entry.file), alt: "" }) : null),
+        el("th", { scope: "row", class: "file-name" }, entry.file.name),
+      ];
+      if (p) {
+        cells.push(
+          el("td", {}, verdict(p)),
+          el("td", { class: "confidence-cell" }, [
+            el("span", { class: "number" }, percent(p.confidence)),
+            " ",
+            bar(p.confidence, "Confidence", "bar", p.threshold),
+          ]),
+          el(
+            "td",
+            { class: "top-cell" },
+            el(
+              "ol",
+              { class: "top-list" },
+              p.top_k.map((score) =>
+                el("li", {}, [
+                  el("span", {}, score.display_name),
+                  " ",
+                  el("span", { class: "number" }, percent(score.confidence)),
+                  " ",
+                  bar(score.confidence, score.display_name, "bar small"),
+                ]),
+              ),
+            ),
+          ),
+        );
+      } else {
+        cells.push(el("td", { colspan: "3", class: "row-error" }, [el("strong", {}, "Sorry:"), " " + entry.error]));
+      }
+      return el("tr", {}, cells);
+    });
+    const csvUrl = URL.createObjectURL(new Blob([resultsCsv(entries)], { type: "text/csv;charset=utf-8" }));
+    resultUrls.push(csvUrl);
+    return el("section", { class: "card results", "aria-labelledby": "results-heading" }, [
+      el("h2", { id: "results-heading", tabindex: "-1" }, "Results for " + entries.length + " photos"),
+      el(
+        "p",
+        {},
+        el("a", { class: "button", id: "csv-download", href: csvUrl, download: CSV_FILENAME }, "Download the results (CSV)"),
+      ),
+      el("div", { class: "table-scroll", role: "region", "aria-labelledby": "results-heading", tabindex: "0" }, [
+        el("table", { class: "results-table" }, [
+          el(
+            "thead",
+            {},
+            el("tr", {}, [
+              el("th", { scope: "col" }, el("span", { class: "visually-hidden" }, "Photo")),
+              el("th", { scope: "col" }, "File"),
+              el("th", { scope: "col" }, "Species"),
+              el("th", { scope: "col" }, "Confidence"),
+              el("th", { scope: "col" }, "Top " + topK),
+            ]),
+          ),
+          el("tbody", {}, rows),
+        ]),
+      ]),
+    ]);
+  }
+
+  function renderResults(entries) {
+    resultUrls.forEach((url) => URL.revokeObjectURL(url));
+    resultUrls = [];
+    const section = entries.length === 1 ? singleResult(entries[0]) : tableResults(entries);
+    results.replaceChildren(section);
+    const heading = section.querySelector("h2");
+    if (heading.getBoundingClientRect().top > window.innerHeight) {
+      heading.scrollIntoView({ block: "start" });
+    }
+  }
+
+  // --- CSV: the same columns as the server's results_csv() in app/web.py ----------------------------------------
+
+  /** One CSV field: no formula prefixes for spreadsheets, quoted when it holds a comma, quote or line break. */
+  function csvCell(value) {
+    let text = value === null || value === undefined ? "" : String(value);
+    if (/^[=+\-@\t\r]/.test(text)) {
+      text = "'" + text;
+    }
+    return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  function resultsCsv(entries) {
+    const k = Math.max(0, ...entries.map((entry) => (entry.prediction ? entry.prediction.top_k.length : 0)));
+    const header = ["file_name", "species", "label", "confidence", "confident", "error"];
+    for (let i = 1; i <= k; i += 1) {
+      header.push("top_" + i, "top_" + i + "_confidence");
+    }
+    const lines = [header];
+    entries.forEach((entry) => {
+      const p = entry.prediction;
+      if (!p) {
+        lines.push([entry.file.name, "", "", "", "", entry.error]);
+        return;
+      }
+      const row = [entry.file.name, p.display_name, p.label, p.confidence.toFixed(4), String(p.confident), ""];
+      p.top_k.forEach((score) => row.push(score.label, score.confidence.toFixed(4)));
+      lines.push(row);
+    });
+    return lines.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
+  }
+
+  if (input.files && input.files.length) {
+    setFiles(input.files, true); // files the browser kept after going back
+  }
+})();

@@ -1,0 +1,139 @@
+"""The OpenAPI document at ``/api/openapi.json``: a valid OpenAPI 3.1 description whose schemas match live answers."""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from app import create_app
+from app.images import SUPPORTED_FORMATS
+from tests.conftest import COLOURS
+
+CLASS_NAMES = sorted(COLOURS)
+DOC_URI = "urn:fish-api:openapi"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_checkpoint: Path) -> Flask:
+    """One app for the module (no test changes it)."""
+    return create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint)})
+
+
+@pytest.fixture(scope="module")
+def document(app: Flask) -> dict[str, Any]:
+    response = app.test_client().get("/api/openapi.json")
+    assert response.status_code == 200 and response.is_json
+    return response.get_json()
+
+
+def strict(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy whose component objects forbid undocumented keys, so a field added to an answer but not to the
+    document fails the test (the served document stays open to additions, as clients expect)."""
+    doc = copy.deepcopy(document)
+    for schema in doc["components"]["schemas"].values():
+        if "properties" in schema:
+            schema.setdefault("additionalProperties", False)
+    return doc
+
+
+def validator(document: dict[str, Any], *keys: str) -> Draft202012Validator:
+    """A JSON Schema validator for the schema at ``document[keys[0]][keys[1]]...``; its ``#/components/...``
+    references resolve in ``document``."""
+    pointer = "/".join(key.replace("~", "~0").replace("/", "~1") for key in keys)
+    registry = Registry().with_resource(DOC_URI, Resource.from_contents(document, default_specification=DRAFT202012))
+    return Draft202012Validator({"$ref": f"{DOC_URI}#/{pointer}"}, registry=registry)
+
+
+def assert_matches(document: dict[str, Any], path: str, method: str, status: int, body: Any) -> None:
+    """``body`` is valid against the strict form of the documented response schema of ``method path -> status``."""
+    keys = ("paths", path, method, "responses", str(status), "content", "application/json", "schema")
+    errors = sorted(validator(strict(document), *keys).iter_errors(body), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+def post(client: FlaskClient, files: list[bytes], **form: str) -> Any:
+    data: dict[str, Any] = {"image": [(io.BytesIO(b), f"f{i}.jpg") for i, b in enumerate(files)], **form}
+    return client.post("/api/predict", data=data, content_type="multipart/form-data")
+
+
+def test_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.1")
+    validate(document)  # raises OpenAPIValidationError with the path of the problem
+    for schema in document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+
+
+def test_document_is_built_from_the_real_limits(tiny_checkpoint: Path) -> None:
+    config = {"MAX_IMAGES_PER_REQUEST": 4, "MAX_CONTENT_LENGTH": 12345, "MAX_IMAGE_PIXELS": 2_000_000, "TOP_K": 2}
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), **config})
+    doc = app.test_client().get("/api/openapi.json").get_json()
+    operation = doc["paths"]["/api/predict"]["post"]
+    body = operation["requestBody"]["content"]["multipart/form-data"]
+    assert body["schema"]["properties"]["image"]["maxItems"] == 4
+    assert body["schema"]["properties"]["top_k"] == {"type": "integer", "minimum": 1, "maximum": 3, "default": 2}
+    assert body["encoding"]["image"]["contentType"].count("image/") == len(SUPPORTED_FORMATS)
+    assert doc["components"]["schemas"]["BatchResponse"]["properties"]["predictions"]["maxItems"] == 4
+    assert doc["components"]["schemas"]["ClassScore"]["properties"]["label"]["enum"] == CLASS_NAMES
+    assert "12345 bytes" in operation["responses"]["413"]["description"]
+    assert "2 megapixels" in operation["responses"]["413"]["description"]
+    assert set(doc["paths"]) == {"/api/predict", "/healthz", "/api/openapi.json"}
+
+
+def test_one_image_answer_matches_the_document(
+    app: Flask, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
+) -> None:
+    for form in ({}, {"top_k": "1"}):
+        response = post(app.test_client(), [jpeg_bytes()], **form)
+        assert response.status_code == 200
+        assert_matches(document, "/api/predict", "post", 200, response.get_json())
+        assert "label" in response.get_json()  # the one-image shape, not the batch one
+
+
+def test_several_images_answer_matches_the_document(
+    app: Flask, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
+) -> None:
+    response = post(app.test_client(), [jpeg_bytes(colour) for colour in COLOURS.values()], top_k="2")
+    assert response.status_code == 200
+    assert_matches(document, "/api/predict", "post", 200, response.get_json())
+    assert [p["index"] for p in response.get_json()["predictions"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("files", "status"),
+    [([b"plain text"], 415), ([b""], 400), ([b"\xff\xd8\xff\xe0broken"], 400), ([b"ok", b"plain text"], 415)],
+    ids=["text", "empty", "corrupt-jpeg", "second-of-two"],
+)
+def test_error_answers_match_the_document(
+    app: Flask, document: dict[str, Any], jpeg_bytes: Callable[..., bytes], files: list[bytes], status: int
+) -> None:
+    files = [jpeg_bytes() if f == b"ok" else f for f in files]
+    response = post(app.test_client(), files)
+    assert response.status_code == status
+    assert_matches(document, "/api/predict", "post", status, response.get_json())
+
+
+def test_too_many_images_and_too_large_bodies_match_the_document(
+    tiny_checkpoint: Path, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
+) -> None:
+    app = create_app(
+        {"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), "MAX_IMAGES_PER_REQUEST": 2, "MAX_CONTENT_LENGTH": 4096}
+    )
+    for response in (post(app.test_client(), [jpeg_bytes()] * 3), post(app.test_client(), [b"x" * 5000])):
+        assert response.status_code == 413
+        assert_matches(document, "/api/predict", "post", 413, response.get_json())
+
+
+def test_healthz_matches_the_document(app: Flask, document: dict[str, Any]) -> None:
+    response = app.test_client().get("/healthz")
+    assert_matches(document, "/healthz", "get", 200, response.get_json())
