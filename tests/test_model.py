@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import torchvision
 from PIL import Image
 
+import model.predictor as predictor_module
 from model.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -20,7 +22,7 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.network import WeightsUnavailableError, build_model
-from model.predictor import Predictor
+from model.predictor import BackendUnavailableError, Predictor
 from model.transforms import Preprocessing, eval_transform, to_rgb, train_transform
 
 
@@ -265,3 +267,30 @@ def test_predictor_flags_low_confidence_and_names_species(tiny_checkpoint: Path,
     assert {"label", "confidence", "display_name", "common_name", "scientific_name"} <= set(body["top_k"][0])
     with pytest.raises(ValueError, match="confidence_threshold"):
         Predictor.from_checkpoint(path, confidence_threshold=1.5)
+
+
+def test_openvino_backend_agrees_with_torch(tiny_checkpoint: Path) -> None:
+    pytest.importorskip("openvino", reason="optional backend: pip install openvino")
+    torch_predictor = Predictor.from_checkpoint(tiny_checkpoint, precision="fp32")
+    ov_predictor = Predictor.from_checkpoint(tiny_checkpoint, precision="fp32", backend="openvino")
+    batch = torch.randn(3, 3, 32, 32)
+    diff = (torch_predictor.probabilities(batch) - ov_predictor.probabilities(batch)).abs().max()
+    assert diff < 1e-4
+    assert ov_predictor.summary()["backend"] == "openvino"
+    assert ov_predictor.predict([Image.new("RGB", (20, 30), "blue")])[0].label in ov_predictor.class_names
+
+
+def test_backend_errors_are_clear(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Predictor.from_checkpoint(tiny_checkpoint, backend="tensorrt")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    with pytest.raises(BackendUnavailableError, match="pip install openvino"):
+        Predictor.from_checkpoint(tiny_checkpoint, backend="openvino")
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_the_cpu(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: str
+) -> None:
+    monkeypatch.setattr(predictor_module, "cpu_supports_bf16", lambda: native_bf16)
+    assert Predictor.from_checkpoint(tiny_checkpoint, precision="auto").precision == expected

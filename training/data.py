@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
@@ -206,11 +206,15 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         return [s.target for s in self.samples]
 
     def load(self, index: int) -> Image.Image:
-        """Decode sample ``index`` to RGB. Raises ``OSError`` if the file can't be decoded."""
+        """Decode sample ``index`` upright (EXIF orientation applied, as the web app does) in RGB.
+
+        Raises:
+            OSError: the file can't be decoded.
+        """
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         with Image.open(self.root / self.samples[index].path) as im:
-            image = to_rgb(im)
+            image = to_rgb(ImageOps.exif_transpose(im))
             image.load()
         if self.cache is not None:
             self.cache[index] = image

@@ -1,0 +1,272 @@
+"""Classify every image under a folder with a checkpoint and write one CSV row per image.
+
+See ``python predict.py --help``. Files are decoded as ``evaluate.py`` decodes them (Pillow, then
+``model.transforms.to_rgb``), go through the checkpoint's eval preset (``predictor.transform``) and
+``predictor.logits`` in batches, and get the fields of :class:`model.predictor.Prediction`. An image that cannot
+be decoded gets a row with its ``error`` instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm import tqdm
+
+from app.web import csv_cell
+from model.checkpoint import CheckpointError
+from model.predictor import BACKENDS, PRECISIONS, BackendUnavailableError, Prediction, Predictor
+from training.data import ImageListDataset, Sample, is_image_file
+from training.engine import resolve_device
+
+logger = logging.getLogger("predict")
+
+#: What Pillow raises on files it cannot decode: truncated data, broken headers or chunks, not an image at all,
+#: too many pixels (its decompression-bomb check).
+DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error, Image.DecompressionBombError)
+
+#: An image's result: its index in the dataset, its prediction (None when unreadable) and the error ("" if none).
+Result = tuple[int, Prediction | None, str]
+
+
+def list_images(root: Path) -> list[str]:
+    """Every image file under ``root``, recursively, by extension (``training.data.is_image_file``).
+
+    Returns:
+        Paths relative to ``root`` with ``/`` separators, sorted.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        NotADirectoryError: ``root`` is a file.
+        ValueError: no image file under it.
+    """
+    if not root.exists():
+        raise FileNotFoundError(f"folder {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder")
+    paths = [
+        (Path(dirpath) / name).relative_to(root).as_posix()
+        for dirpath, _, filenames in os.walk(root, followlinks=True)
+        for name in filenames
+        if is_image_file(name)
+    ]
+    if not paths:
+        raise ValueError(f"no image files under {root} (extensions {' '.join(IMG_EXTENSIONS)})")
+    return sorted(paths)
+
+
+class UnlabelledImages(ImageListDataset):
+    """Images at ``paths`` (relative to ``root``), decoded like :class:`ImageListDataset`, unreadable ones kept.
+
+    Item ``i`` is ``(i, image, "")`` with ``image`` the float32 ``(3, S, S)`` output of ``transform``, or
+    ``(i, None, message)`` when the file cannot be decoded, so every path gets a result. Batch with
+    :func:`collate_with_errors`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        paths: Sequence[str],
+        transform: Callable[[Image.Image], torch.Tensor],
+    ) -> None:
+        super().__init__(root, [Sample(path, -1) for path in paths], transform)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:  # type: ignore[override]
+        try:
+            return index, self.transform(self.load(index)), ""
+        except UnidentifiedImageError:  # its message repeats the absolute path
+            return index, None, "unreadable image: not an image format Pillow can identify"
+        except DECODE_ERRORS as exc:
+            return index, None, f"unreadable image: {exc}"
+
+
+def collate_with_errors(
+    items: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """Batch :class:`UnlabelledImages` items.
+
+    Returns:
+        ``(indices, images, errors)``: the N indices of the readable images, those images stacked as float32
+        ``(N, 3, S, S)`` (None when N is 0), and ``{index: message}`` for the unreadable ones.
+    """
+    readable = [(index, image) for index, image, _ in items if image is not None]
+    errors = {index: error for index, image, error in items if image is None}
+    images = torch.stack([image for _, image in readable]) if readable else None
+    return [index for index, _ in readable], images, errors
+
+
+def predict_images(
+    predictor: Predictor, dataset: UnlabelledImages, *, top_k: int, batch_size: int, workers: int
+) -> Iterator[Result]:
+    """Classify ``dataset`` in batches of ``batch_size`` decoded by ``workers`` DataLoader processes (0: inline).
+
+    Yields:
+        ``(index, prediction, error)`` for every item, in index order: a :class:`Prediction` of the ``top_k``
+        most probable classes (clipped to the number of classes) and ``""``, or ``None`` and the decode error.
+    """
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_with_errors
+    )
+    k = max(1, min(top_k, len(predictor.class_names)))
+    with tqdm(total=len(dataset), desc="predict", unit="img", leave=False, disable=None, dynamic_ncols=True) as bar:
+        for indices, images, errors in loader:
+            predictions: dict[int, Prediction] = {}
+            if images is not None:
+                values, classes = torch.softmax(predictor.logits(images), dim=1).topk(k, dim=1)
+                for index, probs, labels in zip(indices, values.tolist(), classes.tolist(), strict=True):
+                    scores = [predictor.score(predictor.class_names[c], p) for p, c in zip(probs, labels, strict=True)]
+                    predictions[index] = Prediction(top_k=scores, threshold=predictor.confidence_threshold)
+            for index in sorted([*predictions, *errors]):
+                yield index, predictions.get(index), errors.get(index, "")
+            bar.update(len(predictions) + len(errors))
+
+
+def csv_header(k: int) -> list[str]:
+    """``path, label, display_name, confidence, confident, error``, then ``top_i, top_i_confidence`` for i <= k."""
+    header = ["path", "label", "display_name", "confidence", "confident", "error"]
+    for i in range(1, k + 1):
+        header += [f"top_{i}", f"top_{i}_confidence"]
+    return header
+
+
+def csv_row(path: str, prediction: Prediction | None, error: str, k: int) -> list[str]:
+    """One row under ``csv_header(k)``: probabilities with 4 decimals, ``confident`` as ``true``/``false``, the
+    prediction's cells empty for an unreadable image. Cells are escaped like the web app's CSV (no formulas)."""
+    if prediction is None:
+        row = [path, "", "", "", "", error] + [""] * (2 * k)
+    else:
+        row = [path, prediction.label, prediction.display_name, f"{prediction.confidence:.4f}"]
+        row += [str(prediction.confident).lower(), error]
+        for score in prediction.top_k:
+            row += [score.label, f"{score.confidence:.4f}"]
+    return [csv_cell(cell) for cell in row]
+
+
+@dataclass
+class Summary:
+    """What a run classified: the image count, predicted labels, "not sure" predictions, unreadable paths."""
+
+    images: int = 0
+    labels: Counter[str] = field(default_factory=Counter)
+    not_sure: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def write_predictions(output: Path, paths: Sequence[str], results: Iterable[Result], k: int) -> Summary:
+    """Write one CSV row per result to ``output`` (see :func:`csv_header`), atomically: to ``output.part`` first,
+    renamed over ``output`` once complete, removed if the run fails.
+
+    Args:
+        output: the CSV file to write; its folder must exist.
+        paths: the dataset's relative paths, indexed by the results' indices.
+        results: from :func:`predict_images`.
+        k: number of top classes per row.
+
+    Returns:
+        The counts for the summary.
+    """
+    summary = Summary()
+    part = output.with_name(output.name + ".part")
+    try:
+        with open(part, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(csv_header(k))
+            for index, prediction, error in results:
+                summary.images += 1
+                if prediction is None:
+                    summary.failed.append(paths[index])
+                else:
+                    summary.labels[prediction.label] += 1
+                    summary.not_sure += not prediction.confident
+                writer.writerow(csv_row(paths[index], prediction, error, k))
+        os.replace(part, output)
+    finally:
+        part.unlink(missing_ok=True)
+    return summary
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Arguments of ``predict.py``."""
+    parser = argparse.ArgumentParser(
+        description="Classify every image under a folder (recursively) and write one CSV row per image.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("folder", type=Path, help="folder of images; sub-folders are searched, other files ignored")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py (release.pt...)")
+    parser.add_argument("--output", type=Path, required=True, help="CSV file to write (replaced if it exists)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (at most the class count)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (0: inline)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... or auto")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="auto: bf16 where the CPU or GPU computes it natively, else fp32",
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="openvino: optional, CPU only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Classify, write the CSV, print a summary; exit code 0 on success, 2 on a user error (missing folder, no
+    images, bad checkpoint or option)."""
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
+            raise ValueError("--top-k and --batch-size must be at least 1, --workers at least 0")
+        if args.output.is_dir():
+            raise ValueError(f"--output {args.output} is a folder; give a file name")
+        paths = list_images(args.folder)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        device = resolve_device(args.device)
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=device, precision=args.precision, backend=args.backend
+        )
+    except (CheckpointError, ValueError, OSError, BackendUnavailableError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+    k = min(args.top_k, len(predictor.class_names))
+    dataset = UnlabelledImages(args.folder, paths, predictor.transform)
+    start = time.perf_counter()
+    results = predict_images(predictor, dataset, top_k=k, batch_size=args.batch_size, workers=args.workers)
+    summary = write_predictions(args.output, paths, results, k)
+    seconds = time.perf_counter() - start
+    logger.info(
+        "classified %d images (%d unreadable) in %.1f s: %.1f images/s",
+        summary.images,
+        len(summary.failed),
+        seconds,
+        summary.images / seconds,
+    )
+    if summary.failed:
+        logger.warning("%d unreadable image(s), e.g. %s", len(summary.failed), summary.failed[:3])
+
+    classified = summary.images - len(summary.failed)
+    sys.stdout.write(
+        f"{args.output}: {summary.images} images, {classified} classified "
+        f"({classified - summary.not_sure} confident, {summary.not_sure} not sure), {len(summary.failed)} unreadable\n"
+    )
+    if summary.labels:
+        common = ", ".join(f"{label} {n}" for label, n in summary.labels.most_common(5))
+        sys.stdout.write(f"most frequent: {common}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

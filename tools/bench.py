@@ -1,0 +1,465 @@
+"""Speed benchmark of prediction, serving and training, side by side in one run: ``make bench``.
+
+Writes ``BENCHMARKS.md`` (machine, date, commit, then one table per measurement). Everything is measured on the
+same checkpoint and the same photos in one process, so the ratios are what to read; absolute times move with the
+machine and whatever else it is doing. Tests never assert a time: this script is where timings live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import io
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from werkzeug.datastructures import FileStorage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.images import decode_image  # noqa: E402
+from model.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from model.network import build_model  # noqa: E402
+from model.predictor import BackendUnavailableError, Predictor, resolve_inference_precision  # noqa: E402
+from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform  # noqa: E402
+from tools import loadtest  # noqa: E402
+from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder  # noqa: E402
+from training.engine import build_optimizer, build_scheduler, resolve_precision, train_one_epoch  # noqa: E402
+
+logger = logging.getLogger("bench")
+
+DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_resnet50.pt"
+DEFAULT_SPLIT = ROOT / "weights" / "fish4knowledge_split.csv"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fish4knowledge"
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> list[float]:
+    """Wall times of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``."""
+    return float(np.percentile(values, q))
+
+
+class NaiveBaseline:
+    """The textbook way: eager fp32 ResNet, PIL decode, resize 256, centre crop 224, one image at a time."""
+
+    def __init__(self, ckpt: dict[str, Any]) -> None:
+        from torchvision import transforms as T
+
+        self.model = model_from_checkpoint(ckpt)
+        self.transform = T.Compose(
+            [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        )
+
+    @torch.no_grad()
+    def predict_bytes(self, data: bytes) -> torch.Tensor:
+        """Class probabilities ``(C,)`` of one encoded image."""
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        return torch.softmax(self.model(self.transform(image).unsqueeze(0)), dim=1)[0]
+
+
+def app_predict_bytes(predictor: Predictor, data: bytes) -> torch.Tensor:
+    """The app's path for one upload: in-memory decode (reduced size for big JPEGs), eval preset, predictor."""
+    upload = FileStorage(io.BytesIO(data), filename="x")
+    size = predictor.preprocessing.resize_size
+    image = decode_image(upload, resize_short_side=size, reduce_to=size)
+    batch = predictor.transform(image).unsqueeze(0)
+    return predictor.probabilities(batch)[0]
+
+
+def phone_photo(source: Path) -> bytes:
+    """A 4000 x 3000 (12 MP) JPEG at quality 90 made from a real photo, with camera-like noise."""
+    image = Image.open(source).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(0).integers(-6, 7, (3000, 4000, 3))
+    arr = np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def bench_predict(ckpt_path: Path, photos: list[Path], repeats: int) -> dict[str, Any]:
+    """Single-image latency and batched throughput: naive baseline vs the app's predictor in fp32 and bf16."""
+    ckpt = load_checkpoint(ckpt_path)
+    small = [p.read_bytes() for p in photos[:20]]
+    big = phone_photo(photos[0])
+    naive = NaiveBaseline(ckpt)
+    fp32 = Predictor.from_checkpoint(ckpt_path, precision="fp32")
+    bf16 = Predictor.from_checkpoint(ckpt_path, precision="bf16")
+    paths: list[tuple[str, Callable[[bytes], Any]]] = [
+        ("naive: eager fp32, 224 px (resize 256, crop 224)", naive.predict_bytes),
+        ("app predictor, fp32, checkpoint's 128 px preset", lambda d: app_predict_bytes(fp32, d)),
+        ("app predictor, bf16 autocast + channels_last, 128 px", lambda d: app_predict_bytes(bf16, d)),
+    ]
+    predictors = [("torch fp32", fp32), ("torch bf16", bf16)]
+    try:
+        openvino = Predictor.from_checkpoint(ckpt_path, precision="bf16", backend="openvino")
+        paths.append(("app predictor, OpenVINO bf16, 128 px", lambda d: app_predict_bytes(openvino, d)))
+        predictors.append(("OpenVINO bf16", openvino))
+    except BackendUnavailableError as exc:
+        logger.warning("skipping OpenVINO: %s", exc)
+    rows: dict[str, Any] = {}
+
+    def cycle(fn: Callable[[bytes], Any], items: list[bytes]) -> Callable[[], Any]:
+        state = {"i": 0}
+
+        def call() -> Any:
+            state["i"] = (state["i"] + 1) % len(items)
+            return fn(items[state["i"]])
+
+        return call
+
+    for name, fn in paths:
+        small_ms = timed(cycle(fn, small), repeats)
+        big_ms = timed(lambda fn=fn: fn(big), max(5, repeats // 5), warmup=1)
+        rows[name] = {
+            "p50_ms": pct(small_ms, 50),
+            "p90_ms": pct(small_ms, 90),
+            "big_p50_ms": pct(big_ms, 50),
+        }
+        logger.info("%s: %s", name, rows[name])
+
+    images = [Image.open(p).convert("RGB") for p in photos[:64]]
+    batched = {}
+    for name, predictor in predictors:
+        for batch_size in (16, 64):
+            ms = timed(lambda predictor=predictor, b=batch_size: predictor.predict(images[:b]), 5, warmup=1)
+            batched[f"{name}, batch {batch_size}"] = batch_size / (statistics.median(ms) / 1000)
+    logger.info("batched img/s: %s", batched)
+    return {
+        "latency": rows,
+        "batched_images_per_s": batched,
+        "big_photo": f"4000 x 3000 JPEG, {len(big) // 1024} KB",
+    }
+
+
+def bench_fidelity(ckpt_path: Path, data: Path, split: Path) -> dict[str, float]:
+    """Top-1 agreement and largest probability difference of bf16 against fp32 on the validation images."""
+    fp32 = Predictor.from_checkpoint(ckpt_path, precision="fp32")
+    bf16 = Predictor.from_checkpoint(ckpt_path, precision="bf16")
+    samples = read_split(split, fp32.class_names)
+    loader = DataLoader(ImageListDataset(data, samples, fp32.transform), batch_size=64, collate_fn=collate_skip_none)
+    agree, total, max_diff, correct32, correct16 = 0, 0, 0.0, 0, 0
+    for images, targets in loader:
+        p32, p16 = fp32.probabilities(images), bf16.probabilities(images)
+        agree += int((p32.argmax(1) == p16.argmax(1)).sum())
+        correct32 += int((p32.argmax(1) == targets).sum())
+        correct16 += int((p16.argmax(1) == targets).sum())
+        max_diff = max(max_diff, float((p32 - p16).abs().max()))
+        total += len(targets)
+    return {
+        "images": total,
+        "top1_agreement": agree / total,
+        "max_probability_difference": max_diff,
+        "accuracy_fp32": correct32 / total,
+        "accuracy_bf16": correct16 / total,
+    }
+
+
+def bench_serving(
+    model: Path, data: Path, clients: list[int], duration: float, precision: str, backend: str = "torch"
+) -> list[dict[str, Any]]:
+    """``tools/loadtest.py`` without bad input or a kill, once per client count, against real gunicorn."""
+    results = []
+    os.environ["FISH_PRECISION"] = precision
+    os.environ["FISH_BACKEND"] = backend
+    try:
+        for count in clients:
+            args = loadtest.parse_args(
+                [
+                    "--clients",
+                    str(count),
+                    "--duration",
+                    str(duration),
+                    "--no-kill",
+                    "--bad-fraction",
+                    "0",
+                    "--model",
+                    str(model),
+                    "--data",
+                    str(data),
+                ]
+            )
+            report = loadtest.run_loadtest(args)
+            good = report["good"]
+            results.append(
+                {
+                    "clients": count,
+                    "precision": f"{backend} {precision}"
+                    + (f" (= {resolve_inference_precision(precision)}, the default)" if precision == "auto" else ""),
+                    "requests_per_s": report["requests_per_s"],
+                    "p50_ms": good["p50_ms"],
+                    "p99_ms": good["p99_ms"],
+                    "errors": report["unexpected_errors"],
+                    "workers": report["config"]["workers"],
+                }
+            )
+            logger.info("serving %s", results[-1])
+    finally:
+        os.environ.pop("FISH_PRECISION", None)
+        os.environ.pop("FISH_BACKEND", None)
+    return results
+
+
+def bench_training(data: Path, image_size: int, images: int, precision: str) -> dict[str, float]:
+    """ResNet-50 training images/s at ``image_size``: one epoch of the real loop on ``images`` photos (data
+    loading included), and the model alone on random tensors (forward, backward, SGD step)."""
+    device = torch.device("cpu")
+    precision = resolve_precision(precision, device)
+    class_names, samples = scan_image_folder(data)
+    samples = samples[:: max(1, len(samples) // images)][:images]
+    p = Preprocessing.for_image_size(image_size)
+    dataset = ImageListDataset(data, samples, train_transform(p))
+    loader = DataLoader(
+        dataset,
+        batch_size=64,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=collate_skip_none,
+        persistent_workers=True,
+        drop_last=True,
+    )
+    model = build_model("resnet50", len(class_names)).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, 0.05, 0.9, 5e-4)
+    scheduler = build_scheduler(optimizer, name="cosine", epochs=1, steps_per_epoch=len(loader), warmup_epochs=0)
+    criterion = torch.nn.CrossEntropyLoss()
+    stats = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, 0, precision=precision)
+
+    x = torch.randn(64, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, len(class_names), (64,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    ms = timed(step, 4, warmup=1)
+    return {
+        "precision": precision,
+        "image_size": image_size,
+        "end_to_end_images_per_s": stats["images_per_s"],
+        "model_only_images_per_s": 64 / (statistics.median(ms) / 1000),
+        "images": stats["images"],
+    }
+
+
+def bench_predict_cli(model: Path, data: Path, images: int) -> dict[str, float]:
+    """Images/s of ``predict.py`` over a folder of ``images`` photos (symlinks), in fp32 and bf16."""
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        for i, path in enumerate(sorted(data.rglob("*.jpg"))[:images]):
+            (folder / f"{i:05d}.jpg").symlink_to(path)
+        for precision in ("fp32", "bf16"):
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "predict.py"),
+                    str(folder),
+                    "--checkpoint",
+                    str(model),
+                    "--output",
+                    str(Path(tmp) / "out.csv"),
+                    "--precision",
+                    precision,
+                    "--workers",
+                    "2",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            results[precision] = images / (time.perf_counter() - start)
+    return results
+
+
+def machine() -> dict[str, str]:
+    """CPU model, cores, memory, library versions, date and commit of this run."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": (commit.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty else ""),
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "torch": f"torch {torch.__version__}, torchvision {__import__('torchvision').__version__}, "
+        f"{torch.get_num_threads()} threads",
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    """BENCHMARKS.md from the results."""
+    m = results["machine"]
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`tools/bench.py`); every number below comes from one run on one machine, on the",
+        "same checkpoint (`weights/fish4knowledge_resnet50.pt`) and the same Fish4Knowledge photos. Read the ratios;",
+        "absolute times move with the machine and its load.",
+        "",
+        f"- date: {m['date']}, commit {m['commit']}",
+        f"- CPU: {m['cpu']}; GPU: {m['gpu']}",
+        f"- {m['torch']}",
+        "",
+    ]
+    if "predict" in results:
+        r = results["predict"]
+        out += [
+            "## 1. Predict one photo (decode, preprocess, network)",
+            "",
+            f"20 small Fish4Knowledge JPEGs, cycled; the big photo is a {r['big_photo']}.",
+            "",
+            "| path | p50 ms | p90 ms | 12 MP photo p50 ms | 12 MP adds ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, row in r["latency"].items():
+            out.append(
+                f"| {name} | {row['p50_ms']:.1f} | {row['p90_ms']:.1f} | {row['big_p50_ms']:.1f} | "
+                f"{row['big_p50_ms'] - row['p50_ms']:.1f} |"
+            )
+        base = next(iter(r["latency"].values()))["p50_ms"]
+        best = min(row["p50_ms"] for row in r["latency"].values())
+        out += ["", f"Fastest single-image path: {base / best:.1f}x the naive baseline.", ""]
+        out += [
+            "Batched throughput of the app's predictor (decoded images in memory):",
+            "",
+            "| precision, batch | images/s |",
+            "|---|---:|",
+        ]
+        out += [f"| {k} | {v:.1f} |" for k, v in r["batched_images_per_s"].items()]
+        out.append("")
+    if "fidelity" in results:
+        f = results["fidelity"]
+        out += [
+            "## 2. Fidelity of bf16 against fp32",
+            "",
+            f"On the {f['images']} validation photos of the model card's split:",
+            "",
+            "| top-1 agreement | largest probability difference | accuracy fp32 | accuracy bf16 |",
+            "|---:|---:|---:|---:|",
+            f"| {100 * f['top1_agreement']:.2f} % | {f['max_probability_difference']:.4f} | "
+            f"{100 * f['accuracy_fp32']:.2f} % | {100 * f['accuracy_bf16']:.2f} % |",
+            "",
+        ]
+    if "serving" in results:
+        out += [
+            "## 3. Serving: gunicorn with the default configuration",
+            "",
+            "`tools/loadtest.py` with real photos, no bad input, no worker killed; each client sends one request at",
+            "a time.",
+            "",
+            "| backend, precision | clients | workers | requests/s | p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in results["serving"]:
+            out.append(
+                f"| {row['precision']} | {row['clients']} | {row['workers']} | {row['requests_per_s']:.1f} | "
+                f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['errors']} |"
+            )
+        out.append("")
+    if "training" in results:
+        out += [
+            "## 4. Training ResNet-50 (CPU)",
+            "",
+            "| precision | image size | end to end (one epoch of train.py's loop, data loading included) | "
+            "model only |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in results["training"]:
+            out.append(
+                f"| {row['precision']} | {row['image_size']} | {row['end_to_end_images_per_s']:.1f} img/s "
+                f"({row['images']:.0f} images) | {row['model_only_images_per_s']:.1f} img/s |"
+            )
+        out += ["", "No GPU was available to this run; see the README for GPU figures when measured.", ""]
+    if "predict_cli" in results:
+        out += ["## 5. Batch prediction: `predict.py DIR`", "", "| precision | images/s |", "|---|---:|"]
+        out += [f"| {k} | {v:.1f} |" for k, v in results["predict_cli"].items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks and write the report; exit code 2 when the photos or model are missing."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--repeats", type=int, default=60, help="timed single-image predictions per path")
+    parser.add_argument("--serving-duration", type=float, default=15.0, help="seconds per client count")
+    parser.add_argument("--train-images", type=int, default=640)
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=["predict", "fidelity", "serving", "training", "predict_cli"],
+        help="subset of: predict fidelity serving training predict_cli",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not args.data.is_dir() or not args.model.is_file():
+        logger.error("need the photos (%s) and the model (%s)", args.data, args.model)
+        return 2
+    photos = sorted(args.data.rglob("*.jpg"))[::37]
+    results: dict[str, Any] = {"machine": machine()}
+    if "predict" in args.only:
+        results["predict"] = bench_predict(args.model, photos, args.repeats)
+    if "fidelity" in args.only:
+        results["fidelity"] = bench_fidelity(args.model, args.data, args.split)
+        logger.info("fidelity %s", results["fidelity"])
+    if "serving" in args.only:
+        results["serving"] = []
+        configs = [("fp32", "torch"), ("auto", "torch")]
+        if importlib.util.find_spec("openvino") is not None:
+            configs.append(("bf16", "openvino"))
+        for precision, backend in configs:
+            results["serving"] += bench_serving(
+                args.model, args.data, [1, 4, 16], args.serving_duration, precision, backend
+            )
+    if "training" in args.only:
+        results["training"] = [bench_training(args.data, 128, args.train_images, p) for p in ("fp32", "auto")]
+        logger.info("training %s", results["training"])
+    if "predict_cli" in args.only and (ROOT / "predict.py").is_file():
+        results["predict_cli"] = bench_predict_cli(args.model, args.data, 800)
+        logger.info("predict.py %s", results["predict_cli"])
+    args.output.write_text(render(results) + "\n")
+    logger.info("wrote %s", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
