@@ -14,8 +14,9 @@ _cpus = os.cpu_count() or 1
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 # Worker processes: each loads its own copy of the model; 2 to 4, about one per two cores.
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, min(4, _cpus // 2))))
-# Threads per worker (gthread worker): one request can be read or written while another is classified.
-threads = 2
+# Threads per worker (gthread): 8, so that concurrent requests can share one batch through the network
+# (model/batching.py); GUNICORN_THREADS overrides.
+threads = int(os.environ.get("GUNICORN_THREADS", 8))
 # Seconds a worker may spend on one request before it is killed and restarted.
 timeout = 60
 # Load the app in each worker after the fork, never in the master, so torch is not initialised before forking.

@@ -15,6 +15,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest
+from model.batching import MicroBatcher
 from model.checkpoint import CheckpointError
 from model.predictor import Predictor
 
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "FISH"
 #: Key of the predictor in ``app.extensions``.
 EXTENSION_KEY = "predictor"
+#: Key of the :class:`model.batching.MicroBatcher` in ``app.extensions``.
+BATCHER_KEY = "batcher"
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -44,6 +47,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             ``"bf16"``.
         BACKEND: ``"torch"`` (default) or ``"openvino"`` (optional ``pip install openvino``; CPU only).
         TORCH_THREADS: torch intra-op threads for this process, or None to keep torch's default.
+        BATCH_MAX_SIZE: most images that concurrent requests of one worker share in one batch (1 turns batching
+            off; see ``model.batching``).
+        BATCH_WAIT_MS: how long, in milliseconds, an open batch waits for more requests.
         CONFIDENCE_THRESHOLD: predictions below this probability are shown as "not sure"; None (default) uses
             the threshold recorded in the checkpoint, chosen on validation data.
 
@@ -79,6 +85,8 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         BACKEND="torch",
         TORCH_THREADS=None,
         CONFIDENCE_THRESHOLD=None,
+        BATCH_MAX_SIZE=16,
+        BATCH_WAIT_MS=2.0,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     # Debug mode (interactive tracebacks, reloading) is never taken from the environment (FLASK_DEBUG, FISH_DEBUG):
@@ -86,7 +94,14 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
     app.config["DEBUG"] = False
     if config is not None:
         app.config.from_mapping(config)
-    for key in ("TOP_K", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST", "MAX_CONTENT_LENGTH", "TORCH_THREADS"):
+    for key in (
+        "TOP_K",
+        "MAX_IMAGE_PIXELS",
+        "MAX_IMAGES_PER_REQUEST",
+        "MAX_CONTENT_LENGTH",
+        "TORCH_THREADS",
+        "BATCH_MAX_SIZE",
+    ):
         value = app.config[key]
         if value is None and key == "TORCH_THREADS":
             continue
@@ -128,7 +143,15 @@ def init_predictor(app: Flask) -> None:
             f"{ENV_PREFIX}_MODEL_PATH to a checkpoint written by train.py."
         ) from exc
     app.extensions[EXTENSION_KEY] = predictor
+    app.extensions[BATCHER_KEY] = MicroBatcher(
+        predictor, max_batch=app.config["BATCH_MAX_SIZE"], max_wait_ms=float(app.config["BATCH_WAIT_MS"])
+    )
     logger.info("serving %s (%d classes, torch threads %d)", path, len(predictor.class_names), torch.get_num_threads())
+
+
+def get_batcher() -> MicroBatcher:
+    """The current app's batching front of its predictor: what routes call ``predict`` on."""
+    return current_app.extensions[BATCHER_KEY]
 
 
 def get_predictor() -> Predictor:

@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from app import get_predictor
+from app import get_batcher, get_predictor
 from app.images import ImageError, decode_image
 from app.openapi import openapi_document
 
@@ -109,7 +109,7 @@ def predict() -> Response:
         max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
         resize_short_side=predictor.preprocessing.resize_size,
     )
-    predictions = predictor.predict(images, top_k=top_k)
+    predictions = get_batcher().predict(images, top_k=top_k)
     model = predictor.summary()
     if len(predictions) == 1:
         return jsonify({**predictions[0].to_dict(), "model": model})

@@ -23,7 +23,7 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import get_predictor
+from app import get_batcher, get_predictor
 from app.images import SUPPORTED_FORMATS_TEXT, ImageError, decode_image
 from model.predictor import Prediction
 
@@ -183,7 +183,7 @@ def classify_upload(upload: FileStorage, thumbnail_size: int) -> FileResult:
         resize_short_side=predictor.preprocessing.resize_size,
         reduce_to=predictor.preprocessing.resize_size,
     )
-    prediction = predictor.predict([image], top_k=current_app.config["TOP_K"])[0]
+    prediction = get_batcher().predict([image], top_k=current_app.config["TOP_K"])[0]
     return FileResult(display_filename(upload), prediction, thumbnail_data_url(image, thumbnail_size))
 
 
