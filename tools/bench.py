@@ -461,7 +461,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {row['precision']} | {row['image_size']} | {row['end_to_end_images_per_s']:.1f} img/s "
                 f"({row['images']:.0f} images) | {row['model_only_images_per_s']:.1f} img/s |"
             )
-        out += ["", "No GPU was available to this run; see the README for GPU figures when measured.", ""]
+        out += ["", "GPU training was not measured: no GPU was available to this run.", ""]
     if "predict_cli" in results:
         out += ["## 5. Batch prediction: `predict.py DIR`", "", "| precision | images/s |", "|---|---:|"]
         out += [f"| {k} | {v:.1f} |" for k, v in results["predict_cli"].items()]
