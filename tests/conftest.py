@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +106,51 @@ def app(tiny_checkpoint: Path):
 def client(app):
     """A test client of :func:`app`."""
     return app.test_client()
+
+
+@contextlib.contextmanager
+def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
+    """Real gunicorn (``gunicorn.conf.py``, one worker, one torch thread) serving ``model`` on a free loopback
+    port; yields its base URL once ``/healthz`` answers, and stops it on exit.
+
+    Raises:
+        AssertionError: gunicorn exited early or did not answer within 60 s (the message holds its log).
+    """
+    from tools.loadtest import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "FISH_MODEL_PATH": str(model),
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "1",
+        "FISH_TORCH_THREADS": "1",
+    }
+    log_path = log_dir / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"gunicorn exited early:\n{log_path.read_text()}"
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, f"gunicorn did not answer in 60 s:\n{log_path.read_text()}"
+                time.sleep(0.25)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -8,15 +8,10 @@ import json
 import os
 import re
 import runpy
-import socket
 import struct
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +27,8 @@ from werkzeug.datastructures import FileStorage
 from app import create_app
 from app.images import ImageError, decode_image
 from model.checkpoint import CheckpointError
-from tests.conftest import COLOURS, ROOT, encode, synthetic_image
+from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, synthetic_image
+from tools.loadtest import multipart
 
 CLASS_NAMES = sorted(COLOURS)
 SPECIES_NAMES = ("Blue tang", "Clownfish", "Green chromis")
@@ -610,56 +606,10 @@ def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.environ["FISH_TORCH_THREADS"] == "7"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    """Encode one file field as ``multipart/form-data``; returns the body and its Content-Type header."""
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 def test_gunicorn_serves_predictions(tiny_checkpoint: Path, tmp_path: Path, jpeg_bytes: Callable[..., bytes]) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "FISH_MODEL_PATH": str(tiny_checkpoint),
-        "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-        "FISH_TORCH_THREADS": "1",
-    }
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"gunicorn exited early:\n{log_path.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
-                    health = json.load(response)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, f"gunicorn did not answer in 60 s:\n{log_path.read_text()}"
-                time.sleep(0.5)
+    with gunicorn_server(tiny_checkpoint, tmp_path) as base:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+            health = json.load(response)
         assert health["status"] == "ok" and health["classes"] == CLASS_NAMES
 
         body, content_type = multipart("image", "fish.jpg", jpeg_bytes(), "image/jpeg")
@@ -678,10 +628,3 @@ def test_gunicorn_serves_predictions(tiny_checkpoint: Path, tmp_path: Path, jpeg
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=30)
         assert info.value.code == 415 and "error" in json.load(info.value)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
