@@ -2,7 +2,7 @@
 
 See ``python predict.py --help``. Files are decoded as ``evaluate.py`` decodes them (Pillow, then
 ``model.transforms.to_rgb``), go through the checkpoint's eval preset (``predictor.transform``) and
-``predictor.logits`` in batches, and get the fields of :class:`model.predictor.Prediction`. An image that cannot
+``predictor.predict_batch`` in batches, and get the fields of :class:`model.predictor.Prediction`. An image that cannot
 be decoded gets a row with its ``error`` instead of stopping the run.
 """
 
@@ -125,10 +125,7 @@ def predict_images(
         for indices, images, errors in loader:
             predictions: dict[int, Prediction] = {}
             if images is not None:
-                values, classes = torch.softmax(predictor.logits(images), dim=1).topk(k, dim=1)
-                for index, probs, labels in zip(indices, values.tolist(), classes.tolist(), strict=True):
-                    scores = [predictor.score(predictor.class_names[c], p) for p, c in zip(probs, labels, strict=True)]
-                    predictions[index] = Prediction(top_k=scores, threshold=predictor.confidence_threshold)
+                predictions = dict(zip(indices, predictor.predict_batch(images, top_k=k), strict=True))
             for index in sorted([*predictions, *errors]):
                 yield index, predictions.get(index), errors.get(index, "")
             bar.update(len(predictions) + len(errors))

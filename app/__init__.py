@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 from flask import Flask, Response, current_app, jsonify, request
+from PIL import Image
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
-from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest
+from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest, decode_image
 from model.batching import MicroBatcher
 from model.checkpoint import CheckpointError
 from model.predictor import Predictor
@@ -152,6 +154,19 @@ def init_predictor(app: Flask) -> None:
 def get_batcher() -> MicroBatcher:
     """The current app's batching front of its predictor: what routes call ``predict`` on."""
     return current_app.extensions[BATCHER_KEY]
+
+
+def decode_upload(upload: FileStorage | None) -> Image.Image:
+    """Decode one uploaded file for the current app's model: ``MAX_IMAGE_PIXELS`` enforced, big photos shrunk on
+    decoding to the model's resize size (what the API and the page both do, so they give the same answer).
+
+    Raises:
+        app.images.ImageError: the file is not a usable image (see :func:`app.images.decode_image`).
+    """
+    size = get_predictor().preprocessing.resize_size
+    return decode_image(
+        upload, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size
+    )
 
 
 def get_predictor() -> Predictor:

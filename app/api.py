@@ -17,8 +17,8 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from app import get_batcher, get_predictor
-from app.images import ImageError, decode_image
+from app import decode_upload, get_batcher, get_predictor
+from app.images import ImageError
 from app.openapi import openapi_document
 
 logger = logging.getLogger(__name__)
@@ -48,19 +48,15 @@ def parse_top_k(value: str | None, default: int, num_classes: int) -> int:
     return top_k
 
 
-def decode_uploads(
-    uploads: list[FileStorage], *, max_images: int, max_pixels: int, resize_short_side: int
-) -> list[Image.Image]:
+def decode_uploads(uploads: list[FileStorage], *, max_images: int) -> list[Image.Image]:
     """Decode the files of one request, in order, stopping at the first that cannot be classified.
 
-    Each image is shrunk right after decoding to what the model needs (see ``reduce_to`` in
-    :func:`app.images.decode_image`), so a request holds at most one full-size image in memory at a time.
+    Each image is shrunk right after decoding to what the model needs (see :func:`app.decode_upload`), so a
+    request holds at most one full-size image in memory at a time.
 
     Args:
         uploads: the request's ``image`` fields.
         max_images: most files allowed in one request.
-        max_pixels: most pixels (width x height) of each image.
-        resize_short_side: the model's resize size, in pixels.
 
     Returns:
         One RGB image per upload.
@@ -77,11 +73,7 @@ def decode_uploads(
     images = []
     for index, upload in enumerate(uploads):
         try:
-            images.append(
-                decode_image(
-                    upload, max_pixels=max_pixels, resize_short_side=resize_short_side, reduce_to=resize_short_side
-                )
-            )
+            images.append(decode_upload(upload))
         except ImageError as exc:
             if len(uploads) == 1:
                 raise
@@ -103,12 +95,7 @@ def predict() -> Response:
     predictor = get_predictor()
     top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.class_names))
     uploads = request.files.getlist("image")
-    images = decode_uploads(
-        uploads,
-        max_images=current_app.config["MAX_IMAGES_PER_REQUEST"],
-        max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-        resize_short_side=predictor.preprocessing.resize_size,
-    )
+    images = decode_uploads(uploads, max_images=current_app.config["MAX_IMAGES_PER_REQUEST"])
     predictions = get_batcher().predict(images, top_k=top_k)
     model = predictor.summary()
     if len(predictions) == 1:

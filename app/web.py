@@ -23,9 +23,9 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import get_batcher, get_predictor
-from app.images import SUPPORTED_FORMATS_TEXT, ImageError, decode_image
-from model.predictor import Prediction
+from app import decode_upload, get_batcher, get_predictor
+from app.images import SUPPORTED_FORMATS_TEXT, ImageError
+from model.predictor import Prediction, pretty_label
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,6 @@ class FileResult:
     prediction: Prediction | None = None
     thumbnail: str | None = None
     error: str | None = None
-
-
-def species_name(label: str) -> str:
-    """A class name for people: underscores to spaces, first letter capitalised (``blue_tang`` -> ``Blue tang``)."""
-    name = label.replace("_", " ").strip()
-    return name[:1].upper() + name[1:]
 
 
 def thumbnail_data_url(image: Image.Image, max_side: int = THUMBNAIL_SIZE) -> str:
@@ -176,13 +170,7 @@ def classify_upload(upload: FileStorage, thumbnail_size: int) -> FileResult:
     Raises:
         ImageError: the file is not a usable image (see :func:`app.images.decode_image`).
     """
-    predictor = get_predictor()
-    image = decode_image(
-        upload,
-        max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-        resize_short_side=predictor.preprocessing.resize_size,
-        reduce_to=predictor.preprocessing.resize_size,
-    )
+    image = decode_upload(upload)
     prediction = get_batcher().predict([image], top_k=current_app.config["TOP_K"])[0]
     return FileResult(display_filename(upload), prediction, thumbnail_data_url(image, thumbnail_size))
 
@@ -305,7 +293,7 @@ def class_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "label": label,
-                "display_name": known.get("display_name") or species_name(label),
+                "display_name": known.get("display_name") or pretty_label(label),
                 "common_name": known.get("common_name"),
                 "scientific_name": known.get("scientific_name"),
                 "precision": _number(scores.get("precision")),

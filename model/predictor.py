@@ -409,7 +409,14 @@ class Predictor:
         """
         if not images:
             return []
-        batch = torch.stack([self.transform(to_rgb(im)) for im in images])
+        return self.predict_batch(torch.stack([self.transform(to_rgb(im)) for im in images]), top_k)
+
+    def predict_batch(self, batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:
+        """Classify a preprocessed batch (float32 ``(N, 3, S, S)``, the output of :attr:`transform` stacked).
+
+        Returns:
+            One :class:`Prediction` per row, ``top_k`` clipped to the number of classes.
+        """
         probs = self.probabilities(batch)
         k = max(1, min(top_k, len(self.class_names)))
         values, indices = probs.topk(k, dim=1)
