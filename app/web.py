@@ -344,7 +344,8 @@ def confusion_rows(matrix: Any, classes: Sequence[str]) -> list[dict[str, Any]] 
 
 @bp.get("/model")
 def model_page() -> tuple[str, int]:
-    """What the model knows and how well: its classes, how it was trained, validation metrics, confusion matrix."""
+    """What the model knows and how well: its classes, how it was trained, validation metrics (with the
+    calibration error and softmax temperature where the checkpoint records them), confusion matrix."""
     info = get_predictor().describe()
     metrics = info.get("metrics") or {}
     classes = class_rows(info)

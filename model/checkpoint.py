@@ -13,12 +13,17 @@ Schema (format version 1), all values plain Python types or tensors:
 ``config``            dict, the resolved training configuration
 ``versions``          dict[str, str], torch / torchvision / python versions that wrote it
 ``created``           str, ISO 8601 UTC time
+``head``              optional dict, the classifier head (:func:`model.network.build_model`'s ``head``);
+                      absent means one linear layer
 ``class_info``        optional dict, class name -> ``{"common_name", "scientific_name"}`` (``--class-info``)
 ``serving``           release only: ``{"confidence_threshold", "target_accuracy", "coverage",
-                      "selective_accuracy"}``, the "not sure" threshold chosen on validation data
+                      "selective_accuracy", "temperature"}``: the "not sure" threshold chosen on validation
+                      data, and the softmax temperature T > 0 fitted there (temperature scaling; served
+                      probabilities are ``softmax(logits / T)``, T = 1 when absent)
 ``optimizer``,        state dicts for ``--resume``; absent from release checkpoints
 ``lr_scheduler``,
-``scaler``
+``scaler``,
+``training_model``    with ``--ema-decay``: the raw weights (``model`` holds the averaged ones)
 ====================  ==========================================================================
 
 Modelled on timm's and torchvision references' checkpoints (``arch, epoch, state_dict, optimizer, args``).
@@ -74,6 +79,7 @@ def make_checkpoint(
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scaler: torch.amp.GradScaler | None = None,
     class_info: dict[str, dict[str, str]] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble a checkpoint dict (see the module docstring for the schema)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
@@ -89,6 +95,8 @@ def make_checkpoint(
         "versions": library_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if head and head.get("type", "linear") != "linear":
+        ckpt["head"] = dict(head)
     if class_info:
         ckpt["class_info"] = {name: dict(info) for name, info in class_info.items() if name in class_names}
     if optimizer is not None:
@@ -161,7 +169,10 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     Raises:
         CheckpointError: the weights do not fit the recorded architecture and class count.
     """
-    model = build_model(ckpt["arch"], num_classes=len(ckpt["class_names"]))
+    try:
+        model = build_model(ckpt["arch"], num_classes=len(ckpt["class_names"]), head=ckpt.get("head"))
+    except ValueError as exc:
+        raise CheckpointError(f"cannot rebuild the network of this checkpoint: {exc}") from exc
     state_dict = {
         k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()
     }
@@ -177,7 +188,7 @@ def release_checkpoint(ckpt: dict[str, Any], dtype: torch.dtype = torch.float16)
 
     BatchNorm's ``num_batches_tracked`` and other integer buffers keep their dtype.
     """
-    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer", "lr_scheduler", "scaler")}
+    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer", "lr_scheduler", "scaler", "training_model")}
     slim["model"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     slim["config"] = {**ckpt.get("config", {}), "release_dtype": str(dtype).removeprefix("torch.")}
     return slim

@@ -1,13 +1,14 @@
 """Inference from a checkpoint: the object the web app, ``evaluate.py`` and the tests share.
 
 A :class:`Predictor` is built once (per web-app instance, per evaluation run) from a checkpoint; it owns the
-network in eval mode, the class names and the eval transform that the checkpoint records.
+network in eval mode, the class names, the eval transform and the softmax temperature that the checkpoint records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -221,12 +222,14 @@ class Predictor:
             :func:`resolve_inference_precision`).
         backend: ``"torch"`` (eager PyTorch, channels_last) or ``"openvino"`` (CPU only; optional package).
         confidence_threshold: predictions below it are flagged ``confident=False`` (0 disables the flag).
+        temperature: T > 0; probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et al. 2017, fitted
+            on validation data by ``training.metrics.fit_temperature``); 1 leaves the network's softmax as is.
         class_info: optional ``{class name: {"common_name": str, "scientific_name": str}}``.
         metadata: descriptive fields (arch, epoch, metrics...) reported by :meth:`describe`.
 
     Raises:
-        ValueError: the number of class names does not match the network's outputs, unknown precision, or a
-            threshold outside [0, 1], or an unknown backend.
+        ValueError: the number of class names does not match the network's outputs, unknown precision, a
+            threshold outside [0, 1], a temperature that is not a positive finite number, or an unknown backend.
         BackendUnavailableError: the openvino backend was asked for but cannot be used.
     """
 
@@ -240,11 +243,13 @@ class Predictor:
         precision: str = "fp32",
         backend: str = "torch",
         confidence_threshold: float = 0.0,
+        temperature: float = 1.0,
         class_info: dict[str, dict[str, str | None]] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        self.temperature = temperature  # validated by the property's setter
         precision = resolve_inference_precision(precision, device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
@@ -295,6 +300,9 @@ class Predictor:
             confidence_threshold: overrides the threshold the checkpoint records (``serving.confidence_threshold``,
                 chosen on validation data; 0 when absent).
 
+        The softmax temperature is the checkpoint's ``serving.temperature`` (fitted on validation data), 1 when
+        absent (checkpoints written before temperature scaling).
+
         Raises:
             model.checkpoint.CheckpointError: the file is missing or not a valid checkpoint.
             ValueError: see :class:`Predictor`.
@@ -320,20 +328,38 @@ class Predictor:
             precision=precision,
             backend=backend,
             confidence_threshold=confidence_threshold,
+            temperature=float(serving.get("temperature", 1.0)),
             class_info=ckpt.get("class_info"),
             metadata=metadata,
         )
         logger.info(
-            "loaded %s: %s, %d classes, input %d px, %s %s on %s",
+            "loaded %s: %s, %d classes, input %d px, temperature %.3g, %s %s on %s",
             path,
             ckpt["arch"],
             len(predictor.class_names),
             predictor.preprocessing.image_size,
+            predictor.temperature,
             predictor.backend,
             predictor.precision,
             device,
         )
         return predictor
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature T: :meth:`probabilities` is ``softmax(logits / T)``.
+
+        Raises:
+            ValueError: on assignment of anything but a positive finite number.
+        """
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        value = float(value)
+        if not (math.isfinite(value) and value > 0.0):
+            raise ValueError(f"temperature must be a positive finite number, got {value}")
+        self._temperature = value
 
     def score(self, label: str, confidence: float) -> ClassScore:
         """A :class:`ClassScore` for ``label`` with the names the checkpoint records for it."""
@@ -341,8 +367,8 @@ class Predictor:
         return ClassScore(label, confidence, common, scientific)
 
     def summary(self) -> dict[str, Any]:
-        """Short JSON-ready description for API responses: arch, checkpoint, input size, precision, threshold and
-        the headline validation metrics."""
+        """Short JSON-ready description for API responses: arch, checkpoint, input size, precision, threshold,
+        softmax temperature and the headline validation metrics."""
         metrics = self.metadata.get("metrics", {})
         return {
             "arch": self.metadata.get("arch"),
@@ -353,6 +379,7 @@ class Predictor:
             "precision": self.precision,
             "backend": self.backend,
             "confidence_threshold": self.confidence_threshold,
+            "temperature": self.temperature,
             "val_accuracy": metrics.get("val_accuracy"),
             "val_macro_f1": metrics.get("val_macro_f1"),
         }
@@ -384,7 +411,7 @@ class Predictor:
             batch: float32 ``(N, 3, S, S)``, the output of :attr:`transform` stacked.
 
         Returns:
-            float32 ``(N, C)`` logits on the CPU.
+            float32 ``(N, C)`` logits on the CPU, as the network gives them (not divided by the temperature).
         """
         if self._openvino is not None:
             return self._openvino(batch.float().cpu())
@@ -394,8 +421,12 @@ class Predictor:
         return out.float().cpu()
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities, float32 ``(N, C)``, rows summing to 1; see :meth:`logits` for ``batch``."""
-        return torch.softmax(self.logits(batch), dim=1)
+        """Calibrated probabilities ``softmax(logits / temperature)``, float32 ``(N, C)``, rows summing to 1.
+
+        Every backend goes through here (see :meth:`logits` for ``batch``); the temperature never changes the
+        most probable class.
+        """
+        return torch.softmax(self.logits(batch) / self.temperature, dim=1)
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
         """Classify decoded images of any Pillow mode and size (converted to RGB first).

@@ -5,17 +5,24 @@ and serving time: ``eval_transform(preprocessing)`` is what ``evaluate.py`` and 
 with the ``Preprocessing`` stored in the checkpoint. Modelled on torchvision's
 ``references/classification/presets.py`` (resize to ``image_size / crop_pct``, centre crop) and timm's data
 config (``input_size, interpolation, mean, std, crop_pct``).
+
+Training augmentation is chosen by name from :data:`AUGMENT_PRESETS` (``train_transform(p, augment=...)``):
+``"none"`` (the eval pipeline, no randomness), ``"basic"`` (random resized crop, flip, colour jitter; the
+default), ``"strong"`` (basic plus TrivialAugment and random erasing, as torchvision's reference recipe) and
+``"morphology"`` (basic plus a random grey-level erosion, dilation, opening or closing, see
+:class:`RandomMorphology`). Every preset maps an RGB ``PIL.Image`` to a float32 tensor of shape
+``(3, image_size, image_size)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
@@ -24,6 +31,18 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Ratio of crop to resized short side used by torchvision's ImageNet evaluation (224 / 256).
 DEFAULT_CROP_PCT = 0.875
+#: Names accepted by :func:`train_transform`'s ``augment`` (and ``train.py --augment``).
+AUGMENT_PRESETS: tuple[str, ...] = ("none", "basic", "strong", "morphology")
+#: Operations :class:`RandomMorphology` draws from, as the Pillow rank filters applied in order.
+MORPHOLOGY_OPS: dict[str, tuple[type[ImageFilter.RankFilter], ...]] = {
+    "erosion": (ImageFilter.MinFilter,),
+    "dilation": (ImageFilter.MaxFilter,),
+    "opening": (ImageFilter.MinFilter, ImageFilter.MaxFilter),
+    "closing": (ImageFilter.MaxFilter, ImageFilter.MinFilter),
+}
+
+#: Filters Pillow's affine warp (used by TrivialAugmentWide's rotate, shear, translate) accepts.
+_AFFINE_INTERPOLATIONS = (InterpolationMode.NEAREST, InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
 
 
 @dataclass(frozen=True)
@@ -87,24 +106,112 @@ def _to_float_tensor(p: Preprocessing) -> list[Callable[[Any], Any]]:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(p.mean), std=list(p.std))]
 
 
-def train_transform(p: Preprocessing) -> T.Compose:
-    """Training augmentation: random resized crop, horizontal flip, mild colour jitter, normalisation.
+class RandomMorphology:
+    """With probability ``p``, apply a random grey-level morphological operation to a PIL image.
+
+    The operations are those of mathematical morphology (Serra, *Image Analysis and Mathematical Morphology*,
+    1982; Gonzalez & Woods, *Digital Image Processing*, ch. 9) with a flat square structuring element of side
+    ``size``, each band filtered separately:
+
+    - ``"erosion"``: minimum over the window (``ImageFilter.MinFilter``); bright regions shrink, dark grow.
+    - ``"dilation"``: maximum over the window (``ImageFilter.MaxFilter``); bright regions grow, dark shrink.
+    - ``"opening"``: erosion then dilation; removes bright details smaller than the window (specks, thin fins).
+    - ``"closing"``: dilation then erosion; fills dark details smaller than the window (holes, thin gaps).
+
+    The operation and the window side are drawn uniformly from ``ops`` and ``sizes``. The draws use torch's
+    RNG (``torch.rand``, ``torch.randint``), so ``torch.manual_seed`` makes them reproducible and each DataLoader
+    worker gets its own stream. Instances hold only plain values, so they pickle (DataLoader workers, spawn).
+
+    Args:
+        p: probability of applying an operation at all, in [0, 1].
+        sizes: window sides to choose from, each odd and >= 3 (Pillow's rank filters need an odd side); the
+            default ``(3,)`` is a 3 x 3 window, ``(3, 5)`` picks 3 x 3 or 5 x 5 with equal probability.
+        ops: operation names to choose from, a non-empty subset of :data:`MORPHOLOGY_OPS`.
+
+    Raises:
+        ValueError: ``p`` out of range, an even or too small size, an unknown or empty list of operations.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        sizes: Sequence[int] = (3,),
+        ops: Sequence[str] = ("erosion", "dilation", "opening", "closing"),
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        if not sizes or any(int(k) != k or k < 3 or k % 2 == 0 for k in sizes):
+            raise ValueError(f"sizes must be odd integers >= 3, got {tuple(sizes)}")
+        unknown = [op for op in ops if op not in MORPHOLOGY_OPS]
+        if not ops or unknown:
+            raise ValueError(f"ops must be a non-empty subset of {tuple(MORPHOLOGY_OPS)}, got {tuple(ops)}")
+        self.p = float(p)
+        self.sizes: tuple[int, ...] = tuple(int(k) for k in sizes)
+        self.ops: tuple[str, ...] = tuple(ops)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """Return ``image`` filtered by a randomly chosen operation (probability ``p``), else ``image`` itself.
+
+        Raises:
+            TypeError: ``image`` is not a ``PIL.Image.Image`` (put this transform before ``ToImage``).
+        """
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"RandomMorphology expects a PIL image, got {type(image).__name__}")
+        if torch.rand(1).item() >= self.p:
+            return image
+        op = self.ops[int(torch.randint(len(self.ops), (1,)).item())]
+        size = self.sizes[int(torch.randint(len(self.sizes), (1,)).item())]
+        for rank_filter in MORPHOLOGY_OPS[op]:
+            image = image.filter(rank_filter(size))
+        return image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, sizes={self.sizes}, ops={self.ops})"
+
+
+def train_transform(p: Preprocessing, augment: str = "basic") -> T.Compose:
+    """Training transform for the augmentation preset ``augment`` (one of :data:`AUGMENT_PRESETS`).
+
+    - ``"none"``: no randomness, exactly :func:`eval_transform` (resize the short side, centre crop, normalise).
+    - ``"basic"``: random resized crop (scale 0.35 to 1), horizontal flip, colour jitter (brightness, contrast
+      and saturation 0.2), normalisation.
+    - ``"strong"``: basic plus ``TrivialAugmentWide`` on the PIL image (Müller & Hutter, "TrivialAugment:
+      Tuning-free Yet State-of-the-Art Data Augmentation", ICCV 2021) and ``RandomErasing(p=0.25)`` on the
+      normalised tensor (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020, arXiv 2017), in the
+      order of torchvision's ``references/classification/presets.py`` (``ClassificationPresetTrain``).
+      TrivialAugment's geometric ops use ``p.interpolation`` when it is nearest, bilinear or bicubic, else
+      bilinear (Pillow's affine warp supports no other filter).
+    - ``"morphology"``: basic plus :class:`RandomMorphology` (``p=0.5``, 3 x 3 window, erosion, dilation,
+      opening or closing) applied after the crop, so the window is measured in network-input pixels.
 
     Args:
         p: the preprocessing the checkpoint will record; its ``image_size`` is the crop size.
+        augment: preset name; ``"basic"`` is the historical behaviour.
 
     Returns:
         A callable mapping an RGB ``PIL.Image`` to a float32 tensor of shape ``(3, image_size, image_size)``.
+
+    Raises:
+        ValueError: ``augment`` is not one of :data:`AUGMENT_PRESETS`.
     """
+    if augment not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augment preset {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+    if augment == "none":
+        return eval_transform(p)
     interpolation = InterpolationMode(p.interpolation)
-    return T.Compose(
-        [
-            T.RandomResizedCrop(p.image_size, scale=(0.35, 1.0), interpolation=interpolation, antialias=True),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            *_to_float_tensor(p),
-        ]
-    )
+    pil_ops: list[Callable[[Any], Any]] = [
+        T.RandomResizedCrop(p.image_size, scale=(0.35, 1.0), interpolation=interpolation, antialias=True),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+    ]
+    tensor_ops: list[Callable[[Any], Any]] = []
+    if augment == "strong":
+        warp = interpolation if interpolation in _AFFINE_INTERPOLATIONS else InterpolationMode.BILINEAR
+        pil_ops.append(T.TrivialAugmentWide(interpolation=warp))
+        tensor_ops.append(T.RandomErasing(p=0.25))
+    elif augment == "morphology":
+        pil_ops.append(RandomMorphology(p=0.5, sizes=(3,)))
+    return T.Compose([*pil_ops, *_to_float_tensor(p), *tensor_ops])
 
 
 def eval_transform(p: Preprocessing) -> T.Compose:

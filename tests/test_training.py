@@ -170,7 +170,7 @@ def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> N
         "last.pt",
         "release.pt",
         "split.csv",
-        "config.json",
+        "config.yaml",
         "metrics.csv",
         "metrics.json",
         "per_class.csv",
@@ -195,7 +195,9 @@ def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> N
     assert release["metrics"]["val_macro_f1"] == pytest.approx(final["macro_f1"])
     assert release["metrics"]["confusion_matrix"] == final["confusion_matrix"]
     assert release["class_info"]["clownfish"]["common_name"] == "Clownfish"
-    assert release["serving"] == final["selective"]
+    assert release["serving"] == {**final["selective"], "temperature": final["temperature"]}
+    assert release["metrics"]["temperature"] == pytest.approx(final["temperature"]) and final["temperature"] > 0
+    assert release["metrics"]["val_ece"] == pytest.approx(final["ece"]) and "ece_before" in final
     assert 0.0 <= release["serving"]["confidence_threshold"] <= 1.0
 
 
@@ -279,7 +281,6 @@ def test_train_learns_separable_colours(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--epochs", "0"), "--epochs must be >= 1"),
         (("--arch", "nonet"), "unknown arch"),
         (("--precision", "fp16", "--device", "cpu"), "needs a GPU"),
     ],
@@ -289,3 +290,22 @@ def test_train_rejects_bad_options(
 ) -> None:
     assert train.main([*_train_args(image_folder, tmp_path / "run"), *extra]) == 2
     assert message in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--epochs", "0"), "--epochs must be >= 1"),
+        (("--head", "transformer"), "invalid choice: 'transformer'"),
+        (("--freeze-backbone", "--head-epochs", "2"), "not both"),
+        (("--head-hidden", "256,x"), "comma-separated integers"),
+    ],
+)
+def test_train_rejects_bad_arguments_before_training(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train.main([*_train_args(image_folder, tmp_path / "run"), *extra])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

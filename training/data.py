@@ -52,19 +52,22 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def scan_image_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[Sample]]:
+def scan_image_folder(
+    root: str | os.PathLike[str], classes: Sequence[str] | None = None
+) -> tuple[list[str], list[Sample]]:
     """List the classes and images of an ImageFolder tree (``root/<class>/<image>``).
 
     Class names are the sub-folder names in sorted order, exactly as ``torchvision.datasets.ImageFolder``
-    assigns indices. Files that are not images by extension (README, CSV...) are ignored silently; image files
-    that Pillow cannot open are skipped and counted in one warning.
+    assigns indices; with ``classes``, only those folders (still indexed in sorted order). Files that are not
+    images by extension (README, CSV...) are ignored silently; image files that Pillow cannot open are skipped
+    and counted in one warning.
 
     Returns:
         ``(class_names, samples)`` with samples sorted by path.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or has no class folders.
-        ValueError: no readable image was found.
+        ValueError: no readable image was found, or a name in ``classes`` is not a folder of ``root``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -73,6 +76,12 @@ def scan_image_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[Sam
         class_names, class_to_idx = find_classes(str(root))
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)") from exc
+    if classes is not None:
+        missing = sorted(set(classes) - set(class_names))
+        if missing:
+            raise ValueError(f"--classes {', '.join(missing)} not found in {root} (it has {', '.join(class_names)})")
+        class_names = sorted(set(classes))
+        class_to_idx = {name: i for i, name in enumerate(class_names)}
     samples: list[Sample] = []
     unreadable: list[str] = []
     for name in class_names:

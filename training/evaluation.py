@@ -1,7 +1,8 @@
 """Evaluate a :class:`model.predictor.Predictor` on labelled images: shared by ``train.py`` and ``evaluate.py``.
 
 The images go through ``predictor.transform`` (the checkpoint's eval preset) and ``predictor.logits``, the same
-code path the web app serves with, so the numbers printed here are the numbers users get.
+code path the web app serves with, and the probabilities are ``softmax(logits / predictor.temperature)`` as in
+``predictor.probabilities``, so the numbers printed here are the numbers users get.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from torch.utils.data import DataLoader
 from model.predictor import Predictor
 from training.data import ImageListDataset, Sample, collate_skip_none, read_split, scan_image_folder
 from training.engine import predict_loader
-from training.metrics import classification_metrics, format_report, selective_threshold, write_evaluation
+from training.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    format_report,
+    negative_log_likelihood,
+    selective_threshold,
+    write_evaluation,
+)
+from training.metrics import fit_temperature as fit_softmax_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +48,23 @@ def evaluate_predictor(
     batch_size: int = 64,
     workers: int = 2,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    fit_temperature: bool = False,
 ) -> dict[str, Any]:
     """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``).
 
+    Args:
+        fit_temperature: first fit the softmax temperature on these images (temperature scaling, see
+            :func:`training.metrics.fit_temperature`) and set ``predictor.temperature`` to it; the confidences,
+            the "not sure" threshold and the calibration numbers are then those of the calibrated probabilities.
+
     Returns:
         :func:`training.metrics.classification_metrics` plus ``"images"`` (how many were classified),
-        ``"mean_confidence"`` and ``"selective"``: the "not sure" threshold for ``target_accuracy`` (see
-        :func:`training.metrics.selective_threshold`) and the accuracy above the predictor's current threshold.
+        ``"mean_confidence"``, ``"selective"``: the "not sure" threshold for ``target_accuracy`` (see
+        :func:`training.metrics.selective_threshold`), ``"at_model_threshold"``: the accuracy above the
+        predictor's current threshold, ``"temperature"`` (the predictor's, after fitting), ``"ece"`` (15-bin
+        expected calibration error, :func:`training.metrics.expected_calibration_error`) and ``"nll"`` (mean
+        negative log-likelihood, nats) of the probabilities the predictor serves; with ``fit_temperature`` also
+        ``"ece_before"`` and ``"nll_before"`` at temperature 1.
     """
     dataset = ImageListDataset(root, samples, predictor.transform)
     loader = DataLoader(
@@ -54,7 +73,15 @@ def evaluate_predictor(
     logits, targets = predict_loader(predictor.logits, loader)
     if targets.numel() == 0:
         raise ValueError(f"no readable image to evaluate under {root}")
-    probs = torch.softmax(logits, dim=1)
+    calibration: dict[str, float] = {}
+    if fit_temperature:
+        calibration["ece_before"] = expected_calibration_error(torch.softmax(logits, dim=1), targets)
+        calibration["nll_before"] = negative_log_likelihood(logits, targets)
+        predictor.temperature = fit_softmax_temperature(logits, targets)
+    probs = torch.softmax(logits / predictor.temperature, dim=1)
+    calibration["temperature"] = predictor.temperature
+    calibration["ece"] = expected_calibration_error(probs, targets)
+    calibration["nll"] = negative_log_likelihood(logits, targets, predictor.temperature)
     metrics = classification_metrics(targets.tolist(), probs.argmax(1).tolist(), predictor.class_names)
     metrics["images"] = int(targets.numel())
     confidences, predicted = probs.max(1)
@@ -67,6 +94,7 @@ def evaluate_predictor(
         "coverage": float(accepted.mean()),
         "selective_accuracy": float(correct[accepted].mean()) if accepted.any() else 0.0,
     }
+    metrics.update(calibration)
     return metrics
 
 

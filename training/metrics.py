@@ -1,19 +1,24 @@
-"""Classification metrics with scikit-learn, and the files a run writes about them."""
+"""Classification metrics with scikit-learn, calibration (ECE, temperature scaling), and the files a run writes."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 logger = logging.getLogger(__name__)
+
+#: Range the fitted temperature is clamped to: beyond it the validation set is too small or too easy to tell.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
@@ -60,6 +65,15 @@ def format_report(metrics: dict[str, Any]) -> str:
         f"{metrics['macro_f1']:5.3f}  {total:7d}"
     )
     lines.append(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}")
+    if "ece" in metrics:
+        temperature = metrics.get("temperature", 1.0)
+        line = f"ECE {metrics['ece']:.4f}   NLL {metrics['nll']:.4f}   temperature {temperature:.3f}"
+        if "ece_before" in metrics:
+            line += (
+                f"   (temperature scaling: ECE {metrics['ece_before']:.4f} -> {metrics['ece']:.4f}, "
+                f"NLL {metrics['nll_before']:.4f} -> {metrics['nll']:.4f})"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -160,3 +174,99 @@ def selective_threshold(
         "selective_accuracy": float(hits[accepted].mean()),
         "target_accuracy": target_accuracy,
     }
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray | torch.Tensor, targets: Sequence[int] | np.ndarray | torch.Tensor, n_bins: int = 15
+) -> float:
+    """Top-label expected calibration error with equal-width confidence bins.
+
+    ECE = sum over bins b of ``|B_b| / N * |accuracy(B_b) - mean confidence(B_b)|``, where an image falls in bin
+    ``(b / n_bins, (b + 1) / n_bins]`` by its confidence, the top-1 probability (Naeini et al., "Obtaining Well
+    Calibrated Probabilities Using Bayesian Binning", AAAI 2015; Guo et al., "On Calibration of Modern Neural
+    Networks", ICML 2017, which uses 15 bins).
+
+    Args:
+        probabilities: float ``(N, C)``, each row a probability distribution over the C classes.
+        targets: int ``(N,)``, the true class indices.
+        n_bins: number of equal-width bins over [0, 1].
+
+    Returns:
+        The ECE in [0, 1]: 0 for perfectly calibrated confidences.
+
+    Raises:
+        ValueError: no rows, mismatched shapes, or ``n_bins < 1``.
+    """
+    probs = np.asarray(probabilities.detach().cpu() if isinstance(probabilities, torch.Tensor) else probabilities)
+    labels = np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    if probs.ndim != 2 or labels.shape != (probs.shape[0],) or probs.shape[0] == 0:
+        raise ValueError(f"need probabilities (N, C) and targets (N,) with N > 0, got {probs.shape} and {labels.shape}")
+    probs = probs.astype(np.float64)
+    confidences = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], confidences, side="left")  # bin b holds (edges[b], edges[b + 1]]
+    # |B_b| / N * |acc_b - conf_b| = |sum over B_b of (correct_i - confidence_i)| / N
+    hits = np.bincount(bins, weights=correct, minlength=n_bins)
+    confidence_sums = np.bincount(bins, weights=confidences, minlength=n_bins)
+    return float(np.abs(hits - confidence_sums).sum() / confidences.size)
+
+
+def negative_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood (cross-entropy, nats) of ``softmax(logits / temperature)`` for ``targets``.
+
+    Args:
+        logits: float ``(N, C)``.
+        targets: int64 ``(N,)`` class indices.
+        temperature: T > 0 dividing the logits.
+    """
+    z = logits.detach().to(torch.float64).cpu()
+    return float(torch.nn.functional.cross_entropy(z / temperature, targets.detach().long().cpu()))
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: int = 100) -> float:
+    """The temperature T > 0 minimising the mean NLL of ``softmax(logits / T)`` on held-out data.
+
+    Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): one scalar fitted on
+    the validation set after training; it changes the confidences but never the predicted class. Like the
+    authors' reference code this uses L-BFGS, here on ``log T`` (so T stays positive) in float64 with a strong
+    Wolfe line search, from T = 1. Deterministic.
+
+    Args:
+        logits: float ``(N, C)`` validation logits of the network (at T = 1).
+        targets: int64 ``(N,)`` true class indices.
+        max_iter: L-BFGS iterations at most.
+
+    Returns:
+        T, clamped to :data:`TEMPERATURE_RANGE` (an all-correct, well-separated validation set pushes T to 0).
+
+    Raises:
+        ValueError: no rows, or shapes that do not match.
+    """
+    if logits.ndim != 2 or targets.shape != (logits.shape[0],) or logits.shape[0] == 0:
+        raise ValueError(
+            f"need logits (N, C) and targets (N,) with N > 0, got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+    # copies, so that tensors made under torch.inference_mode() (as Predictor.logits returns) can enter autograd
+    z = logits.detach().cpu().to(torch.float64).clone()
+    y = targets.detach().cpu().long().clone()
+    low, high = (math.log(t) for t in TEMPERATURE_RANGE)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        # a margin beyond the final clamp keeps line-search trials finite without biasing the optimum inside it
+        loss = torch.nn.functional.cross_entropy(z / log_t.clamp(low - 2.0, high + 2.0).exp(), y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    value = float(log_t.detach())
+    if not math.isfinite(value):
+        logger.warning("temperature scaling did not converge; keeping temperature 1")
+        return 1.0
+    return float(min(max(math.exp(value), TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1]))
