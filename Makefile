@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run test lint browser train-default evaluate-default loadtest bench clean
+.PHONY: install install-dev run test lint browser train-default evaluate-default experiments loadtest bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ train-default: install
 evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_resnet50.pt --data $(DATA) \
 	  --split-file weights/fish4knowledge_split.csv
+
+# The three experiments of EXPERIMENTS.md, one after the other (about 70 minutes on 2 CPU cores); results in
+# runs/sweeps/<name>/leaderboard.md. A stopped sweep resumes where it stopped.
+experiments: install
+	for name in roses_daisies flowers f4k_archs; do $(PY) -m training.sweep experiments/$$name.yaml || exit 1; done
 
 # Real gunicorn with the default model, 16 clients for 60 s, one worker killed half-way (see tools/loadtest.py);
 # e.g. `make loadtest LOADTEST_ARGS="--duration 10 --output loadtest.md"`.

@@ -143,7 +143,7 @@ def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
             try:
                 with urllib.request.urlopen(f"{base}/healthz", timeout=5):
                     break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # a busy machine answers late
                 assert time.monotonic() < deadline, f"gunicorn did not answer in 60 s:\n{log_path.read_text()}"
                 time.sleep(0.25)
         yield base

@@ -285,6 +285,8 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
     train_model = _wrap(model, ctx)
     if ctx.is_main:
         save_config(cfg, out / "config.yaml")
+        if not cfg.resume:
+            (out / "metrics.csv").unlink(missing_ok=True)  # a new run in an old folder starts a new history
     train_speeds: list[float] = []
     run_start = time.perf_counter()
     epochs_run, stopped_early = 0, False
