@@ -324,3 +324,24 @@ def test_torchrun_two_cpu_processes_train_and_write_one_checkpoint(data: Path, t
 
 def _train_rows(run: Path) -> int:
     return sum(1 for line in (run / "split.csv").read_text().splitlines() if line.endswith(",train"))
+
+
+def test_schedule_state_round_trips_and_reads_a_bare_scheduler_state() -> None:
+    def schedule(name: str) -> tuple[torch.optim.Optimizer, object]:
+        optimizer = build_optimizer(nn.Linear(2, 2), lr=0.1, momentum=0.9, weight_decay=0.0)
+        return optimizer, build_scheduler(optimizer, name=name, epochs=4, steps_per_epoch=5, warmup_epochs=1)
+
+    optimizer, first = schedule("cosine")
+    for _ in range(7):
+        optimizer.step()
+        first.step()
+    for state in (first.state_dict(), first.state_dict()["per_step"]):  # ours, and a pre-plateau checkpoint's
+        resumed_optimizer, resumed = schedule("cosine")
+        resumed.load_state_dict(state)
+        resumed_optimizer.step()
+        resumed.step()
+        optimizer_copy, reference = schedule("cosine")
+        for _ in range(8):
+            optimizer_copy.step()
+            reference.step()
+        assert resumed.per_step.last_epoch == reference.per_step.last_epoch == 8

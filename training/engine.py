@@ -146,7 +146,9 @@ class LRSchedule:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`; also takes a bare scheduler state (checkpoints written before plateau)."""
+        if "per_step" not in state and "plateau" not in state:
+            state = {"per_step": state}
         if self.per_step is not None and state.get("per_step") is not None:
             self.per_step.load_state_dict(state["per_step"])
         if self.plateau is not None and state.get("plateau") is not None:
