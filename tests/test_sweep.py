@@ -375,3 +375,12 @@ def test_real_two_run_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
     assert float(rows[0]["macro_f1"]) >= float(rows[1]["macro_f1"])
     md = (out / "leaderboard.md").read_text()
     assert md.startswith("# Sweep tiny\n\nLinear or MLP head?\n") and md.count("| arch-resnet18_head-") == 2
+
+
+def test_out_option_moves_the_sweep_folder(tmp_path: Path, fake_fit: FakeFit) -> None:
+    path = _experiment(tmp_path, grid={"lr": [0.1, 0.2]})
+    elsewhere = tmp_path / "elsewhere"
+    assert sweep.main([str(path), "--out", str(elsewhere)]) == 0
+    assert (elsewhere / "leaderboard.md").is_file() and (elsewhere / "sweep.yaml").is_file()
+    assert [Path(c.out).parent for c in fake_fit.calls] == [elsewhere, elsewhere]
+    assert not (tmp_path / "out").exists()

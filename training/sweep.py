@@ -6,6 +6,7 @@ Usage::
     python -m training.sweep experiments/f4k_archs.yaml --set epochs=1   # quick check of the whole pipeline
     python -m training.sweep experiments/f4k_archs.yaml                  # train (resumes a stopped sweep)
     python -m training.sweep experiments/f4k_archs.yaml --only arch-resnet50_head-mlp --force
+    python -m training.sweep experiments/f4k_archs.yaml --set weights=imagenet --out runs/sweeps/f4k_imagenet
 
 Experiment file (YAML)::
 
@@ -646,6 +647,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("experiment", metavar="FILE.yaml", help="experiment file: name, out, base, grid, runs")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="sweep folder instead of the file's 'out' (e.g. to keep ImageNet runs apart from the checked-in ones)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="check every config, list the runs, train nothing")
     parser.add_argument(
         "--only", nargs="+", action="extend", default=[], metavar="NAME", help="train only these runs (by name)"
@@ -668,6 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         experiment = load_experiment(args.experiment, args.sets)
+        if args.out:
+            experiment.out = Path(args.out)
         runs = plan_runs(experiment)
         check_paths(runs)
         if args.dry_run:
