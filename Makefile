@@ -44,7 +44,7 @@ evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_resnet50.pt --data $(DATA) \
 	  --split-file weights/fish4knowledge_split.csv
 
-# The three experiments of EXPERIMENTS.md, one after the other (about 70 minutes on 2 CPU cores); results in
+# The three experiments of EXPERIMENTS.md, one after the other (about 100 minutes on 2 CPU cores); results in
 # runs/sweeps/<name>/leaderboard.md. A stopped sweep resumes where it stopped.
 experiments: install
 	for name in roses_daisies flowers f4k_archs; do $(PY) -m training.sweep experiments/$$name.yaml || exit 1; done
