@@ -117,8 +117,7 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics_and_trains_the_h
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("fc.") for k in changed)  # BN running stats included: unchanged
-    assert not model.fc.training or model.layer1.training is False  # backbone left in eval mode by train_mode
-    assert model.bn1.training is False
+    assert model.fc.training and not model.layer1.training and not model.bn1.training  # set by train_mode
 
 
 def test_optimizer_groups_give_the_backbone_a_scaled_learning_rate() -> None:
