@@ -420,13 +420,16 @@ class Predictor:
             out = self.model(batch)
         return out.float().cpu()
 
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities ``softmax(logits / temperature)``, float32 ``(N, C)``, rows summing to 1.
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities ``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1;
+        the one place where confidences are made from logits (serving and evaluation). The temperature never
+        changes the most probable class."""
+        return torch.softmax(logits / self.temperature, dim=1)
 
-        Every backend goes through here (see :meth:`logits` for ``batch``); the temperature never changes the
-        most probable class.
-        """
-        return torch.softmax(self.logits(batch) / self.temperature, dim=1)
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities (:meth:`calibrated`) of a batch, float32 ``(N, C)``; every backend goes
+        through here (see :meth:`logits` for ``batch``)."""
+        return self.calibrated(self.logits(batch))
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
         """Classify decoded images of any Pillow mode and size (converted to RGB first).

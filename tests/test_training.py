@@ -281,7 +281,6 @@ def test_train_learns_separable_colours(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--arch", "nonet"), "unknown arch"),
         (("--precision", "fp16", "--device", "cpu"), "needs a GPU"),
     ],
 )
@@ -296,6 +295,7 @@ def test_train_rejects_bad_options(
     ("extra", "message"),
     [
         (("--epochs", "0"), "--epochs must be >= 1"),
+        (("--arch", "nonet"), "unknown arch 'nonet'"),
         (("--head", "transformer"), "invalid choice: 'transformer'"),
         (("--freeze-backbone", "--head-epochs", "2"), "not both"),
         (("--head-hidden", "256,x"), "comma-separated integers"),

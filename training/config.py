@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from model.network import HEADS
+from model.network import HEADS, available_archs
 from model.transforms import AUGMENT_PRESETS, DEFAULT_CROP_PCT
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -360,6 +360,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (cfg.workers >= 0, "--workers must be >= 0"),
         (0 < cfg.target_accuracy <= 1, "--target-accuracy must be in (0, 1]"),
+        (cfg.arch in available_archs(), f"unknown arch {cfg.arch!r}; choose a torchvision classifier, e.g. resnet50"),
         (cfg.head in HEADS, f"--head must be one of {', '.join(HEADS)}"),
         (bool(cfg.head_hidden) and min(cfg.head_hidden) >= 1, "--head-hidden needs one or more widths >= 1"),
         (0 <= cfg.head_dropout < 1, "--head-dropout must be in [0, 1)"),

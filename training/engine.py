@@ -207,20 +207,22 @@ def build_scheduler(
     return LRSchedule(torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[warmup]))
 
 
-def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freeze (``requires_grad=False``) or unfreeze every parameter outside the classifier head."""
+def _backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter outside the classifier head (:func:`model.network.classifier_name`); unwraps DDP."""
     module = getattr(model, "module", model)
     head_prefix = classifier_name(module) + "."
-    for name, param in module.named_parameters():
-        if not name.startswith(head_prefix):
-            param.requires_grad_(trainable)
+    return [param for name, param in module.named_parameters() if not name.startswith(head_prefix)]
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (``requires_grad=False``) or unfreeze every parameter outside the classifier head."""
+    for param in _backbone_parameters(model):
+        param.requires_grad_(trainable)
 
 
 def backbone_is_frozen(model: nn.Module) -> bool:
     """True when no backbone parameter requires a gradient (see :func:`set_backbone_trainable`)."""
-    module = getattr(model, "module", model)
-    head_prefix = classifier_name(module) + "."
-    return not any(p.requires_grad for n, p in module.named_parameters() if not n.startswith(head_prefix))
+    return not any(param.requires_grad for param in _backbone_parameters(model))
 
 
 def train_mode(model: nn.Module) -> None:

@@ -78,7 +78,7 @@ def evaluate_predictor(
         calibration["ece_before"] = expected_calibration_error(torch.softmax(logits, dim=1), targets)
         calibration["nll_before"] = negative_log_likelihood(logits, targets)
         predictor.temperature = fit_softmax_temperature(logits, targets)
-    probs = torch.softmax(logits / predictor.temperature, dim=1)
+    probs = predictor.calibrated(logits)
     calibration["temperature"] = predictor.temperature
     calibration["ece"] = expected_calibration_error(probs, targets)
     calibration["nll"] = negative_log_likelihood(logits, targets, predictor.temperature)

@@ -64,7 +64,7 @@ from typing import Any
 
 import yaml
 
-from model.network import available_archs
+from model.network import WEIGHTS_IMAGENET, WEIGHTS_NONE
 from training.config import TrainConfig, config_from_dict, load_yaml
 from training.trainer import fit
 
@@ -299,7 +299,6 @@ def plan_runs(experiment: Experiment) -> list[Run]:
 
     runs: list[Run] = []
     seen: dict[str, int] = {}
-    archs = set(available_archs())
     for explicit, overrides in entries:
         name = explicit or run_name(overrides)
         _check_name(name)
@@ -311,8 +310,6 @@ def plan_runs(experiment: Experiment) -> list[Run]:
             raise ValueError(f"run {name}: {exc}") from exc
         if not cfg.data:
             raise ValueError(f"run {name}: no data; set base.data (the ImageFolder root)")
-        if cfg.arch not in archs:
-            raise ValueError(f"run {name}: unknown arch {cfg.arch!r}; e.g. resnet18, resnet50, efficientnet_b0")
         runs.append(Run(name=name, overrides=overrides, config=cfg))
     duplicates = sorted(name for name, count in seen.items() if count > 1)
     if duplicates:
@@ -329,7 +326,7 @@ def check_paths(runs: Iterable[Run]) -> None:
     for run in runs:
         cfg = run.config
         paths = {"data": cfg.data, "val_data": cfg.val_data, "class_info": cfg.class_info, "resume": cfg.resume}
-        if cfg.weights not in ("imagenet", "none"):
+        if cfg.weights not in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
             paths["weights"] = cfg.weights
         for option, path in paths.items():
             if path and not Path(path).exists():
