@@ -4,7 +4,9 @@ The eval preset is the single source of truth for how an image becomes a tensor 
 and serving time: ``eval_transform(preprocessing)`` is what ``evaluate.py`` and the web app's predictor call,
 with the ``Preprocessing`` stored in the checkpoint. Modelled on torchvision's
 ``references/classification/presets.py`` (resize to ``image_size / crop_pct``, centre crop) and timm's data
-config (``input_size, interpolation, mean, std, crop_pct``).
+config (``input_size, interpolation, mean, std, crop_pct``). Training takes its ``Preprocessing`` from
+:func:`model.network.default_preprocessing`: the pretrained weights' own (torchvision's ``weights.transforms()``,
+timm's data config), or :meth:`Preprocessing.for_image_size` from scratch.
 
 Training augmentation is chosen by name from :data:`AUGMENT_PRESETS` (``train_transform(p, augment=...)``):
 ``"none"`` (the eval pipeline, no randomness), ``"basic"`` (random resized crop, flip, colour jitter; the

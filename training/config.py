@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from model.network import HEADS, available_archs
-from model.transforms import AUGMENT_PRESETS, DEFAULT_CROP_PCT
+from model.transforms import AUGMENT_PRESETS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "step", "plateau", "onecycle")
@@ -60,8 +60,8 @@ class TrainConfig:
     sampler: str = "random"
     patience: int = 0
     augment: str = "basic"
-    image_size: int = 224
-    crop_pct: float = DEFAULT_CROP_PCT
+    image_size: int | None = None  # None: the model's pretrained config (model.network.default_preprocessing)
+    crop_pct: float | None = None
     device: str = "auto"
     precision: str = "auto"
     workers: int = 2
@@ -106,7 +106,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """
     d = TrainConfig()
     parser = argparse.ArgumentParser(
-        description="Fine-tune a torchvision classifier on an ImageFolder tree (one sub-folder per class).",
+        description="Fine-tune a torchvision or timm classifier on an ImageFolder tree (one sub-folder per class).",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -134,8 +134,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="A,B,...",
         help="train on these class folders only, e.g. 'daisy,rose' (default: every sub-folder)",
     )
-    g.add_argument("--image-size", type=int, default=d.image_size, help="input crop size in pixels")
-    g.add_argument("--crop-pct", type=float, default=d.crop_pct, help="eval: resize short side to size/crop_pct")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="input crop size in pixels; None: the pretrained weights' own (e.g. 224, 260 for "
+        "tf_efficientnet_lite2), 224 with --weights none or PATH",
+    )
+    g.add_argument(
+        "--crop-pct",
+        type=float,
+        default=d.crop_pct,
+        help="eval: resize short side to size/crop_pct; None: the pretrained weights' own, 0.875 with --weights "
+        "none or PATH",
+    )
     g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     g.add_argument("--cache-images", action="store_true", help="keep decoded images in memory (small datasets)")
     g.add_argument(
@@ -145,9 +157,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
 
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default=d.arch, help="any torchvision classification model, e.g. resnet18, resnet101")
     g.add_argument(
-        "--weights", default=d.weights, help="'imagenet' (torchvision default weights), 'none', or a state-dict PATH"
+        "--arch",
+        default=d.arch,
+        help="a torchvision classification model (e.g. resnet18, resnet101) or a timm model (e.g. "
+        "tf_efficientnet_lite0, convnext_tiny); a name in both is torchvision's",
+    )
+    g.add_argument(
+        "--weights",
+        default=d.weights,
+        help="'imagenet' (the library's default ImageNet weights: a download, except tf_efficientnet_lite0/1/2, "
+        "read from their pip packages offline), 'none', or a state-dict PATH",
     )
     g.add_argument(
         "--head",
@@ -272,6 +292,10 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return values
 
 
+#: Numeric options whose default is None (so their type can't be read off the default).
+_OPTIONAL_NUMBERS: dict[str, type] = {"image_size": int, "crop_pct": float}
+
+
 def _normalise_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
     """``head-hidden`` -> ``head_hidden``; ValueError naming keys that are not options."""
     names = {f.name for f in fields(TrainConfig)}
@@ -285,7 +309,7 @@ def _normalise_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
         out["head_hidden"] = _int_list(out["head_hidden"])
     defaults = TrainConfig()
     for key, value in out.items():
-        kind = type(getattr(defaults, key))
+        kind = _OPTIONAL_NUMBERS.get(key) or type(getattr(defaults, key))
         # YAML 1.1 reads 1e-4 (no dot) as a string; ints may be given where floats are expected
         if kind in (int, float) and isinstance(value, str | int | float) and not isinstance(value, bool):
             try:
@@ -354,13 +378,17 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.batch_size >= 1, "--batch-size must be >= 1"),
         (cfg.lr > 0, "--lr must be > 0"),
         (0 < cfg.val_fraction < 1, "--val-fraction must be in (0, 1)"),
-        (cfg.image_size >= 8, "--image-size must be >= 8"),
-        (0 < cfg.crop_pct <= 1, "--crop-pct must be in (0, 1]"),
+        (cfg.image_size is None or cfg.image_size >= 8, "--image-size must be >= 8"),
+        (cfg.crop_pct is None or 0 < cfg.crop_pct <= 1, "--crop-pct must be in (0, 1]"),
         (0 <= cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (cfg.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (cfg.workers >= 0, "--workers must be >= 0"),
         (0 < cfg.target_accuracy <= 1, "--target-accuracy must be in (0, 1]"),
-        (cfg.arch in available_archs(), f"unknown arch {cfg.arch!r}; choose a torchvision classifier, e.g. resnet50"),
+        (
+            cfg.arch in available_archs(),
+            f"unknown arch {cfg.arch!r}; choose a torchvision classifier (e.g. resnet50) or a timm model "
+            "(e.g. tf_efficientnet_lite0; see timm.list_models())",
+        ),
         (cfg.head in HEADS, f"--head must be one of {', '.join(HEADS)}"),
         (bool(cfg.head_hidden) and min(cfg.head_hidden) >= 1, "--head-hidden needs one or more widths >= 1"),
         (0 <= cfg.head_dropout < 1, "--head-dropout must be in [0, 1)"),

@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, WeightedRandomSampler
 
 from model.checkpoint import load_checkpoint, make_checkpoint, release_checkpoint, save_checkpoint
-from model.network import build_model
+from model.network import build_model, default_preprocessing
 from model.predictor import Predictor
-from model.transforms import Preprocessing, eval_transform, train_transform
+from model.transforms import eval_transform, train_transform
 from training.config import TrainConfig, save_config, validate
 from training.data import (
     SPLIT_FILE,
@@ -198,7 +198,7 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
     class_names, train_root, train_samples, val_root, val_samples = data or load_data(cfg, out, write=False)
     num_classes = len(class_names)
     class_info = read_class_info(cfg.class_info, class_names) if cfg.class_info else None
-    preprocessing = Preprocessing.for_image_size(cfg.image_size, cfg.crop_pct)
+    preprocessing = default_preprocessing(cfg.arch, cfg.weights, image_size=cfg.image_size, crop_pct=cfg.crop_pct)
     loader_kwargs: dict[str, Any] = {
         "num_workers": cfg.workers,
         "collate_fn": collate_skip_none,
