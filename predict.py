@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from app.web import csv_cell
 from model.checkpoint import CheckpointError
-from model.predictor import BACKENDS, PRECISIONS, BackendUnavailableError, Prediction, Predictor
+from model.predictor import BACKENDS, PRECISIONS, VERDICTS, BackendUnavailableError, Prediction, Predictor
 from training.data import ImageListDataset, Sample, is_image_file
 from training.engine import resolve_device
 
@@ -132,20 +132,22 @@ def predict_images(
 
 
 def csv_header(k: int) -> list[str]:
-    """``path, label, display_name, confidence, confident, error``, then ``top_i, top_i_confidence`` for i <= k."""
-    header = ["path", "label", "display_name", "confidence", "confident", "error"]
+    """``path, label, display_name, confidence, verdict, confident, error``, then ``top_i, top_i_confidence`` for
+    i <= k (``verdict`` in the same place as in the web app's CSV, ``app.web.results_csv``)."""
+    header = ["path", "label", "display_name", "confidence", "verdict", "confident", "error"]
     for i in range(1, k + 1):
         header += [f"top_{i}", f"top_{i}_confidence"]
     return header
 
 
 def csv_row(path: str, prediction: Prediction | None, error: str, k: int) -> list[str]:
-    """One row under ``csv_header(k)``: probabilities with 4 decimals, ``confident`` as ``true``/``false``, the
-    prediction's cells empty for an unreadable image. Cells are escaped like the web app's CSV (no formulas)."""
+    """One row under ``csv_header(k)``: probabilities with 4 decimals, the ``verdict`` (one of
+    :data:`model.predictor.VERDICTS`), ``confident`` as ``true``/``false``, the prediction's cells empty for an
+    unreadable image. Cells are escaped like the web app's CSV (no formulas)."""
     if prediction is None:
-        row = [path, "", "", "", "", error] + [""] * (2 * k)
+        row = [path, "", "", "", "", "", error] + [""] * (2 * k)
     else:
-        row = [path, prediction.label, prediction.display_name, f"{prediction.confidence:.4f}"]
+        row = [path, prediction.label, prediction.display_name, f"{prediction.confidence:.4f}", prediction.verdict]
         row += [str(prediction.confident).lower(), error]
         for score in prediction.top_k:
             row += [score.label, f"{score.confidence:.4f}"]
@@ -154,12 +156,18 @@ def csv_row(path: str, prediction: Prediction | None, error: str, k: int) -> lis
 
 @dataclass
 class Summary:
-    """What a run classified: the image count, predicted labels, "not sure" predictions, unreadable paths."""
+    """What a run classified: the image count, the labels of the named species, the count of each verdict,
+    unreadable paths."""
 
     images: int = 0
     labels: Counter[str] = field(default_factory=Counter)
-    not_sure: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)
+
+    def verdict_counts(self) -> str:
+        """Each verdict's count, in :data:`VERDICTS` order: ``12 species, 3 not sure, 2 unknown species, 1 not a
+        fish``."""
+        return ", ".join(f"{self.verdicts[verdict]} {verdict.replace('_', ' ')}" for verdict in VERDICTS)
 
 
 def write_predictions(output: Path, paths: Sequence[str], results: Iterable[Result], k: int) -> Summary:
@@ -186,8 +194,9 @@ def write_predictions(output: Path, paths: Sequence[str], results: Iterable[Resu
                 if prediction is None:
                     summary.failed.append(paths[index])
                 else:
-                    summary.labels[prediction.label] += 1
-                    summary.not_sure += not prediction.confident
+                    summary.verdicts[prediction.verdict] += 1
+                    if prediction.verdict == "species":
+                        summary.labels[prediction.label] += 1
                 writer.writerow(csv_row(paths[index], prediction, error, k))
         os.replace(part, output)
     finally:
@@ -256,12 +265,12 @@ def main(argv: list[str] | None = None) -> int:
 
     classified = summary.images - len(summary.failed)
     sys.stdout.write(
-        f"{args.output}: {summary.images} images, {classified} classified "
-        f"({classified - summary.not_sure} confident, {summary.not_sure} not sure), {len(summary.failed)} unreadable\n"
+        f"{args.output}: {summary.images} images, {classified} classified ({summary.verdict_counts()}), "
+        f"{len(summary.failed)} unreadable\n"
     )
     if summary.labels:
         common = ", ".join(f"{label} {n}" for label, n in summary.labels.most_common(5))
-        sys.stdout.write(f"most frequent: {common}\n")
+        sys.stdout.write(f"most frequent species: {common}\n")
     return 0
 
 

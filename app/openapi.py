@@ -14,13 +14,23 @@ from typing import Any
 from PIL import Image
 
 from app.images import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
-from model.predictor import BACKENDS, PRECISIONS, Predictor
+from model.predictor import BACKENDS, PRECISIONS, VERDICTS, Predictor
 
 #: Version of the API described (not of the app): 2 added several images per request and the OpenAPI document.
 API_VERSION = "2.0.0"
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+_NULLABLE_PROBABILITY = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+
+#: What each verdict means, for the document (``model.predictor.VERDICTS``, most specific first).
+VERDICT_DESCRIPTIONS: dict[str, str] = {
+    "species": "confident: `label` is the species (say its name)",
+    "not_sure": "probably one of the model's species, but `confidence` is below `threshold`: offer the first "
+    "classes of `top_k` ('not sure: maybe X or Y')",
+    "unknown_species": "looks like the model's subject (e.g. a fish) but probably none of its species",
+    "not_a_fish": "not the kind of picture the model was trained on at all",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -46,8 +56,28 @@ def _schemas(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
     prediction = {
         **class_score,
         "confidence": {**_PROBABILITY, "description": "softmax probability of `label`, the most probable class"},
-        "confident": {"type": "boolean", "description": "`confidence >= threshold`; false means 'not sure'"},
+        "confident": {
+            "type": "boolean",
+            "description": "true exactly when `verdict` is `species`: name the species; otherwise say what "
+            "`verdict` says",
+        },
+        "verdict": {
+            "type": "string",
+            "enum": list(VERDICTS),
+            "description": "what to tell the user: "
+            + "; ".join(f"`{name}`: {VERDICT_DESCRIPTIONS[name]}" for name in VERDICTS),
+        },
         "threshold": {**_PROBABILITY, "description": "confidence below which the model is not sure"},
+        "subject_score": {
+            **_NULLABLE_PROBABILITY,
+            "description": "how much the picture looks like the model's subject (probability of the subject's "
+            "ImageNet classes); null when the model has no such score",
+        },
+        "novelty": {
+            "type": ["number", "null"],
+            "description": "distance of the picture's features to the nearest known class (squared Mahalanobis "
+            "distance; larger is more unlike the training photos); null when the model has no such score",
+        },
         "top_k": {
             "type": "array",
             "items": _ref("ClassScore"),
@@ -76,8 +106,27 @@ def _schemas(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
                     "exclusiveMinimum": 0,
                     "description": "softmax temperature: confidences are softmax(logits / temperature)",
                 },
-                "val_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                "val_macro_f1": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "val_accuracy": _NULLABLE_PROBABILITY,
+                "val_macro_f1": _NULLABLE_PROBABILITY,
+                "subject": {
+                    **_NULLABLE_STRING,
+                    "description": "what the model's pictures show (e.g. 'fish'), or null when not recorded",
+                },
+                "verdict_thresholds": {
+                    "type": "object",
+                    "description": "the thresholds behind `verdict`; null where the model lacks that check",
+                    "properties": {
+                        "not_sure": {**_PROBABILITY, "description": "`not_sure` below this confidence"},
+                        "unknown_species": {
+                            "type": ["number", "null"],
+                            "description": "`unknown_species` above this `novelty`",
+                        },
+                        "not_a_fish": {
+                            **_NULLABLE_PROBABILITY,
+                            "description": "`not_a_fish` below this `subject_score`",
+                        },
+                    },
+                },
             },
             "required": [
                 "arch",

@@ -84,12 +84,14 @@ def csv_cell(value: object) -> str:
 def results_csv(results: Sequence[FileResult]) -> str:
     """The results table as CSV, one row per file.
 
-    Columns: ``file_name, species, label, confidence, confident, error``, then ``top_1, top_1_confidence`` to
-    ``top_K, top_K_confidence`` (class labels and probabilities with 4 decimals). ``static/app.js`` writes the
-    same columns from the API's answers.
+    Columns: ``file_name, species, label, confidence, verdict, confident, error``, then ``top_1,
+    top_1_confidence`` to ``top_K, top_K_confidence`` (class labels and probabilities with 4 decimals);
+    ``species``, ``label`` and ``confidence`` are those of the most probable class, whatever the ``verdict``
+    (one of :data:`model.predictor.VERDICTS`). ``static/app.js`` writes the same columns from the API's answers,
+    and ``predict.py`` puts ``verdict`` in the same place.
     """
     k = max((len(r.prediction.top_k) for r in results if r.prediction), default=0)
-    header = ["file_name", "species", "label", "confidence", "confident", "error"]
+    header = ["file_name", "species", "label", "confidence", "verdict", "confident", "error"]
     for i in range(1, k + 1):
         header += [f"top_{i}", f"top_{i}_confidence"]
     buf = io.StringIO()
@@ -98,9 +100,9 @@ def results_csv(results: Sequence[FileResult]) -> str:
     for r in results:
         p = r.prediction
         if p is None:
-            row = [r.filename, "", "", "", "", r.error or ""]
+            row = [r.filename, "", "", "", "", "", r.error or ""]
         else:
-            row = [r.filename, p.display_name, p.label, f"{p.confidence:.4f}", str(p.confident).lower(), ""]
+            row = [r.filename, p.display_name, p.label, f"{p.confidence:.4f}", p.verdict, str(p.confident).lower(), ""]
             for score in p.top_k:
                 row += [score.label, f"{score.confidence:.4f}"]
         writer.writerow([csv_cell(cell) for cell in row])
@@ -112,6 +114,40 @@ def csv_data_url(text: str) -> str:
     return "data:text/csv;charset=utf-8," + urllib.parse.quote(text)
 
 
+@bp.app_template_filter("article")
+def with_article(noun: str) -> str:
+    """``"fish"`` -> ``"a fish"``, ``"eel"`` -> ``"an eel"`` (by the first letter only)."""
+    return ("an " if noun[:1].lower() in ("a", "e", "i", "o", "u") else "a ") + noun
+
+
+def model_subject(info: dict[str, Any]) -> str | None:
+    """The noun for what the model's photos show (``"fish"``), from ``Predictor.summary()["subject"]``, or None
+    when the checkpoint does not record one (the page then words its answers generically)."""
+    subject = info.get("subject")
+    return (subject.strip() or None) if isinstance(subject, str) else None
+
+
+def verdict_headline(prediction: Prediction, subject: str | None = None) -> str:
+    """What the page says about one photo, by its ``verdict`` (``headline()`` in ``static/app.js`` says the same).
+
+    ``species``: the species' common name (else its display name); ``not_sure``: "Not sure: maybe X or Y" (the
+    two most probable classes); ``unknown_species``: "Probably a fish this model does not know"; ``not_a_fish``:
+    "This does not look like a fish". Without a ``subject`` noun the last two are worded generically.
+    """
+    if prediction.verdict == "species":
+        return prediction.common_name or prediction.display_name
+    if prediction.verdict == "not_sure":
+        names = [score.common_name or score.display_name for score in prediction.top_k[:2]]
+        return "Not sure: maybe " + " or ".join(names)
+    if prediction.verdict == "unknown_species":
+        if subject:
+            return f"Probably {with_article(subject)} this model does not know"
+        return "Probably none of the species this model knows"
+    if subject:
+        return f"This does not look like {with_article(subject)}"
+    return "This does not look like anything this model was trained on"
+
+
 def render_page(status: int = 200, **context: Any) -> tuple[str, int]:
     """Render ``index.html`` with the model summary plus ``context`` (result, results, error, thumbnail...)."""
     info = get_predictor().describe()
@@ -119,6 +155,8 @@ def render_page(status: int = 200, **context: Any) -> tuple[str, int]:
     html = render_template(
         "index.html",
         model=info,
+        subject=model_subject(info),
+        headline=verdict_headline,
         formats=SUPPORTED_FORMATS_TEXT,
         max_upload=max_upload,
         max_files=current_app.config["MAX_IMAGES_PER_REQUEST"],
@@ -342,10 +380,27 @@ def confusion_rows(matrix: Any, classes: Sequence[str]) -> list[dict[str, Any]] 
     return rows
 
 
+def verdict_thresholds(info: dict[str, Any]) -> dict[str, float]:
+    """The thresholds behind this model's verdicts, ``{"not_sure": confidence, "unknown_species": novelty,
+    "not_a_fish": subject score}``, from ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold
+    alone where the summary has none). Checks the model does not have (None) are left out, as is a ``not_sure``
+    threshold of 0 (never "not sure")."""
+    recorded = info.get("verdict_thresholds")
+    if not isinstance(recorded, dict):
+        recorded = {"not_sure": info.get("confidence_threshold")}
+    thresholds = {name: _number(recorded.get(name)) for name in ("not_sure", "unknown_species", "not_a_fish")}
+    return {
+        name: value
+        for name, value in thresholds.items()
+        if value is not None and not (name == "not_sure" and value <= 0)
+    }
+
+
 @bp.get("/model")
 def model_page() -> tuple[str, int]:
     """What the model knows and how well: its classes, how it was trained, validation metrics (with the
-    calibration error and softmax temperature where the checkpoint records them), confusion matrix."""
+    calibration error and softmax temperature where the checkpoint records them), the thresholds of its
+    verdicts, confusion matrix."""
     info = get_predictor().describe()
     metrics = info.get("metrics") or {}
     classes = class_rows(info)
@@ -354,6 +409,8 @@ def model_page() -> tuple[str, int]:
         model=info,
         metrics=metrics,
         serving=info.get("serving") or {},
+        subject=model_subject(info),
+        thresholds=verdict_thresholds(info),
         classes=classes,
         has_per_class=any(row["f1"] is not None for row in classes),
         training=training_facts(info.get("config") or {}, metrics, info.get("epoch")),

@@ -147,18 +147,40 @@ class ClassScore:
         }
 
 
+#: The four kinds of answer, most specific first (see :class:`Prediction`'s ``verdict``).
+VERDICTS: tuple[str, ...] = ("species", "not_sure", "unknown_species", "not_a_fish")
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """The classification of one image: the ``top_k`` classes, most probable first.
+    """The classification of one image: the ``top_k`` classes, most probable first, and what to tell the user.
 
     Attributes:
         top_k: at least one :class:`ClassScore`, sorted by descending confidence.
         threshold: confidence below which the prediction is reported as "not sure" (0 disables it); chosen on
             validation data when the model was trained (see ``training.metrics.selective_threshold``).
+        verdict: one of :data:`VERDICTS`: ``"species"`` (confident: name the class), ``"not_sure"`` (a known
+            class, but below ``threshold``: offer the candidates), ``"unknown_species"`` (the right kind of
+            subject, probably none of the model's classes), ``"not_a_fish"`` (not the kind of picture the model
+            was trained on). Decided by :class:`model.open_set.OpenSetRule` where the checkpoint records one;
+            otherwise from ``threshold`` alone.
+        subject_score: how much the picture looks like the training data's subject, in [0, 1] (probability mass
+            of the subject's ImageNet classes), or None when the model has no such score.
+        novelty: distance of the image's features to the nearest known class (squared Mahalanobis distance),
+            or None when the model has no such score.
     """
 
     top_k: list[ClassScore]
     threshold: float = 0.0
+    verdict: str = ""
+    subject_score: float | None = None
+    novelty: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            object.__setattr__(self, "verdict", "species" if self.top_k[0].confidence >= self.threshold else "not_sure")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     @property
     def best(self) -> ClassScore:
@@ -177,8 +199,8 @@ class Prediction:
 
     @property
     def confident(self) -> bool:
-        """True when ``confidence >= threshold``: say the species; otherwise say "not sure: maybe X or Y"."""
-        return self.confidence >= self.threshold
+        """True only for the ``"species"`` verdict: say the species; otherwise say what :attr:`verdict` says."""
+        return self.verdict == "species"
 
     @property
     def display_name(self) -> str:
@@ -196,13 +218,16 @@ class Prediction:
         return self.best.scientific_name
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``label, confidence, confident, threshold, display_name, common_name, scientific_name,
-        top_k: [ClassScore.to_dict(), ...]``."""
+        """JSON-ready: ``label, confidence, confident, verdict, threshold, subject_score, novelty, display_name,
+        common_name, scientific_name, top_k: [ClassScore.to_dict(), ...]``."""
         return {
             "label": self.label,
             "confidence": self.confidence,
             "confident": self.confident,
+            "verdict": self.verdict,
             "threshold": self.threshold,
+            "subject_score": self.subject_score,
+            "novelty": self.novelty,
             "display_name": self.display_name,
             "common_name": self.common_name,
             "scientific_name": self.scientific_name,

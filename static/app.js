@@ -26,6 +26,9 @@
   const apiUrl = form.dataset.api;
   const topK = form.dataset.topK;
   const maxFiles = Number(form.dataset.maxFiles) || 16;
+  const numClasses = Number(form.dataset.numClasses) || 0;
+  const subject = (form.dataset.subject || "").trim() || null; // "fish", or null: word the verdicts generically
+  const modelUrl = form.dataset.modelUrl || "/model";
   const CSV_FILENAME = "fish-species.csv";
 
   let files = [];
@@ -279,17 +282,77 @@
     );
   }
 
-  /** "Clark's anemonefish" (+ scientific name), or "Not sure: maybe X or Y". */
-  function verdict(p) {
-    if (!p.confident) {
-      const guesses = p.top_k.slice(0, 2).map(shortName).join(" or ");
-      return [el("p", { class: "species not-sure" }, "Not sure: maybe " + guesses)];
+  // --- verdicts: the same words as verdict_headline() in app/web.py and the macros of templates/index.html -----
+
+  /** The prediction's verdict; answers of a server without verdicts have only `confident`. */
+  function verdictOf(p) {
+    return p.verdict || (p.confident ? "species" : "not_sure");
+  }
+
+  /** "fish" -> "a fish", "eel" -> "an eel" (by the first letter only). */
+  function withArticle(noun) {
+    return (/^[aeiou]/i.test(noun) ? "an " : "a ") + noun;
+  }
+
+  /** What the page says about one photo: the species, "Not sure: maybe X or Y", a fish it does not know, or not a
+   *  fish at all (generic words where the model records no subject noun). */
+  function headline(p) {
+    switch (verdictOf(p)) {
+      case "species":
+        return p.common_name || p.display_name;
+      case "not_sure":
+        return "Not sure: maybe " + p.top_k.slice(0, 2).map(shortName).join(" or ");
+      case "unknown_species":
+        return subject
+          ? "Probably " + withArticle(subject) + " this model does not know"
+          : "Probably none of the species this model knows";
+      default:
+        return subject
+          ? "This does not look like " + withArticle(subject)
+          : "This does not look like anything this model was trained on";
     }
-    const nodes = [el("p", { class: "species" }, p.common_name || p.display_name)];
-    if (p.common_name && p.scientific_name) {
+  }
+
+  /** Whether the answer is about a species (named or guessed), so that its confidence means something. */
+  function showsConfidence(p) {
+    return ["species", "not_sure"].includes(verdictOf(p));
+  }
+
+  /** The headline (+ the scientific name of a named species), as in the template's `verdict` macro. */
+  function verdict(p) {
+    const kind = verdictOf(p);
+    const css = kind === "species" ? "species" : "species " + kind.replace(/_/g, "-");
+    const nodes = [el("p", { class: css }, headline(p))];
+    if (kind === "species" && p.common_name && p.scientific_name) {
       nodes.push(el("p", { class: "scientific" }, el("i", { lang: "la" }, p.scientific_name)));
     }
     return nodes;
+  }
+
+  /** Why no species is named, under the headline of one photo (the template's `hint` macro), or null. */
+  function hint(p) {
+    const kind = verdictOf(p);
+    if (kind === "not_sure") {
+      return el(
+        "p",
+        { class: "hint" },
+        "The best guess is below the " +
+          percent(p.threshold) +
+          " confidence this model needs to name a species. Try a sharper photo, cropped to one fish.",
+      );
+    }
+    const known = el("a", { href: modelUrl }, numClasses + " species");
+    if (kind === "unknown_species") {
+      return el("p", { class: "hint" }, ["This model knows ", known, ", and this photo looks like none of them."]);
+    }
+    if (kind === "not_a_fish") {
+      return el("p", { class: "hint" }, [
+        "This model knows ",
+        known,
+        (subject ? " of " + subject : "") + ": try a photo with one of them in view.",
+      ]);
+    }
+    return null;
   }
 
   function objectUrl(file) {
@@ -300,22 +363,14 @@
 
   function singleResult(entry) {
     const p = entry.prediction;
-    const details = [
-      ...verdict(p),
-      el("p", { class: "confidence" }, ["Confidence ", el("strong", {}, percent(p.confidence))]),
-      bar(p.confidence, "Confidence", "bar confidence-bar", p.threshold),
-    ];
-    if (!p.confident) {
+    const details = verdict(p);
+    if (showsConfidence(p)) {
       details.push(
-        el(
-          "p",
-          { class: "hint" },
-          "The best guess is below the " +
-            percent(p.threshold) +
-            " confidence this model needs to name a species. Try a sharper photo, cropped to one fish.",
-        ),
+        el("p", { class: "confidence" }, ["Confidence ", el("strong", {}, percent(p.confidence))]),
+        bar(p.confidence, "Confidence", "bar confidence-bar", p.threshold),
       );
     }
+    details.push(hint(p));
     const rows = p.top_k.map((score) =>
       el("tr", {}, [
         el("th", { scope: "row" }, score.display_name),
@@ -323,14 +378,15 @@
         el("td", { class: "bar-cell" }, bar(score.confidence, score.display_name)),
       ]),
     );
-    return el("section", { class: "card result", "aria-labelledby": "result-heading" }, [
+    const caption = verdictOf(p) === "species" ? "Top " + p.top_k.length + " species" : "Closest species it knows";
+    return el("section", { class: "card result", "aria-labelledby": "result-heading", "data-verdict": verdictOf(p) }, [
       el("h2", { id: "result-heading", tabindex: "-1" }, "Result"),
       el("div", { class: "result-body" }, [
         el("img", { class: "thumbnail", src: objectUrl(entry.file), alt: "The photo you sent" }),
         el("div", { class: "verdict" }, details),
       ]),
       el("table", { class: "top-k" }, [
-        el("caption", {}, "Top " + p.top_k.length + " species"),
+        el("caption", {}, caption),
         el(
           "thead",
           {},
@@ -355,14 +411,19 @@
       if (p) {
         cells.push(
           el("td", {}, verdict(p)),
-          el("td", { class: "confidence-cell" }, [
-            el("span", { class: "number" }, percent(p.confidence)),
-            " ",
-            bar(p.confidence, "Confidence", "bar", p.threshold),
-          ]),
           el(
             "td",
-            { class: "top-cell" },
+            { class: "confidence-cell" },
+            showsConfidence(p)
+              ? [
+                  el("span", { class: "number" }, percent(p.confidence)),
+                  " ",
+                  bar(p.confidence, "Confidence", "bar", p.threshold),
+                ]
+              : el("span", { class: "number" }, "–"),
+          ),
+          el("td", { class: "top-cell" }, [
+            verdictOf(p) === "species" ? null : el("p", { class: "top-label" }, "Closest species it knows"),
             el(
               "ol",
               { class: "top-list" },
@@ -376,12 +437,12 @@
                 ]),
               ),
             ),
-          ),
+          ]),
         );
       } else {
         cells.push(el("td", { colspan: "3", class: "row-error" }, [el("strong", {}, "Sorry:"), " " + entry.error]));
       }
-      return el("tr", {}, cells);
+      return el("tr", { "data-verdict": p ? verdictOf(p) : null }, cells);
     });
     const csvUrl = URL.createObjectURL(new Blob([resultsCsv(entries)], { type: "text/csv;charset=utf-8" }));
     resultUrls.push(csvUrl);
@@ -435,7 +496,7 @@
 
   function resultsCsv(entries) {
     const k = Math.max(0, ...entries.map((entry) => (entry.prediction ? entry.prediction.top_k.length : 0)));
-    const header = ["file_name", "species", "label", "confidence", "confident", "error"];
+    const header = ["file_name", "species", "label", "confidence", "verdict", "confident", "error"];
     for (let i = 1; i <= k; i += 1) {
       header.push("top_" + i, "top_" + i + "_confidence");
     }
@@ -443,10 +504,18 @@
     entries.forEach((entry) => {
       const p = entry.prediction;
       if (!p) {
-        lines.push([entry.file.name, "", "", "", "", entry.error]);
+        lines.push([entry.file.name, "", "", "", "", "", entry.error]);
         return;
       }
-      const row = [entry.file.name, p.display_name, p.label, p.confidence.toFixed(4), String(p.confident), ""];
+      const row = [
+        entry.file.name,
+        p.display_name,
+        p.label,
+        p.confidence.toFixed(4),
+        verdictOf(p),
+        String(p.confident),
+        "",
+      ];
       p.top_k.forEach((score) => row.push(score.label, score.confidence.toFixed(4)));
       lines.push(row);
     });

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import itertools
 import json
 import os
 import re
@@ -27,6 +29,7 @@ from werkzeug.datastructures import FileStorage
 from app import create_app
 from app.images import ImageError, decode_image
 from model.checkpoint import CheckpointError
+from model.predictor import VERDICTS, Prediction
 from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, synthetic_image
 from tools.loadtest import multipart
 
@@ -95,6 +98,24 @@ def animated_gif(colours: list[tuple[int, int, int]]) -> bytes:
 
 def make_app(**config: Any) -> Flask:
     return create_app({"TESTING": True, **config})
+
+
+def answer_with_verdicts(monkeypatch: pytest.MonkeyPatch, app: Flask, verdicts: list[str], **summary: Any) -> None:
+    """Make ``app``'s predictor give ``verdicts`` in turn, one per image, in the order it classifies them (its real
+    top-k classes otherwise, with a ``subject_score`` and a ``novelty``), and add ``summary`` (``subject``,
+    ``verdict_thresholds``...) to its ``summary()`` and so to ``describe()``. Undone with ``monkeypatch``."""
+    predictor = app.extensions["predictor"]
+    predict, describe_summary = predictor.predict, predictor.summary
+    turn = itertools.cycle(verdicts)
+
+    def predict_with_verdicts(images: list[Image.Image], top_k: int = 5) -> list[Prediction]:
+        return [
+            dataclasses.replace(p, verdict=next(turn), subject_score=0.25, novelty=42.5)
+            for p in predict(images, top_k=top_k)
+        ]
+
+    monkeypatch.setattr(predictor, "predict", predict_with_verdicts)
+    monkeypatch.setattr(predictor, "summary", lambda: {**describe_summary(), **summary})
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +199,90 @@ def test_form_post_says_when_it_is_not_sure(
         assert '<p class="species">' not in html
 
 
+NAME = "(?:" + "|".join(SPECIES_NAMES) + ")"
+KNOWS = 'This model knows <a href="/model">3 species</a>'
+
+
+@pytest.mark.parametrize(
+    ("verdict", "subject", "headline", "hint"),
+    [
+        ("not_sure", "fish", f"Not sure: maybe {NAME} or {NAME}", "below the 0.0% confidence this model needs"),
+        ("unknown_species", "fish", "Probably a fish this model does not know", f"{KNOWS}, and this photo looks like"),
+        ("unknown_species", None, "Probably none of the species this model knows", f"{KNOWS}, and this photo looks"),
+        ("not_a_fish", "fish", "This does not look like a fish", f"{KNOWS} of fish: try a photo with one of them"),
+        ("not_a_fish", "eel", "This does not look like an eel", f"{KNOWS} of eel: try a photo with one of them"),
+        ("not_a_fish", None, "This does not look like anything this model was trained on", f"{KNOWS}: try a photo"),
+    ],
+)
+def test_form_post_words_each_verdict(
+    app: Flask,
+    client: FlaskClient,
+    monkeypatch: pytest.MonkeyPatch,
+    jpeg_bytes: Callable[..., bytes],
+    verdict: str,
+    subject: str | None,
+    headline: str,
+    hint: str,
+) -> None:
+    answer_with_verdicts(monkeypatch, app, [verdict], subject=subject)
+    html = post_image(client, jpeg_bytes(), url="/").get_data(as_text=True)
+    said = re.search(rf'<p class="species {verdict.replace("_", "-")}">([^<]+)</p>', html)
+    assert said and re.fullmatch(headline, said.group(1)), html
+    assert f"<title>{said.group(1)} – Reef fish identifier</title>" in html
+    assert f'<section class="card result" aria-labelledby="result-heading" data-verdict="{verdict}">' in html
+    assert '<p class="species">' not in html and 'class="scientific"' not in html
+    assert hint in re.sub(r"\s+", " ", html)
+    # the closest species stay in view, labelled as such; the confidence only where a species is guessed
+    assert "<caption>Closest species it knows</caption>" in html and "Top 3 species" not in html
+    assert sorted(re.findall(rf'<th scope="row">({NAME})</th>', html)) == sorted(SPECIES_NAMES)
+    assert ("Confidence <strong>" in html) is (verdict == "not_sure")
+    assert html.count("<meter") == len(CLASS_NAMES) + (verdict == "not_sure")
+    assert_no_inline_code(html)
+
+
+def test_results_table_and_csv_say_each_verdict(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, jpeg_bytes: Callable[..., bytes]
+) -> None:
+    answer_with_verdicts(monkeypatch, app, list(VERDICTS), subject="fish")
+    files = [(io.BytesIO(jpeg_bytes()), f"{verdict}.jpg") for verdict in VERDICTS]
+    html = client.post("/", data={"image": files}, content_type="multipart/form-data").get_data(as_text=True)
+    assert re.findall(r'<tr data-verdict="([a-z_]+)">', html) == list(VERDICTS)
+    said = re.findall(r'<p class="(species[^"]*)">([^<]+)</p>', html)
+    assert [css for css, _ in said] == ["species", "species not-sure", "species unknown-species", "species not-a-fish"]
+    assert said[0][1] in SPECIES_NAMES and re.fullmatch(f"Not sure: maybe {NAME} or {NAME}", said[1][1])
+    assert said[2][1] == "Probably a fish this model does not know"
+    assert said[3][1] == "This does not look like a fish"
+    assert html.count('<p class="top-label">Closest species it knows</p>') == 3
+    assert html.count('<ol class="top-list">') == 4  # the top 3 of every photo
+    assert html.count('<td class="confidence-cell"><span class="number">–</span></td>') == 2
+    link = re.search(r'<a class="button" id="csv-download" href="data:text/csv;charset=utf-8,([^"]+)"', html)
+    reader = csv.DictReader(io.StringIO(urllib.parse.unquote(link.group(1))))
+    table = list(reader)
+    assert reader.fieldnames[:7] == ["file_name", "species", "label", "confidence", "verdict", "confident", "error"]
+    assert [(r["file_name"], r["verdict"], r["confident"]) for r in table] == [
+        (f"{verdict}.jpg", verdict, str(verdict == "species").lower()) for verdict in VERDICTS
+    ]
+    assert all(r["label"] in CLASS_NAMES and r["top_3"] in CLASS_NAMES for r in table)
+    assert_no_inline_code(html)
+
+
+def test_verdict_headline_words() -> None:
+    from app.web import verdict_headline, with_article
+    from model.predictor import ClassScore
+
+    top = [ClassScore("a_b", 0.4, "Ab fish", "A b"), ClassScore("c_d", 0.3), ClassScore("e_f", 0.3)]
+    said = {verdict: verdict_headline(Prediction(top, 0.5, verdict), "fish") for verdict in VERDICTS}
+    assert said == {
+        "species": "Ab fish",
+        "not_sure": "Not sure: maybe Ab fish or C d",
+        "unknown_species": "Probably a fish this model does not know",
+        "not_a_fish": "This does not look like a fish",
+    }
+    assert verdict_headline(Prediction(top[1:], 0.5, "species")) == "C d"
+    assert verdict_headline(Prediction(top[:1], 0.5, "not_sure")) == "Not sure: maybe Ab fish"
+    assert [with_article(noun) for noun in ("fish", "eel", "Urchin")] == ["a fish", "an eel", "an Urchin"]
+
+
 def test_form_post_several_files_gives_a_table_and_csv(client: FlaskClient, jpeg_bytes: Callable[..., bytes]) -> None:
     files = [
         (io.BytesIO(jpeg_bytes(COLOURS["blue_tang"])), "reef/one.jpg"),
@@ -256,7 +361,7 @@ def test_results_csv_and_data_url() -> None:
         "0.5",
     ]
     text = results_csv([FileResult("a, b.jpg", error='bad "image"')])
-    assert text == 'file_name,species,label,confidence,confident,error\r\n"a, b.jpg",,,,,"bad ""image"""\r\n'
+    assert text == 'file_name,species,label,confidence,verdict,confident,error\r\n"a, b.jpg",,,,,,"bad ""image"""\r\n'
     assert csv_data_url("a,b\r\n") == "data:text/csv;charset=utf-8,a%2Cb%0D%0A"
 
 
@@ -275,6 +380,7 @@ def test_model_page_renders_a_bare_checkpoint(client: FlaskClient) -> None:
     assert "records no per-species metrics" in html
     assert "records no confusion matrix" in html
     assert "<dt>Input size</dt>" in html  # from the checkpoint's config {"arch", "image_size"}
+    assert "it has no threshold for not being sure" in html and 'id="verdict-thresholds"' not in html
     assert 'aria-current="page"' in html
     assert "<script" not in html and "style=" not in html
 
@@ -360,6 +466,53 @@ def test_model_page_shows_names_training_metrics_and_confusion(described_checkpo
     assert "style=" not in html
 
 
+@pytest.mark.parametrize(
+    ("subject", "last_term", "last_sentence"),
+    [
+        ("fish", "“Not a fish” below", "looks less like a fish than this"),
+        (None, "“Unlike its training photos” below", "looks less like its training photos than this"),
+    ],
+)
+def test_model_page_explains_the_verdict_thresholds(
+    app: Flask,
+    client: FlaskClient,
+    monkeypatch: pytest.MonkeyPatch,
+    subject: str | None,
+    last_term: str,
+    last_sentence: str,
+) -> None:
+    thresholds = {"not_sure": 0.455, "unknown_species": 123.456, "not_a_fish": 0.3}
+    answer_with_verdicts(monkeypatch, app, ["species"], subject=subject, verdict_thresholds=thresholds)
+    html = client.get("/model").get_data(as_text=True)
+    listed = re.sub(r"\s+", " ", html.split('<dl class="facts" id="verdict-thresholds">')[1].split("</dl>")[0])
+    assert re.findall(r"<dt>([^<]+)</dt>", listed) == ["“Not sure” below", "“Unknown species” above", last_term]
+    assert "<dd>45.5% confidence: when even the likeliest species is less likely than this" in listed
+    assert "<dd>123 novelty: a photo whose features are farther than this" in listed
+    assert "<dd>30.0% subject score: a photo that " + last_sentence in listed
+    assert "<script" not in html and "style=" not in html
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "terms"),
+    [
+        ({"not_sure": 0.5, "unknown_species": None, "not_a_fish": None}, ["“Not sure” below"]),
+        (
+            {"not_sure": 0.5, "unknown_species": 7.0, "not_a_fish": None},
+            ["“Not sure” below", "“Unknown species” above"],
+        ),
+        ({"not_sure": 0.0, "unknown_species": None, "not_a_fish": 0.2}, ["“Not a fish” below"]),
+        ({"not_sure": 0.0, "unknown_species": None, "not_a_fish": None}, []),
+    ],
+)
+def test_model_page_leaves_out_the_checks_a_model_lacks(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, thresholds: dict[str, Any], terms: list[str]
+) -> None:
+    answer_with_verdicts(monkeypatch, app, ["species"], subject="fish", verdict_thresholds=thresholds)
+    html = client.get("/model").get_data(as_text=True)
+    assert re.findall(r"<dt>(“[^<]+)</dt>", html) == terms
+    assert ("it has no threshold for not being sure" in html) is (not terms)
+
+
 def test_confusion_rows_shading_and_bad_matrices() -> None:
     from app.web import confusion_rows, shade_level
 
@@ -426,6 +579,30 @@ def test_api_predict_schema(client: FlaskClient, jpeg_bytes: Callable[..., bytes
     assert sum(confidences) == pytest.approx(1.0, abs=1e-4)
     assert body["model"]["arch"] == "resnet18"
     assert body["model"]["num_classes"] == len(CLASS_NAMES)
+    assert body["verdict"] in VERDICTS and body["confident"] is (body["verdict"] == "species")
+    assert {"subject_score", "novelty"} <= set(body)
+
+
+@pytest.mark.parametrize("verdict", VERDICTS)
+def test_api_says_each_verdict(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, jpeg_bytes: Callable[..., bytes], verdict: str
+) -> None:
+    answer_with_verdicts(monkeypatch, app, [verdict])
+    body = post_image(client, jpeg_bytes()).get_json()
+    assert (body["verdict"], body["confident"]) == (verdict, verdict == "species")
+    assert (body["subject_score"], body["novelty"]) == (0.25, 42.5)
+    assert len(body["top_k"]) == len(CLASS_NAMES)  # the closest classes, whatever the verdict
+
+
+def test_api_says_the_verdict_of_each_image(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, jpeg_bytes: Callable[..., bytes]
+) -> None:
+    answer_with_verdicts(monkeypatch, app, list(VERDICTS))
+    files = [(io.BytesIO(jpeg_bytes()), f"{i}.jpg") for i in range(len(VERDICTS))]
+    body = client.post("/api/predict", data={"image": files}, content_type="multipart/form-data").get_json()
+    assert [(p["index"], p["verdict"], p["confident"]) for p in body["predictions"]] == [
+        (i, verdict, verdict == "species") for i, verdict in enumerate(VERDICTS)
+    ]
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])

@@ -1,9 +1,10 @@
 """The upload page and the model page in a real browser: Chromium driven by Playwright, against real gunicorn
 serving the default model, with real Fish4Knowledge photos.
 
-Covers the file picker, drag and drop, paste, several photos with the CSV download, a non-image, the page with
-JavaScript turned off, and the model page; every page must log no console error (CSP violations included).
-Screenshots (desktop and a 390 x 844 phone) go to ``test-artifacts/screenshots/``.
+Covers the file picker, drag and drop, paste, several photos with the CSV download, a non-image, how the script
+words each verdict (from canned API answers), the page with JavaScript turned off, and the model page; every page
+must log no console error (CSP violations included). Screenshots (desktop and a 390 x 844 phone) go to
+``test-artifacts/screenshots/``.
 
 Needs the ``playwright`` package (requirements-dev.txt) and Debian's Chromium (``make test`` installs it; set
 ``FISH_CHROMIUM`` to use another binary); never ``playwright install``. Skipped with the reason when the browser,
@@ -29,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from app.web import verdict_headline
+from model.predictor import VERDICTS, ClassScore, Prediction
 from tests.conftest import ROOT, SHARED_DATA, gunicorn_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-dev.txt")
@@ -90,12 +93,13 @@ def api_predict(base: str, path: Path) -> dict[str, Any]:
         return json.load(response)
 
 
-def species_text(prediction: dict[str, Any]) -> str:
-    """The headline the page shows for a prediction (see the ``verdict`` macro and ``verdict()`` in app.js)."""
-    if prediction["confident"]:
-        return prediction["common_name"] or prediction["display_name"]
-    names = [score["common_name"] or score["display_name"] for score in prediction["top_k"][:2]]
-    return "Not sure: maybe " + " or ".join(names)
+def species_text(prediction: dict[str, Any], model: dict[str, Any]) -> str:
+    """The headline the page shows for an API answer (``prediction``, answered by ``model``): the server's own
+    words (``app.web.verdict_headline``), which ``headline()`` in app.js must repeat."""
+    scores = [
+        ClassScore(s["label"], s["confidence"], s["common_name"], s["scientific_name"]) for s in prediction["top_k"]
+    ]
+    return verdict_headline(Prediction(scores, prediction["threshold"], prediction["verdict"]), model.get("subject"))
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +189,9 @@ def test_upload_with_the_file_picker(server: str, new_page: Any) -> None:
     page.get_by_role("button", name="Identify").click()
     page.locator(".result .species").wait_for()
     expected = api_predict(server, picture)
-    assert page.locator(".result .species").inner_text() == species_text(expected)
+    assert expected["verdict"] in ("species", "not_sure")  # a photo of one of its species, from its own data
+    assert page.locator(".result").get_attribute("data-verdict") == expected["verdict"]
+    assert page.locator(".result .species").inner_text() == species_text(expected, expected["model"])
     confidence = page.locator(".result .confidence strong").inner_text()
     assert re.fullmatch(r"\d{1,3}\.\d%", confidence)
     assert confidence == f"{expected['confidence'] * 100:.1f}%"
@@ -220,7 +226,8 @@ def test_drag_and_drop_then_paste(server: str, new_page: Any) -> None:
     assert page.evaluate("document.getElementById('image').files.length") == 1  # the form has the file too
     page.get_by_role("button", name="Identify").click()
     page.locator(".result .species").wait_for()
-    assert page.locator(".result .species").inner_text() == species_text(api_predict(server, picture))
+    expected = api_predict(server, picture)
+    assert page.locator(".result .species").inner_text() == species_text(expected, expected["model"])
 
     # Paste an image (Ctrl+V): it replaces the choice, under a generated name.
     page.evaluate(
@@ -275,7 +282,7 @@ def test_several_photos_give_a_table_and_a_csv(server: str, new_page: Any, conso
     assert "not a supported image" in rows.nth(2).locator(".row-error").inner_text()
     expected = [api_predict(server, p) for p in pictures]
     shown = [rows.nth(i).locator(".species").inner_text() for i in (0, 1, 3)]
-    assert shown == [species_text(e) for e in expected]
+    assert shown == [species_text(e, e["model"]) for e in expected]
     assert "Done: 3 photos identified, 1 refused." in page.locator("#status").inner_text()
     screenshot(page, "desktop-results-table")
 
@@ -289,7 +296,7 @@ def test_several_photos_give_a_table_and_a_csv(server: str, new_page: Any, conso
         assert row["label"] == prediction["label"] == row["top_1"]
         assert row["species"] == prediction["display_name"]
         assert float(row["confidence"]) == pytest.approx(prediction["confidence"], abs=1e-4)
-        assert row["confident"] == str(prediction["confident"]).lower()
+        assert (row["verdict"], row["confident"]) == (prediction["verdict"], str(prediction["confident"]).lower())
         assert row["top_5"] and row["top_5_confidence"]
     assert table[2]["label"] == "" and "not a supported image" in table[2]["error"]
 
@@ -320,6 +327,75 @@ def test_a_non_image_shows_an_error(server: str, new_page: Any, console: Console
     assert any(HTTP_4XX.search(e) for e in console.errors)
 
 
+def test_the_script_words_each_verdict(server: str, new_page: Any) -> None:
+    """The API's answers are replaced by each verdict in turn (the default model may never give some of them): the
+    script shows the server's words, the hint, the closest species, and the verdict in the table and its CSV."""
+    pictures = [
+        photo("amphiprion_clarkii"),
+        photo("chromis_chrysura"),
+        photo("lutjanus_fulvus"),
+        photo("zebrasoma_scopas"),
+    ]
+    real = api_predict(server, pictures[0])
+    model = real.pop("model")
+    n = model["num_classes"]
+    knows = f"This model knows {n} species"
+    hints = {
+        "species": None,
+        "not_sure": "The best guess is below the",
+        "unknown_species": f"{knows}, and this photo looks like none of them.",
+        "not_a_fish": f"{knows}{' of ' + model['subject'] if model.get('subject') else ''}: try a photo with one",
+    }
+    answers: list[dict[str, Any]] = []
+    page = new_page()
+    page.route("**/api/predict", lambda route: route.fulfill(status=200, json=answers[-1]))
+    page.goto(server + "/")
+    for verdict in VERDICTS:
+        prediction = {**real, "verdict": verdict, "confident": verdict == "species"}
+        answers.append({**prediction, "model": model})
+        page.set_input_files("#image", str(pictures[0]))
+        page.get_by_role("button", name="Identify").click()
+        result = page.locator(f'.result[data-verdict="{verdict}"]')
+        result.wait_for()
+        assert result.locator(".species").inner_text() == species_text(prediction, model)
+        if hints[verdict] is None:
+            assert result.locator(".hint").count() == 0
+        else:
+            assert result.locator(".hint").inner_text().startswith(hints[verdict])
+        if verdict in ("unknown_species", "not_a_fish"):
+            assert result.locator(".hint a").get_attribute("href") == "/model"
+        assert result.locator(".confidence").count() == (verdict in ("species", "not_sure"))
+        caption = "Top 5 species" if verdict == "species" else "Closest species it knows"
+        assert result.locator(".top-k caption").inner_text() == caption
+        assert result.locator(".top-k tbody tr").count() == 5  # the closest species, whatever the verdict
+        screenshot(page, f"desktop-result-{verdict.replace('_', '-')}")
+
+    answers.append(
+        {
+            "predictions": [
+                {**real, "verdict": v, "confident": v == "species", "index": i} for i, v in enumerate(VERDICTS)
+            ],
+            "model": model,
+        }
+    )
+    page.set_input_files("#image", [str(p) for p in pictures])
+    page.get_by_role("button", name="Identify").click()
+    page.locator(".results-table").wait_for()
+    rows = page.locator(".results-table tbody tr")
+    assert [rows.nth(i).get_attribute("data-verdict") for i in range(4)] == list(VERDICTS)
+    shown = [rows.nth(i).locator(".species").inner_text() for i in range(4)]
+    assert shown == [species_text({**real, "verdict": v}, model) for v in VERDICTS]
+    assert page.locator(".results-table .top-label").all_inner_texts() == ["Closest species it knows"] * 3
+    assert page.locator(".results-table .top-list li").count() == 4 * 5
+    screenshot(page, "desktop-results-table-verdicts")
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download the results (CSV)").click()
+    reader = csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text(encoding="utf-8")))
+    table = list(reader)
+    assert reader.fieldnames[:7] == ["file_name", "species", "label", "confidence", "verdict", "confident", "error"]
+    assert [(r["verdict"], r["confident"]) for r in table] == [(v, str(v == "species").lower()) for v in VERDICTS]
+
+
 def test_the_page_works_without_javascript(server: str, new_page: Any) -> None:
     page = phone(new_page, javascript=False)
     page.goto(server + "/")
@@ -328,7 +404,8 @@ def test_the_page_works_without_javascript(server: str, new_page: Any) -> None:
     page.set_input_files("#image", str(picture))
     with page.expect_navigation():
         page.get_by_role("button", name="Identify").click()
-    assert page.locator(".result .species").inner_text() == species_text(api_predict(server, picture))
+    expected = api_predict(server, picture)
+    assert page.locator(".result .species").inner_text() == species_text(expected, expected["model"])
     assert page.locator(".result .thumbnail").get_attribute("src").startswith("data:image/jpeg;base64,")
     assert page.locator(".result .top-k tbody tr").count() == 5
     screenshot(page, "phone-result-no-js")
@@ -354,6 +431,7 @@ def test_model_page(server: str, new_page: Any) -> None:
     assert page.locator("#confusion-matrix tbody tr").count() == 15
     assert page.locator("#confusion-matrix td.cm-hit").count() == 15
     assert "Clark's anemonefish" in page.locator("#classes-table").inner_text()
+    assert page.locator("#verdict-thresholds dt").first.inner_text() == "“Not sure” below"
     screenshot(page, "desktop-model")
     small = phone(new_page)
     small.goto(server + "/model")

@@ -18,7 +18,9 @@ from referencing.jsonschema import DRAFT202012
 
 from app import create_app
 from app.images import SUPPORTED_FORMATS
+from model.predictor import VERDICTS
 from tests.conftest import COLOURS
+from tests.test_app import answer_with_verdicts
 
 CLASS_NAMES = sorted(COLOURS)
 DOC_URI = "urn:fish-api:openapi"
@@ -107,6 +109,40 @@ def test_several_images_answer_matches_the_document(
     assert response.status_code == 200
     assert_matches(document, "/api/predict", "post", 200, response.get_json())
     assert [p["index"] for p in response.get_json()["predictions"]] == [0, 1, 2]
+
+
+def test_verdicts_are_documented(document: dict[str, Any]) -> None:
+    prediction = document["components"]["schemas"]["Prediction"]
+    verdict = prediction["properties"]["verdict"]
+    assert verdict["enum"] == list(VERDICTS)
+    assert all(f"`{name}`:" in verdict["description"] for name in VERDICTS)
+    assert {"verdict", "subject_score", "novelty", "confident"} <= set(prediction["required"])
+    assert "verdict" in prediction["properties"]["confident"]["description"]
+
+
+@pytest.mark.parametrize(
+    "thresholds",
+    [{"not_sure": 0.4, "unknown_species": 55.5, "not_a_fish": 0.3}, {"not_sure": 0.4, "unknown_species": None}],
+)
+def test_every_verdict_matches_the_document(
+    app: Flask,
+    document: dict[str, Any],
+    jpeg_bytes: Callable[..., bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    thresholds: dict[str, Any],
+) -> None:
+    """Each verdict, one image at a time and all in one batch, with a model summary that records its subject and
+    its verdict thresholds (None for a check the model lacks)."""
+    answer_with_verdicts(monkeypatch, app, list(VERDICTS), subject="fish", verdict_thresholds=thresholds)
+    client = app.test_client()
+    for verdict in VERDICTS:
+        body = post(client, [jpeg_bytes()]).get_json()
+        assert body["verdict"] == verdict
+        assert_matches(document, "/api/predict", "post", 200, body)
+    body = post(client, [jpeg_bytes()] * len(VERDICTS)).get_json()
+    assert [p["verdict"] for p in body["predictions"]] == list(VERDICTS)
+    assert body["model"]["subject"] == "fish"
+    assert_matches(document, "/api/predict", "post", 200, body)
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import predict
-from model.predictor import Predictor
+from app.web import results_csv
+from model.predictor import VERDICTS, Prediction, Predictor
 from tests.conftest import COLOURS, make_imagefolder, synthetic_image
 
 TOP_K = 2
@@ -58,7 +63,7 @@ def test_predict_writes_one_row_per_image_like_predictor_predict(
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == [
-        *("path", "label", "display_name", "confidence", "confident", "error"),
+        *("path", "label", "display_name", "confidence", "verdict", "confident", "error"),
         *("top_1", "top_1_confidence", "top_2", "top_2_confidence"),
     ]
     images = [p.relative_to(photo_folder).as_posix() for p in photo_folder.rglob("*") if p.suffix != ".txt"]
@@ -79,12 +84,48 @@ def test_predict_writes_one_row_per_image_like_predictor_predict(
             expected = predictor.predict([image], top_k=TOP_K)[0]
         assert (row["label"], row["display_name"]) == (expected.label, expected.display_name)
         assert float(row["confidence"]) == pytest.approx(expected.confidence, abs=1e-4)
-        assert row["confident"] == str(expected.confident).lower()
+        assert (row["verdict"], row["confident"]) == (expected.verdict, str(expected.confident).lower())
         for i, score in enumerate(expected.top_k, start=1):
             assert row[f"top_{i}"] == score.label
             assert float(row[f"top_{i}_confidence"]) == pytest.approx(score.confidence, abs=1e-4)
 
-    assert "12 images, 11 classified" in capsys.readouterr().out
+    assert (
+        "12 images, 11 classified (11 species, 0 not sure, 0 unknown species, 0 not a fish)" in capsys.readouterr().out
+    )
+
+
+def test_predict_counts_each_verdict(
+    photo_folder: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verdicts given in turn (species, not sure, unknown species, not a fish, species...) to the 11 readable images:
+    each gets its row's ``verdict``, the summary counts them, and only named species count as frequent."""
+    turn = itertools.cycle(VERDICTS)
+    predict_batch = Predictor.predict_batch
+
+    def with_verdicts(self: Predictor, batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:
+        return [dataclasses.replace(p, verdict=next(turn)) for p in predict_batch(self, batch, top_k)]
+
+    monkeypatch.setattr(Predictor, "predict_batch", with_verdicts)
+    output = tmp_path / "results.csv"
+    assert run(photo_folder, tiny_checkpoint, output, "--workers", "0") == 0
+    with open(output, newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.DictReader(f) if not row["error"]]
+    assert [row["verdict"] for row in rows] == [VERDICTS[i % 4] for i in range(11)]
+    assert [row["confident"] for row in rows] == [str(row["verdict"] == "species").lower() for row in rows]
+    out = capsys.readouterr().out
+    assert "12 images, 11 classified (3 species, 3 not sure, 3 unknown species, 2 not a fish), 1 unreadable" in out
+    named = Counter(row["label"] for row in rows if row["verdict"] == "species")
+    assert "most frequent species: " + ", ".join(f"{label} {n}" for label, n in named.most_common()) + "\n" in out
+
+
+def test_the_csv_files_put_verdict_in_the_same_place() -> None:
+    web = results_csv([])
+    assert web.split(",")[3:6] == ["confidence", "verdict", "confident"]
+    assert predict.csv_header(1)[3:6] == ["confidence", "verdict", "confident"]
 
 
 def test_predict_user_errors_exit_2(
