@@ -4,7 +4,8 @@ Schema (format version 1), all values plain Python types or tensors:
 
 ====================  ==========================================================================
 ``format_version``    int, :data:`FORMAT_VERSION`
-``arch``              str, torchvision model name (rebuilt with :func:`model.network.build_model`)
+``arch``              str, torchvision or timm model name (rebuilt with :func:`model.network.build_model`);
+                      ``model`` may hold a kept ImageNet classifier under ``pretrained_head.``
 ``class_names``       list[str], index i is logit i; from the training ImageFolder's sorted folders
 ``preprocessing``     dict, :class:`model.transforms.Preprocessing` ``to_dict()``
 ``model``             state dict of the network (float32 for training checkpoints, float16 in releases)
@@ -20,6 +21,9 @@ Schema (format version 1), all values plain Python types or tensors:
                       "selective_accuracy", "temperature"}``: the "not sure" threshold chosen on validation
                       data, and the softmax temperature T > 0 fitted there (temperature scaling; served
                       probabilities are ``softmax(logits / T)``, T = 1 when absent)
+``open_set``          optional dict (release only): ``{"subject_classes": list[int], "gaussians": {"means",
+                      "precision"}}``, see :mod:`model.open_set`; ``serving`` then also holds
+                      ``subject_threshold``, ``novelty_threshold`` and ``subject``
 ``optimizer``,        state dicts for ``--resume``; absent from release checkpoints
 ``lr_scheduler``,
 ``scaler``,
@@ -40,11 +44,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torchvision
 from torch import nn
 
-from model.network import build_model
+from model.network import PRETRAINED_HEAD, attach_pretrained_head, build_model
 from model.transforms import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ def library_versions() -> dict[str, str]:
     return {
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
+        "timm": str(timm.__version__),
         "python": platform.python_version(),
     }
 
@@ -176,6 +182,9 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     state_dict = {
         k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()
     }
+    kept = state_dict.get(f"{PRETRAINED_HEAD}.weight")
+    if kept is not None:
+        attach_pretrained_head(model, kept.shape[1], kept.shape[0])
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -324,8 +324,31 @@ def library_model(arch: str, weights: str = WEIGHTS_NONE) -> nn.Module:
     return model
 
 
+#: Attribute under which :func:`build_model` keeps the pretrained ImageNet classifier (``keep_pretrained_head``).
+PRETRAINED_HEAD = "pretrained_head"
+
+
+def pretrained_head(model: nn.Module) -> nn.Linear | None:
+    """The kept pretrained classifier (:data:`PRETRAINED_HEAD`), mapping pooled features ``(N, D)`` to ImageNet
+    logits ``(N, 1000)``, or None; unwraps DDP's ``module``."""
+    head = getattr(getattr(model, "module", model), PRETRAINED_HEAD, None)
+    return head if isinstance(head, nn.Linear) else None
+
+
+def attach_pretrained_head(model: nn.Module, in_features: int, out_features: int) -> nn.Linear:
+    """Give ``model`` an empty pretrained-classifier slot of the given shape (to load a checkpoint into)."""
+    head = nn.Linear(in_features, out_features)
+    model.add_module(PRETRAINED_HEAD, head)
+    return head
+
+
 def build_model(
-    arch: str, num_classes: int, weights: str = WEIGHTS_NONE, head: dict[str, Any] | None = None
+    arch: str,
+    num_classes: int,
+    weights: str = WEIGHTS_NONE,
+    head: dict[str, Any] | None = None,
+    *,
+    keep_pretrained_head: bool = False,
 ) -> nn.Module:
     """Make ``arch`` with a ``num_classes``-way classifier, optionally starting from pretrained weights.
 
@@ -340,6 +363,10 @@ def build_model(
             classifier is dropped when its shape differs).
         head: ``{"type": "linear"}`` (default) or ``{"type": "mlp", "hidden": [256, 128, 64], "dropout": 0.2}``
             (:class:`MLPHead`); checkpoints record it as ``"head"``.
+        keep_pretrained_head: with ``weights="imagenet"``, keep the library's ImageNet classifier as the
+            submodule :data:`PRETRAINED_HEAD` (an ``nn.Linear``, pooled features to 1000 logits) beside the new
+            head. The model's ``forward`` ignores it; :class:`model.open_set.OpenSetNetwork` uses it to tell
+            whether a picture shows the training data's subject at all. Parameters under it count as backbone.
 
     Raises:
         ValueError: unknown ``arch`` or head, or ``num_classes < 1``.
@@ -352,7 +379,9 @@ def build_model(
 
     if weights in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
         model = library_model(arch, weights)
-        _replace_classifier(model, num_classes, head)
+        old = _replace_classifier(model, num_classes, head)
+        if keep_pretrained_head and weights == WEIGHTS_IMAGENET and isinstance(old, nn.Linear):
+            model.add_module(PRETRAINED_HEAD, old)
         return model
 
     model = library_model(arch, WEIGHTS_NONE)

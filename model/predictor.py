@@ -7,6 +7,7 @@ network in eval mode, the class names, the eval transform and the softmax temper
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, subject_score
 from model.transforms import Preprocessing, eval_transform, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ def resolve_inference_precision(name: str, device: str | torch.device = "cpu") -
 
 
 class OpenVINONetwork:
-    """The network compiled by OpenVINO for the CPU; called like the torch module on a float32 batch.
+    """The network compiled by OpenVINO for the CPU; called on a float32 batch, it returns the torch module's
+    outputs as a tuple (for :class:`model.open_set.OpenSetNetwork`: logits, features, ImageNet logits).
 
     Converted with ``openvino.convert_model`` from the loaded PyTorch module (no file is written), compiled with
     the ``LATENCY`` performance hint and ``INFERENCE_PRECISION_HINT`` bf16 or f32. Compiled models are
@@ -69,7 +72,7 @@ class OpenVINONetwork:
     machine: 12 ms per 128 px photo in bf16 against about 20 ms for PyTorch's bf16 autocast (``make bench``).
 
     Args:
-        model: the PyTorch network in eval mode, ``(N, 3, S, S)`` float32 to ``(N, C)`` logits.
+        model: the PyTorch network in eval mode, ``(N, 3, S, S)`` float32 to a tensor or a tuple of them.
         image_size: ``S``, for the example input of the conversion.
         precision: ``"fp32"`` or ``"bf16"``.
         num_threads: CPU threads for OpenVINO's inference (``INFERENCE_NUM_THREADS``); None for its default.
@@ -98,13 +101,13 @@ class OpenVINONetwork:
             raise BackendUnavailableError(f"OpenVINO could not compile the model: {exc}") from exc
         self._local = threading.local()
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits, float32 ``(N, C)``, of a float32 batch ``(N, 3, S, S)``."""
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The module's outputs, float32 tensors, for a float32 batch ``(N, 3, S, S)``."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
         result = request.infer({0: batch.contiguous().numpy()})
-        return torch.from_numpy(result[0].copy())
+        return tuple(torch.from_numpy(result[i].copy()) for i in range(len(self.compiled.outputs)))
 
 
 def pretty_label(label: str) -> str:
@@ -251,6 +254,11 @@ class Predictor:
             on validation data by ``training.metrics.fit_temperature``); 1 leaves the network's softmax as is.
         class_info: optional ``{class name: {"common_name": str, "scientific_name": str}}``.
         metadata: descriptive fields (arch, epoch, metrics...) reported by :meth:`describe`.
+        open_set: the thresholds of the four verdicts (:class:`model.open_set.OpenSetRule`); its
+            ``confidence_threshold`` is replaced by ``confidence_threshold``. None: "not sure" only.
+        subject_classes: ImageNet classes of the training data's subject, for ``subject_score`` (needs a model
+            that keeps its pretrained ImageNet head, :func:`model.network.pretrained_head`).
+        gaussians: class means and shared covariance of the training features, for ``novelty``.
 
     Raises:
         ValueError: the number of class names does not match the network's outputs, unknown precision, a
@@ -271,9 +279,15 @@ class Predictor:
         temperature: float = 1.0,
         class_info: dict[str, dict[str, str | None]] | None = None,
         metadata: dict[str, Any] | None = None,
+        open_set: OpenSetRule | None = None,
+        subject_classes: Sequence[int] | None = None,
+        gaussians: ClassGaussians | None = None,
     ) -> None:
         if not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        self.open_set = dataclasses.replace(open_set or OpenSetRule(), confidence_threshold=confidence_threshold)
+        self.subject_classes = list(subject_classes) if subject_classes else None
+        self.gaussians = gaussians
         self.temperature = temperature  # validated by the property's setter
         precision = resolve_inference_precision(precision, device)
         if precision not in PRECISIONS:
@@ -284,11 +298,11 @@ class Predictor:
             raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.network = OpenSetNetwork(self.model)
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.transform = eval_transform(preprocessing)
         self.precision = precision
-        self.confidence_threshold = float(confidence_threshold)
         info = class_info or {}
         self.class_info = {
             name: (info.get(name, {}).get("common_name") or None, info.get(name, {}).get("scientific_name") or None)
@@ -297,12 +311,16 @@ class Predictor:
         self.metadata = dict(metadata or {})
         size = preprocessing.image_size
         with torch.inference_mode():
-            num_outputs = self.model(torch.zeros(1, 3, size, size, device=self.device)).shape[1]
-        if num_outputs != len(self.class_names):
-            raise ValueError(f"model has {num_outputs} outputs but {len(self.class_names)} class names")
+            logits, features, imagenet_logits = self.network(torch.zeros(1, 3, size, size, device=self.device))
+        if logits.shape[1] != len(self.class_names):
+            raise ValueError(f"model has {logits.shape[1]} outputs but {len(self.class_names)} class names")
+        if self.subject_classes and imagenet_logits.shape[1] <= max(self.subject_classes):
+            raise ValueError("subject classes need the model's pretrained ImageNet head, which it does not keep")
+        if self.gaussians is not None and self.gaussians.means.shape != (len(self.class_names), features.shape[1]):
+            raise ValueError(f"class means {tuple(self.gaussians.means.shape)} do not fit {tuple(features.shape)}")
         self.backend = backend
         self._openvino = (
-            OpenVINONetwork(self.model, size, precision, torch.get_num_threads()) if backend == "openvino" else None
+            OpenVINONetwork(self.network, size, precision, torch.get_num_threads()) if backend == "openvino" else None
         )
 
     @classmethod
@@ -345,6 +363,12 @@ class Predictor:
             "checkpoint": os.path.basename(os.fspath(path)),
             "created": ckpt.get("created"),
         }
+        open_set = ckpt.get("open_set") or {}
+        rule = OpenSetRule(
+            subject_threshold=serving.get("subject_threshold"),
+            novelty_threshold=serving.get("novelty_threshold"),
+            subject=serving.get("subject"),
+        )
         predictor = cls(
             model_from_checkpoint(ckpt),
             ckpt["class_names"],
@@ -356,6 +380,9 @@ class Predictor:
             temperature=float(serving.get("temperature", 1.0)),
             class_info=ckpt.get("class_info"),
             metadata=metadata,
+            open_set=rule,
+            subject_classes=open_set.get("subject_classes"),
+            gaussians=ClassGaussians.from_dict(open_set["gaussians"]) if "gaussians" in open_set else None,
         )
         logger.info(
             "loaded %s: %s, %d classes, input %d px, temperature %.3g, %s %s on %s",
@@ -369,6 +396,15 @@ class Predictor:
             device,
         )
         return predictor
+
+    @property
+    def confidence_threshold(self) -> float:
+        """Calibrated confidence below which a known class is answered "not sure" (``open_set``'s)."""
+        return self.open_set.confidence_threshold
+
+    @confidence_threshold.setter
+    def confidence_threshold(self, value: float) -> None:
+        self.open_set = dataclasses.replace(self.open_set, confidence_threshold=float(value))
 
     @property
     def temperature(self) -> float:
@@ -404,6 +440,8 @@ class Predictor:
             "precision": self.precision,
             "backend": self.backend,
             "confidence_threshold": self.confidence_threshold,
+            "subject": self.open_set.subject,
+            "verdict_thresholds": self.open_set.thresholds(),
             "temperature": self.temperature,
             "val_accuracy": metrics.get("val_accuracy"),
             "val_macro_f1": metrics.get("val_macro_f1"),
@@ -438,12 +476,24 @@ class Predictor:
         Returns:
             float32 ``(N, C)`` logits on the CPU, as the network gives them (not divided by the temperature).
         """
+        return self.outputs(batch)[0]
+
+    @torch.inference_mode()
+    def outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything the network says of a preprocessed batch (see :meth:`logits` for ``batch``).
+
+        Returns:
+            float32 tensors on the CPU: logits ``(N, C)``, penultimate features ``(N, D)`` and the pretrained
+            head's ImageNet logits ``(N, 1000)`` (``(N, 0)`` when the model keeps none); see
+            :class:`model.open_set.OpenSetNetwork`.
+        """
         if self._openvino is not None:
-            return self._openvino(batch.float().cpu())
+            logits, features, imagenet_logits = self._openvino(batch.float().cpu())
+            return logits, features, imagenet_logits
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self.model(batch)
-        return out.float().cpu()
+            out = self.network(batch)
+        return tuple(t.float().cpu() for t in out)  # type: ignore[return-value]
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities ``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1;
@@ -476,11 +526,38 @@ class Predictor:
         Returns:
             One :class:`Prediction` per row, ``top_k`` clipped to the number of classes.
         """
-        probs = self.probabilities(batch)
+        return self.predictions(*self.outputs(batch), top_k=top_k)
+
+    def open_set_scores(
+        self, features: torch.Tensor, imagenet_logits: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(subject_score (N,), novelty (N,))`` of a batch's outputs (see :meth:`outputs`); None where this
+        model has no such score (see :mod:`model.open_set`)."""
+        subject = subject_score(imagenet_logits, self.subject_classes) if self.subject_classes else None
+        novelty = self.gaussians.novelty(features) if self.gaussians is not None else None
+        return subject, novelty
+
+    def predictions(
+        self, logits: torch.Tensor, features: torch.Tensor, imagenet_logits: torch.Tensor, top_k: int = 5
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per row of a batch's outputs (:meth:`outputs`), with its verdict;
+        ``top_k`` clipped to the number of classes."""
+        probs = self.calibrated(logits)
+        subject, novelty = self.open_set_scores(features, imagenet_logits)
         k = max(1, min(top_k, len(self.class_names)))
         values, indices = probs.topk(k, dim=1)
         predictions = []
-        for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):
+        for row, (vals, idxs) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
             scores = [self.score(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=True)]
-            predictions.append(Prediction(top_k=scores, threshold=self.confidence_threshold))
+            row_subject = float(subject[row]) if subject is not None else None
+            row_novelty = float(novelty[row]) if novelty is not None else None
+            predictions.append(
+                Prediction(
+                    top_k=scores,
+                    threshold=self.confidence_threshold,
+                    verdict=self.open_set.verdict(scores[0].confidence, row_subject, row_novelty),
+                    subject_score=row_subject,
+                    novelty=row_novelty,
+                )
+            )
         return predictions

@@ -34,7 +34,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Ratio of crop to resized short side used by torchvision's ImageNet evaluation (224 / 256).
 DEFAULT_CROP_PCT = 0.875
 #: Names accepted by :func:`train_transform`'s ``augment`` (and ``train.py --augment``).
-AUGMENT_PRESETS: tuple[str, ...] = ("none", "basic", "strong", "morphology")
+AUGMENT_PRESETS: tuple[str, ...] = ("none", "basic", "strong", "morphology", "photo")
 #: Operations :class:`RandomMorphology` draws from, as the Pillow rank filters applied in order.
 MORPHOLOGY_OPS: dict[str, tuple[type[ImageFilter.RankFilter], ...]] = {
     "erosion": (ImageFilter.MinFilter,),
@@ -185,6 +185,10 @@ def train_transform(p: Preprocessing, augment: str = "basic") -> T.Compose:
       bilinear (Pillow's affine warp supports no other filter).
     - ``"morphology"``: basic plus :class:`RandomMorphology` (``p=0.5``, 3 x 3 window, erosion, dilation,
       opening or closing) applied after the crop, so the window is measured in network-input pixels.
+    - ``"photo"``: bridges video crops and photographs: random resized crop (scale 0.25 to 1), horizontal flip,
+      stronger colour jitter (brightness, contrast, saturation 0.4, hue 0.05; p = 0.8), Gaussian blur
+      (p = 0.3, sigma 0.1 to 2) or sharpening (p = 0.3), and JPEG re-compression at quality 30 to 95 (p = 0.5).
+      Chosen on Fish4Knowledge with the real-photo check of ``clownfish_photos`` (EXPERIMENTS.md).
 
     Args:
         p: the preprocessing the checkpoint will record; its ``image_size`` is the crop size.
@@ -201,6 +205,18 @@ def train_transform(p: Preprocessing, augment: str = "basic") -> T.Compose:
     if augment == "none":
         return eval_transform(p)
     interpolation = InterpolationMode(p.interpolation)
+    if augment == "photo":
+        return T.Compose(
+            [
+                T.RandomResizedCrop(p.image_size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
+                T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05)], p=0.8),
+                T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
+                T.RandomAdjustSharpness(3, p=0.3),
+                T.RandomApply([T.JPEG((30, 95))], p=0.5),
+                *_to_float_tensor(p),
+            ]
+        )
     pil_ops: list[Callable[[Any], Any]] = [
         T.RandomResizedCrop(p.image_size, scale=(0.35, 1.0), interpolation=interpolation, antialias=True),
         T.RandomHorizontalFlip(),

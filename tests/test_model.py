@@ -167,7 +167,7 @@ def test_checkpoint_schema_and_weights_only_load(tmp_path: Path) -> None:
         "interpolation": "bilinear",
     }
     assert raw["epoch"] == 4 and raw["metrics"] == {"val_macro_f1": 0.5} and raw["config"]["lr"] == 0.1
-    assert set(raw["versions"]) == {"torch", "torchvision", "python"}
+    assert set(raw["versions"]) == {"torch", "torchvision", "timm", "python"}
     assert "optimizer" in raw and "state" in raw["optimizer"]
     assert load_checkpoint(path)["arch"] == "resnet18"
 

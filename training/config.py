@@ -70,6 +70,12 @@ class TrainConfig:
     seed: int = 0
     class_info: str | None = None
     target_accuracy: float = 0.95
+    distill_weight: float = 1.0
+    subject: str | None = None
+    open_set_photos: str | None = None
+    not_subject: str | None = None
+    subject_rejection: float = 0.02
+    novelty_rejection: float = 0.05
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the resolved options (JSON-, YAML- and ``weights_only``-safe)."""
@@ -195,6 +201,44 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=float,
         default=d.backbone_lr_scale,
         help="with --head-epochs or pretrained --weights: backbone LR = lr x this (head gets lr)",
+    )
+
+    g = parser.add_argument_group(
+        "open set: when to answer 'not sure', 'unknown species' or 'not a fish' (see model/open_set.py)"
+    )
+    g.add_argument(
+        "--distill-weight",
+        type=float,
+        default=d.distill_weight,
+        help="with --weights imagenet: the ImageNet classifier is kept beside the new head and kept working by "
+        "distillation from the pretrained network (Learning without Forgetting) with this weight; 0 = no "
+        "distillation",
+    )
+    g.add_argument("--subject", default=d.subject, help="what the classes are, for messages: e.g. 'fish', 'flower'")
+    g.add_argument(
+        "--open-set-photos",
+        default=d.open_set_photos,
+        help="folder of photos never trained on, one sub-folder per species: folders named like a class are known "
+        "photos, others unknown species; used only to choose the thresholds and report them",
+    )
+    g.add_argument(
+        "--not-subject",
+        default=d.not_subject,
+        help="folder of pictures that are not of the subject (e.g. flowers for a fish model), to report how many "
+        "would be named as a class",
+    )
+    g.add_argument(
+        "--subject-rejection",
+        type=float,
+        default=d.subject_rejection,
+        help="fraction of the subject's photos (validation and --open-set-photos) allowed to be called 'not a fish'",
+    )
+    g.add_argument(
+        "--novelty-rejection",
+        type=float,
+        default=d.novelty_rejection,
+        help="fraction of known photos (--open-set-photos' known classes, else validation) allowed to be called "
+        "'unknown species'",
     )
 
     g = parser.add_argument_group("optimisation")
@@ -384,6 +428,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (cfg.workers >= 0, "--workers must be >= 0"),
         (0 < cfg.target_accuracy <= 1, "--target-accuracy must be in (0, 1]"),
+        (cfg.distill_weight >= 0, "--distill-weight must be >= 0"),
+        (0 <= cfg.subject_rejection < 1, "--subject-rejection must be in [0, 1)"),
+        (0 <= cfg.novelty_rejection < 1, "--novelty-rejection must be in [0, 1)"),
         (
             cfg.arch in available_archs(),
             f"unknown arch {cfg.arch!r}; choose a torchvision classifier (e.g. resnet50) or a timm model "

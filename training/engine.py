@@ -207,9 +207,19 @@ def build_scheduler(
     return LRSchedule(torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[warmup]))
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DDP's ``module`` and :class:`model.open_set.OpenSetNetwork`'s ``model``."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "model", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def _backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter outside the classifier head (:func:`model.network.classifier_name`); unwraps DDP."""
-    module = getattr(model, "module", model)
+    """Every parameter outside the classifier head (:func:`model.network.classifier_name`); unwraps DDP and
+    :class:`model.open_set.OpenSetNetwork`."""
+    module = unwrap(model)
     head_prefix = classifier_name(module) + "."
     return [param for name, param in module.named_parameters() if not name.startswith(head_prefix)]
 
@@ -230,7 +240,7 @@ def train_mode(model: nn.Module) -> None:
     dropout off), as a linear probe needs."""
     model.train()
     if backbone_is_frozen(model):
-        module = getattr(model, "module", model)
+        module = unwrap(model)
         module.eval()
         module.get_submodule(classifier_name(module)).train()
 
@@ -287,11 +297,15 @@ def train_one_epoch(
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     clip_grad_norm: float = 0.0,
     show_progress: bool = True,
+    distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``data_loader`` (batches of ``(images (N,3,S,S) float32, targets (N,) int64)``).
 
     ``batch_mix`` (see :func:`build_batch_mix`) mixes each batch; ``ema`` is updated after each step;
-    ``clip_grad_norm > 0`` clips the gradients' total L2 norm. Under torch.distributed the returned loss, accuracy
+    ``clip_grad_norm > 0`` clips the gradients' total L2 norm. With ``distill``, ``model`` is a
+    :class:`model.open_set.OpenSetNetwork` (returning logits, features and ImageNet logits) and
+    ``distill(images, imagenet_logits)`` is added to the loss (Learning without Forgetting).
+    Under torch.distributed the returned loss, accuracy
     and image count are summed over every process.
 
     Returns:
@@ -322,8 +336,12 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, precision):
-            logits = model(images)
-            loss = criterion(logits, targets)
+            if distill is None:
+                logits = model(images)
+                loss = criterion(logits, targets)
+            else:
+                logits, _, imagenet_logits = model(images)
+                loss = criterion(logits, targets) + distill(images, imagenet_logits)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; try a lower --lr")
         optimizer.zero_grad(set_to_none=True)

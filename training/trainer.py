@@ -9,6 +9,7 @@ evaluation of ``release.pt`` on the validation set: ``metrics.json``, ``per_clas
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -16,6 +17,8 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, WeightedRandomSampler
 
 from model.checkpoint import load_checkpoint, make_checkpoint, release_checkpoint, save_checkpoint
-from model.network import build_model, default_preprocessing
+from model.network import WEIGHTS_IMAGENET, build_model, default_preprocessing, pretrained_head
+from model.open_set import OpenSetNetwork, distillation_loss
 from model.predictor import Predictor
 from model.transforms import eval_transform, train_transform
 from training.config import TrainConfig, save_config, validate
@@ -59,6 +63,7 @@ from training.engine import (
 )
 from training.evaluation import DEFAULT_TARGET_ACCURACY, ClassMismatchError, evaluate_predictor, report
 from training.metrics import classification_metrics
+from training.open_set import all_images, choose_open_set, collect_outputs, photo_samples, verdict_report
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +231,10 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
     val_loader = DataLoader(val_dataset, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kwargs)
 
     head = cfg.head_spec()
-    model = build_model(cfg.arch, num_classes, cfg.weights, head=head).to(device, memory_format=torch.channels_last)
+    model = build_model(
+        cfg.arch, num_classes, cfg.weights, head=head, keep_pretrained_head=cfg.weights == WEIGHTS_IMAGENET
+    ).to(device, memory_format=torch.channels_last)
+    distill = _build_distillation(model, cfg.distill_weight, device, precision)
     weight = class_weights((s.target for s in train_samples), num_classes) if cfg.class_weights == "auto" else None
     if weight is not None:
         logger.info("class weights (inverse frequency): %s", [round(float(w), 3) for w in weight])
@@ -282,7 +290,7 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
             "backbone frozen (BatchNorm in eval mode)%s",
             f" for the first {cfg.head_epochs} epoch(s)" if cfg.head_epochs else "",
         )
-    train_model = _wrap(model, ctx)
+    train_model = _wrap(OpenSetNetwork(model) if distill else model, ctx)
     if ctx.is_main:
         save_config(cfg, out / "config.yaml")
         if not cfg.resume:
@@ -294,7 +302,7 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.head_epochs and epoch == cfg.head_epochs:
             set_backbone_trainable(model, True)
-            train_model = _wrap(model, ctx)
+            train_model = _wrap(OpenSetNetwork(model) if distill else model, ctx)
             logger.info("epoch %d: training the whole network, backbone LR x %g", epoch + 1, cfg.backbone_lr_scale)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -314,6 +322,7 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
             ema=ema,
             clip_grad_norm=cfg.clip_grad_norm,
             show_progress=ctx.is_main,
+            distill=distill,
         )
         train_speeds.append(train_stats["images_per_s"])
         eval_model = ema.module if ema is not None else model  # the weights that are validated and saved
@@ -410,6 +419,7 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
             batch_size=cfg.batch_size * 2,
             workers=cfg.workers,
             target_accuracy=cfg.target_accuracy,
+            open_set=OpenSetOptions.from_config(cfg, train_root, train_samples),
         )
         final.update(
             epochs_run=epochs_run,
@@ -422,6 +432,96 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
     return ctx.broadcast(final)
 
 
+def _build_distillation(
+    model: nn.Module, weight: float, device: torch.device, precision: str
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """Learning without Forgetting (Li & Hoiem 2016) for the kept ImageNet head: a frozen copy of the pretrained
+    network gives the ImageNet logits the fine-tuned one should keep on each training batch; returns
+    ``distill(images, imagenet_logits) -> weight * distillation_loss``, or None without a kept head or weight."""
+    if weight <= 0 or pretrained_head(model) is None:
+        return None
+    teacher = OpenSetNetwork(copy.deepcopy(model)).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    logger.info("keeping the ImageNet head: distillation from the pretrained network, weight %g", weight)
+
+    def distill(images: torch.Tensor, imagenet_logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(device, precision):
+            target = teacher(images)[2]
+        return weight * distillation_loss(imagenet_logits, target)
+
+    return distill
+
+
+@dataclass
+class OpenSetOptions:
+    """What the release step needs to choose the open-set thresholds (see :mod:`training.open_set`)."""
+
+    train_root: Path
+    train_samples: list[Sample]
+    subject: str | None = None
+    photos: str | None = None
+    not_subject: str | None = None
+    subject_rejection: float = 0.02
+    novelty_rejection: float = 0.05
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, train_root: Path, train_samples: list[Sample]) -> OpenSetOptions:
+        """The options of ``train.py``'s open-set group."""
+        return cls(
+            train_root,
+            list(train_samples),
+            cfg.subject,
+            cfg.open_set_photos,
+            cfg.not_subject,
+            cfg.subject_rejection,
+            cfg.novelty_rejection,
+        )
+
+
+def _open_set_release(
+    predictor: Predictor,
+    options: OpenSetOptions,
+    val_root: Path,
+    val_samples: list[Sample],
+    batch_size: int,
+    workers: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
+    """Choose the open-set thresholds for ``predictor`` and measure the verdicts on every set.
+
+    Returns:
+        ``(checkpoint "open_set" record, serving fields, {set name: verdict report})``.
+    """
+    kwargs = {"batch_size": batch_size, "workers": workers}
+    train = collect_outputs(predictor, options.train_root, options.train_samples, **kwargs)
+    sets = {"val": collect_outputs(predictor, val_root, val_samples, **kwargs)}
+    if options.photos:
+        known, unknown = photo_samples(options.photos, predictor.class_names)
+        if known:
+            sets["known_photos"] = collect_outputs(predictor, options.photos, known, **kwargs)
+        if unknown:
+            sets["unknown_photos"] = collect_outputs(predictor, options.photos, unknown, **kwargs)
+    record, rule = choose_open_set(
+        predictor,
+        train,
+        sets,
+        subject=options.subject,
+        subject_rejection=options.subject_rejection,
+        novelty_rejection=options.novelty_rejection,
+    )
+    if options.not_subject:
+        sets["not_subject"] = collect_outputs(predictor, options.not_subject, all_images(options.not_subject), **kwargs)
+    reports = {name: verdict_report(predictor, outputs) for name, outputs in sets.items()}
+    for name, rep in reports.items():
+        logger.info("open set, %s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in rep.items()))
+    serving = {
+        "subject_threshold": rule.subject_threshold,
+        "novelty_threshold": rule.novelty_threshold,
+        "subject": rule.subject,
+    }
+    return record, serving, reports
+
+
 def write_release(
     out: Path,
     val_root: Path,
@@ -432,6 +532,7 @@ def write_release(
     workers: int = 2,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     class_info: dict[str, dict[str, str]] | None = None,
+    open_set: OpenSetOptions | None = None,
 ) -> dict[str, Any]:
     """Make ``out/release.pt`` from ``out/best.pt`` and evaluate it on the validation images.
 
@@ -440,7 +541,9 @@ def write_release(
     web app shows are the ones ``evaluate.py`` reproduces, and its ``serving`` record holds the softmax
     temperature fitted on the validation images (temperature scaling, Guo et al. 2017) and the "not sure"
     threshold chosen on the same, calibrated, probabilities for ``target_accuracy``. ``class_info`` replaces the
-    names recorded in ``best.pt`` when given. Writes the evaluation files into ``out``.
+    names recorded in ``best.pt`` when given. With ``open_set``, the "unknown species" and "not a fish" checks
+    are fitted and their thresholds chosen (:mod:`training.open_set`), and the verdicts on each set are reported
+    under ``"open_set"``. Writes the evaluation files into ``out``.
 
     Returns:
         The evaluation (see :func:`training.evaluation.evaluate_predictor`) plus ``"best_epoch"``.
@@ -482,6 +585,13 @@ def write_release(
         "confusion_matrix": final["confusion_matrix"],
     }
     release["serving"] = {**final["selective"], "temperature": float(final["temperature"])}
+    if open_set is not None:
+        predictor.confidence_threshold = final["selective"]["confidence_threshold"]
+        record, serving, reports = _open_set_release(predictor, open_set, val_root, val_samples, batch_size, workers)
+        release["open_set"] = record
+        release["serving"].update(serving)
+        release["metrics"]["open_set"] = reports
+        final["open_set"] = reports
     logger.info(
         "temperature %.3f: ECE %.4f -> %.4f on the val images", final["temperature"], final["ece_before"], final["ece"]
     )

@@ -1,0 +1,221 @@
+"""Open-set answers: one of the model's classes, another of its kind, or not its subject at all.
+
+A closed-set classifier always names one of its ``C`` classes. This module turns its outputs into one of four
+verdicts (:data:`model.predictor.VERDICTS`), with three scores, each compared with a threshold that
+``train.py`` chooses on validation data and records in the checkpoint (``serving``):
+
+``subject_score``  How much the picture looks like the training data's subject (fish, flowers, ...), from the
+                   network's *pretrained ImageNet classifier*, kept beside the new head (and kept working during
+                   fine-tuning by distillation, "Learning without Forgetting", Li & Hoiem 2016): the ImageNet
+                   probability mass of the subject's ImageNet classes. Those classes come from the training data
+                   (:func:`subject_classes`), so it works for any subject, not only fish. Below its threshold:
+                   ``not_a_fish``.
+``novelty``        Squared Mahalanobis distance of the image's penultimate features to the nearest class mean,
+                   with one covariance shared by all classes (Lee et al., "A Simple Unified Framework for
+                   Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018). Above its
+                   threshold: ``unknown_species``.
+``confidence``     The calibrated softmax probability of the best class (temperature scaling). Below its
+                   threshold: ``not_sure``.
+
+The checks run in that order: a picture that is not of the subject is never called an unknown species.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Fraction of the training images' mean ImageNet probability that the subject's classes cover
+#: (:func:`subject_classes`); measured on Fish4Knowledge with EfficientNet-Lite0: 0.5 gives 14 classes that
+#: hold a median 0.56 of a fish photo's ImageNet probability and 0.005 of a flower's.
+DEFAULT_SUBJECT_COVERAGE = 0.5
+#: Ridge added to the shared covariance, as a fraction of its mean eigenvalue, so that it can be inverted.
+COVARIANCE_SHRINKAGE = 0.01
+
+
+@dataclass(frozen=True)
+class OpenSetRule:
+    """Thresholds that turn scores into a verdict; recorded in a checkpoint's ``serving`` record.
+
+    Attributes:
+        confidence_threshold: calibrated top-1 probability below which the answer is ``not_sure``; in [0, 1].
+        subject_threshold: ``subject_score`` below which the answer is ``not_a_fish``, or None (no check).
+        novelty_threshold: ``novelty`` above which the answer is ``unknown_species``, or None (no check).
+        subject: a noun for the subject, e.g. ``"fish"``, for messages; None when the checkpoint has none.
+
+    Raises:
+        ValueError: a threshold out of range (confidence and subject in [0, 1], novelty >= 0 and finite).
+    """
+
+    confidence_threshold: float = 0.0
+    subject_threshold: float | None = None
+    novelty_threshold: float | None = None
+    subject: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(f"confidence threshold must be in [0, 1], got {self.confidence_threshold}")
+        if self.subject_threshold is not None and not 0.0 <= self.subject_threshold <= 1.0:
+            raise ValueError(f"subject threshold must be in [0, 1], got {self.subject_threshold}")
+        if self.novelty_threshold is not None and not (
+            math.isfinite(self.novelty_threshold) and self.novelty_threshold >= 0
+        ):
+            raise ValueError(f"novelty threshold must be a finite number >= 0, got {self.novelty_threshold}")
+
+    def verdict(self, confidence: float, subject_score: float | None = None, novelty: float | None = None) -> str:
+        """The verdict for one image: ``"not_a_fish"``, ``"unknown_species"``, ``"not_sure"`` or ``"species"``,
+        checked in that order. A score that is None skips its check."""
+        if self.subject_threshold is not None and subject_score is not None and subject_score < self.subject_threshold:
+            return "not_a_fish"
+        if self.novelty_threshold is not None and novelty is not None and novelty > self.novelty_threshold:
+            return "unknown_species"
+        if confidence < self.confidence_threshold:
+            return "not_sure"
+        return "species"
+
+    def thresholds(self) -> dict[str, float | None]:
+        """``{"not_sure": ..., "unknown_species": ..., "not_a_fish": ...}``, None where a check is off."""
+        return {
+            "not_sure": self.confidence_threshold,
+            "unknown_species": self.novelty_threshold,
+            "not_a_fish": self.subject_threshold,
+        }
+
+
+def subject_classes(imagenet_probabilities: torch.Tensor, coverage: float = DEFAULT_SUBJECT_COVERAGE) -> list[int]:
+    """The ImageNet classes that describe the training data's subject.
+
+    The fewest classes whose mean probability over the training images adds up to ``coverage``: for reef-fish
+    video crops these are fish, "coral reef", "dugong" and the like; for flower photos, flowers and "pot".
+
+    Args:
+        imagenet_probabilities: float ``(N, 1000)`` softmax outputs of the pretrained ImageNet classifier on
+            (un-augmented) training images.
+        coverage: in (0, 1].
+
+    Returns:
+        Sorted class indices.
+
+    Raises:
+        ValueError: ``coverage`` outside (0, 1] or no images.
+    """
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    if imagenet_probabilities.ndim != 2 or len(imagenet_probabilities) == 0:
+        raise ValueError("need a non-empty (N, classes) tensor of probabilities")
+    mean = imagenet_probabilities.double().mean(0)
+    order = torch.argsort(mean, descending=True)
+    cumulative = torch.cumsum(mean[order], 0) / mean.sum()
+    count = int(torch.searchsorted(cumulative, torch.tensor(coverage - 1e-6, dtype=torch.double)))
+    return sorted(int(i) for i in order[: count + 1])
+
+
+def subject_score(imagenet_logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """ImageNet probability mass of ``classes``: float ``(N,)`` in [0, 1] from float ``(N, 1000)`` logits."""
+    return torch.softmax(imagenet_logits.float(), dim=1)[:, list(classes)].sum(1)
+
+
+@dataclass
+class ClassGaussians:
+    """Class means and one shared covariance of penultimate features, for :meth:`novelty` (Lee et al. 2018).
+
+    Attributes:
+        means: float32 ``(C, D)``.
+        precision: float32 ``(D, D)``, the inverse of the shared covariance (with shrinkage).
+    """
+
+    means: torch.Tensor
+    precision: torch.Tensor
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> ClassGaussians:
+        """Fit on training features ``(N, D)`` float and integer targets ``(N,)``.
+
+        Raises:
+            ValueError: a class without features, or shapes that disagree.
+        """
+        if features.ndim != 2 or targets.shape != (len(features),):
+            raise ValueError(f"need (N, D) features and (N,) targets, got {tuple(features.shape)}, {targets.shape}")
+        features = features.double()
+        counts = torch.bincount(targets, minlength=num_classes)
+        if int(counts.min()) == 0:
+            raise ValueError(f"every class needs features; counts {counts.tolist()}")
+        means = torch.zeros(num_classes, features.shape[1], dtype=torch.double).index_add_(0, targets, features)
+        means /= counts[:, None]
+        centred = features - means[targets]
+        covariance = centred.T @ centred / len(features)
+        ridge = COVARIANCE_SHRINKAGE * covariance.diagonal().mean()
+        covariance += ridge * torch.eye(len(covariance), dtype=torch.double)
+        return cls(means.float(), torch.linalg.inv(covariance).float())
+
+    def novelty(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance to the nearest class mean: float ``(N,)`` >= 0 from ``(N, D)`` features."""
+        features = features.float()
+        # (x - m)^T P (x - m) = x^T P x - 2 m^T P x + m^T P m, for all classes at once
+        projected = features @ self.precision
+        own = (projected * features).sum(1, keepdim=True)
+        cross = projected @ self.means.T
+        means_term = ((self.means @ self.precision) * self.means).sum(1)
+        return (own - 2 * cross + means_term).min(1).values.clamp_min(0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Tensors for a checkpoint: ``{"means", "precision"}``."""
+        return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassGaussians:
+        """Inverse of :meth:`to_dict` (float16 tensors are widened to float32)."""
+        return cls(d["means"].float(), d["precision"].float())
+
+
+class OpenSetNetwork(torch.nn.Module):
+    """A classifier seen with its penultimate features and, when it has one, its pretrained ImageNet head.
+
+    The features are the input of the classifier module (:func:`model.network.classifier_name`: the pooled
+    features for a linear head), captured with a forward pre-hook, so any torchvision or timm model works
+    unchanged; the ImageNet logits are :func:`model.network.pretrained_head` applied to those features.
+
+    ``forward(images)`` maps float32 ``(N, 3, S, S)`` to ``(logits (N, C), features (N, D), imagenet_logits
+    (N, 1000) or (N, 0) when the model keeps no pretrained head)``.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        from model.network import classifier_name, pretrained_head
+
+        self.model = model
+        self.imagenet_head = pretrained_head(model)
+        self._features: torch.Tensor | None = None
+        classifier = model.get_submodule(classifier_name(model))
+        self._hook = classifier.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self._features = inputs[0]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        features, self._features = self._features, None
+        if features is None:
+            raise RuntimeError("the classifier's input was not captured")
+        features = features.flatten(1)
+        if self.imagenet_head is None:
+            return logits, features, features.new_zeros(len(features), 0)
+        return logits, features, self.imagenet_head(features)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0
+) -> torch.Tensor:
+    """Knowledge-distillation loss ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean
+    (Hinton et al. 2015; as "Learning without Forgetting" uses it to keep the old task's outputs, Li & Hoiem 2016,
+    with T = 2). Logits are float ``(N, K)``; returns a scalar."""
+    student = torch.log_softmax(student_logits.float() / temperature, dim=1)
+    teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2

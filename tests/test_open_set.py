@@ -1,0 +1,167 @@
+"""The four verdicts: the rule, its scores, the thresholds train.py chooses, and what the predictor answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from model.checkpoint import load_checkpoint
+from model.network import build_model
+from model.open_set import (
+    ClassGaussians,
+    OpenSetNetwork,
+    OpenSetRule,
+    distillation_loss,
+    subject_classes,
+    subject_score,
+)
+from model.predictor import Predictor
+from tests.conftest import COLOURS, make_imagefolder, synthetic_image
+
+
+@pytest.mark.parametrize(
+    ("confidence", "subject", "novelty", "verdict"),
+    [
+        (0.9, 0.8, 1.0, "species"),
+        (0.3, 0.8, 1.0, "not_sure"),
+        (0.9, 0.8, 50.0, "unknown_species"),
+        (0.9, 0.01, 1.0, "not_a_fish"),
+        (0.3, 0.01, 50.0, "not_a_fish"),  # not the subject wins over every other answer
+        (0.3, 0.8, 50.0, "unknown_species"),
+        (0.9, None, None, "species"),  # a model without the scores skips their checks
+    ],
+)
+def test_rule_checks_subject_then_novelty_then_confidence(
+    confidence: float, subject: float | None, novelty: float | None, verdict: str
+) -> None:
+    rule = OpenSetRule(confidence_threshold=0.5, subject_threshold=0.1, novelty_threshold=10.0, subject="fish")
+    assert rule.verdict(confidence, subject, novelty) == verdict
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"confidence_threshold": 1.5}, {"subject_threshold": -0.1}, {"novelty_threshold": float("inf")}],
+)
+def test_rule_rejects_thresholds_out_of_range(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        OpenSetRule(**kwargs)
+
+
+def test_subject_classes_cover_the_mean_probability() -> None:
+    probs = torch.zeros(4, 1000)
+    probs[:, 393] = 0.5  # anemone fish
+    probs[:, 973] = 0.3  # coral reef
+    probs[:, 5] = 0.2
+    assert subject_classes(probs, coverage=0.5) == [393]
+    assert subject_classes(probs, coverage=0.7) == [393, 973]
+    assert subject_classes(probs, coverage=0.95) == [5, 393, 973]
+    logits = torch.log(probs.clamp_min(1e-12))
+    assert torch.allclose(subject_score(logits, [393, 973]), torch.full((4,), 0.8), atol=1e-4)
+    with pytest.raises(ValueError, match="coverage"):
+        subject_classes(probs, coverage=0.0)
+
+
+def test_novelty_is_the_squared_mahalanobis_distance_to_the_nearest_mean() -> None:
+    gen = torch.Generator().manual_seed(0)
+    features = torch.cat([torch.randn(200, 4, generator=gen) + 5, torch.randn(200, 4, generator=gen) - 5])
+    targets = torch.cat([torch.zeros(200), torch.ones(200)]).long()
+    gaussians = ClassGaussians.fit(features, targets, 2)
+    queries = torch.tensor([[5.0, 5, 5, 5], [-5.0, -5, -5, -5], [0.0, 0, 0, 0], [40.0, -40, 40, -40]])
+    expected = (
+        torch.stack([((queries - m) @ gaussians.precision * (queries - m)).sum(1) for m in gaussians.means], 1)
+        .min(1)
+        .values
+    )
+    novelty = gaussians.novelty(queries)
+    assert torch.allclose(novelty, expected, rtol=1e-4, atol=1e-3)
+    assert novelty[0] < 1 and novelty[1] < 1  # at a class mean
+    assert 80 < novelty[2] < 120 and novelty[3] > 4000  # 10 and about 80 standard deviations away
+    restored = ClassGaussians.from_dict({k: v.half() for k, v in gaussians.to_dict().items()})
+    assert torch.allclose(restored.novelty(queries), novelty, rtol=0.05)
+    with pytest.raises(ValueError, match="every class"):
+        ClassGaussians.fit(features, targets, 3)
+
+
+def test_open_set_network_gives_features_and_the_kept_imagenet_logits() -> None:
+    model = build_model("tf_efficientnet_lite0", 3, "imagenet", keep_pretrained_head=True).eval()
+    reference = build_model("tf_efficientnet_lite0", 1000, "imagenet").eval()
+    reference.classifier.load_state_dict(model.pretrained_head.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        logits, features, imagenet_logits = OpenSetNetwork(model)(images)
+        assert logits.shape == (2, 3) and features.shape == (2, 1280)
+        assert torch.allclose(imagenet_logits, reference(images), atol=1e-4)  # the unmodified network's logits
+    scratch = OpenSetNetwork(build_model("resnet18", 3, "none").eval())
+    assert scratch(torch.randn(1, 3, 32, 32))[2].shape == (1, 0)
+
+
+def test_distillation_loss_is_zero_for_the_teacher_and_positive_otherwise() -> None:
+    teacher = torch.randn(4, 10)
+    assert float(distillation_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(torch.randn(4, 10), teacher)) > 0.01
+
+
+def _photos(root: Path) -> Path:
+    """Real-photo stand-ins: a known class (clownfish, orange) and a species the model lacks (pink)."""
+    for folder, colour, seed in (("clownfish", COLOURS["clownfish"], 500), ("pink_skunk", (240, 150, 200), 600)):
+        (root / folder).mkdir(parents=True)
+        for i in range(4):
+            synthetic_image(colour, seed=seed + i).save(root / folder / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.slow
+def test_train_chooses_and_records_the_open_set_thresholds(tmp_path: Path) -> None:
+    """train.py with ImageNet weights keeps the ImageNet head (with distillation), chooses the thresholds on
+    validation and photo folders, records them in release.pt, and the predictor answers with them."""
+    data = make_imagefolder(tmp_path / "data", per_class=8, groups_per_class=4)
+    photos = _photos(tmp_path / "photos")
+    not_subject = tmp_path / "not_fish"
+    not_subject.mkdir()
+    for i in range(3):
+        synthetic_image((128, 128, 128), seed=700 + i).save(not_subject / f"{i}.png")
+    args = [
+        "--data", str(data), "--out", str(tmp_path / "run"), "--arch", "tf_efficientnet_lite0", "--weights",
+        "imagenet", "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--workers", "0",
+        "--group-pattern", r"fish_(\d+)_", "--val-fraction", "0.25", "--subject", "fish",
+        "--open-set-photos", str(photos), "--not-subject", str(not_subject),
+    ]  # fmt: skip
+    assert train.main(args) == 0
+    release = load_checkpoint(tmp_path / "run" / "release.pt")
+    serving = release["serving"]
+    assert serving["subject"] == "fish"
+    assert 0 <= serving["subject_threshold"] <= 1 and serving["novelty_threshold"] > 0
+    assert release["open_set"]["subject_classes"] and release["open_set"]["gaussians"]["means"].shape == (3, 1280)
+    assert "pretrained_head.weight" in release["model"]
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())["open_set"]
+    assert set(report) == {"val", "known_photos", "unknown_photos", "not_subject"}
+    assert report["known_photos"]["images"] == 4 and report["unknown_photos"]["images"] == 4
+    assert report["not_subject"]["images"] == 3
+    for rep in report.values():
+        assert sum(rep[v] for v in ("species", "not_sure", "unknown_species", "not_a_fish")) == pytest.approx(1.0)
+
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "release.pt")
+    assert predictor.summary()["verdict_thresholds"] == {
+        "not_sure": pytest.approx(serving["confidence_threshold"]),
+        "unknown_species": pytest.approx(serving["novelty_threshold"]),
+        "not_a_fish": pytest.approx(serving["subject_threshold"]),
+    }
+    prediction = predictor.predict([synthetic_image(COLOURS["clownfish"], seed=3)])[0]
+    assert prediction.subject_score is not None and prediction.novelty is not None
+    assert prediction.verdict == predictor.open_set.verdict(
+        prediction.confidence, prediction.subject_score, prediction.novelty
+    )
+    # the thresholds are overridable: a novelty threshold of 0 calls every fish an unknown species
+    predictor.open_set = OpenSetRule(predictor.confidence_threshold, 0.0, 0.0, "fish")
+    assert predictor.predict([synthetic_image(COLOURS["clownfish"], seed=3)])[0].verdict == "unknown_species"
+
+
+def test_a_model_from_scratch_has_no_subject_check(tiny_checkpoint: Path) -> None:
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    assert predictor.summary()["verdict_thresholds"]["not_a_fish"] is None
+    prediction = predictor.predict([synthetic_image(COLOURS["clownfish"])])[0]
+    assert prediction.subject_score is None and prediction.verdict in ("species", "not_sure")
