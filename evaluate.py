@@ -9,6 +9,7 @@ import sys
 from model.checkpoint import CheckpointError
 from model.predictor import PRECISIONS, Predictor
 from training.evaluation import evaluate_predictor, report, samples_for_checkpoint
+from training.open_set import collect_outputs, format_verdicts, open_set_samples, verdict_report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument(
+        "--open-set-photos",
+        help="also report the verdicts on these photos: sub-folders named like a class are known species, others "
+        "unknown (e.g. ../shared/data/clownfish_photos)",
+    )
+    parser.add_argument(
+        "--not-subject", help="also report the verdicts on these pictures of something else (e.g. flowers)"
+    )
     return parser
 
 
@@ -42,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.stdout.write(f"{args.checkpoint} on {metrics['images']} images of {args.data}\n")
     sys.stdout.write(report(metrics, predictor.class_names, args.out) + "\n")
+    try:
+        sets = open_set_samples(args.open_set_photos, args.not_subject, predictor.class_names)
+        for name, (root, rows) in sets.items():
+            outputs = collect_outputs(predictor, root, rows, batch_size=args.batch_size, workers=args.workers)
+            sys.stdout.write(format_verdicts(name, root, verdict_report(predictor, outputs)) + "\n")
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 

@@ -39,7 +39,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     as JSON where possible, so ``FISH_TOP_K=3`` is an int), then ``config`` (tests).
 
     Settings:
-        MODEL_PATH: checkpoint written by ``train.py`` (default ``weights/fish4knowledge_resnet50.pt``).
+        MODEL_PATH: checkpoint written by ``train.py`` (default ``weights/fish4knowledge_lite0.pt``).
         MAX_CONTENT_LENGTH: largest request body, in bytes (default 16 MiB; bigger requests get 413).
         MAX_IMAGE_PIXELS: largest decoded image, in pixels (width x height, default 50 million).
         MAX_IMAGES_PER_REQUEST: most images (``image`` fields) in one API request (default 16; 413 above).
@@ -77,7 +77,7 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
             is not a positive integer.
     """
     app.config.from_mapping(
-        MODEL_PATH=str(ROOT / "weights" / "fish4knowledge_resnet50.pt"),
+        MODEL_PATH=str(ROOT / "weights" / "fish4knowledge_lite0.pt"),
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
         MAX_IMAGE_PIXELS=DEFAULT_MAX_PIXELS,
         MAX_IMAGES_PER_REQUEST=DEFAULT_MAX_IMAGES_PER_REQUEST,

@@ -43,7 +43,7 @@ from typing import Any
 logger = logging.getLogger("loadtest")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_resnet50.pt"
+DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite0.pt"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fish4knowledge"
 HOST = "127.0.0.1"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -195,3 +195,29 @@ def choose_open_set(
     )
     predictor.open_set = rule
     return record, rule
+
+
+def open_set_samples(
+    photos: str | os.PathLike[str] | None, not_subject: str | os.PathLike[str] | None, class_names: Sequence[str]
+) -> dict[str, tuple[str | os.PathLike[str], list[Sample]]]:
+    """The sets :func:`verdict_report` describes: ``{"known_photos" | "unknown_photos" | "not_subject": (root,
+    samples)}``, for whichever folders are given and hold such images.
+
+    Raises:
+        FileNotFoundError: a folder that is given does not exist.
+    """
+    sets: dict[str, tuple[str | os.PathLike[str], list[Sample]]] = {}
+    if photos:
+        known, unknown = photo_samples(photos, class_names)
+        sets.update(
+            {name: (photos, rows) for name, rows in (("known_photos", known), ("unknown_photos", unknown)) if rows}
+        )
+    if not_subject:
+        sets["not_subject"] = (not_subject, all_images(not_subject))
+    return sets
+
+
+def format_verdicts(name: str, root: str | os.PathLike[str], report: dict[str, float]) -> str:
+    """One line for a :func:`verdict_report`, e.g. ``known_photos (239 images of DIR): species 80.3 % ...``."""
+    parts = [f"{key.replace('_', ' ')} {100 * value:.1f} %" for key, value in report.items() if key != "images"]
+    return f"{name} ({int(report['images'])} images of {root}): " + ", ".join(parts)

@@ -63,7 +63,7 @@ from training.engine import (
 )
 from training.evaluation import DEFAULT_TARGET_ACCURACY, ClassMismatchError, evaluate_predictor, report
 from training.metrics import classification_metrics
-from training.open_set import all_images, choose_open_set, collect_outputs, photo_samples, verdict_report
+from training.open_set import choose_open_set, collect_outputs, open_set_samples, verdict_report
 
 logger = logging.getLogger(__name__)
 
@@ -495,12 +495,10 @@ def _open_set_release(
     kwargs = {"batch_size": batch_size, "workers": workers}
     train = collect_outputs(predictor, options.train_root, options.train_samples, **kwargs)
     sets = {"val": collect_outputs(predictor, val_root, val_samples, **kwargs)}
-    if options.photos:
-        known, unknown = photo_samples(options.photos, predictor.class_names)
-        if known:
-            sets["known_photos"] = collect_outputs(predictor, options.photos, known, **kwargs)
-        if unknown:
-            sets["unknown_photos"] = collect_outputs(predictor, options.photos, unknown, **kwargs)
+    others = open_set_samples(options.photos, options.not_subject, predictor.class_names)
+    for name, (root, rows) in others.items():
+        if name != "not_subject":
+            sets[name] = collect_outputs(predictor, root, rows, **kwargs)
     record, rule = choose_open_set(
         predictor,
         train,
@@ -509,8 +507,8 @@ def _open_set_release(
         subject_rejection=options.subject_rejection,
         novelty_rejection=options.novelty_rejection,
     )
-    if options.not_subject:
-        sets["not_subject"] = collect_outputs(predictor, options.not_subject, all_images(options.not_subject), **kwargs)
+    if "not_subject" in others:
+        sets["not_subject"] = collect_outputs(predictor, *others["not_subject"], **kwargs)
     reports = {name: verdict_report(predictor, outputs) for name, outputs in sets.items()}
     for name, rep in reports.items():
         logger.info("open set, %s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in rep.items()))
