@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         BATCH_WAIT_MS: how long, in milliseconds, an open batch waits for more requests.
         CONFIDENCE_THRESHOLD: predictions below this probability are shown as "not sure"; None (default) uses
             the threshold recorded in the checkpoint, chosen on validation data.
+        NOVELTY_THRESHOLD: novelty above which the answer is "unknown species"; SUBJECT_THRESHOLD: subject score
+            below which it is "not a fish" (see ``model.open_set``). None (default) keeps the checkpoint's.
 
     Raises:
         model.checkpoint.CheckpointError: the checkpoint at MODEL_PATH is missing or invalid.
@@ -87,6 +90,8 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         BACKEND="torch",
         TORCH_THREADS=None,
         CONFIDENCE_THRESHOLD=None,
+        NOVELTY_THRESHOLD=None,
+        SUBJECT_THRESHOLD=None,
         BATCH_MAX_SIZE=16,
         BATCH_WAIT_MS=2.0,
     )
@@ -109,13 +114,13 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} (env {ENV_PREFIX}_{key}) must be a positive integer, got {value!r}")
-    threshold = app.config["CONFIDENCE_THRESHOLD"]
-    if threshold is not None and (
-        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1
-    ):
-        raise ValueError(
-            f"CONFIDENCE_THRESHOLD (env {ENV_PREFIX}_CONFIDENCE_THRESHOLD) must be in [0, 1], got {threshold!r}"
-        )
+    for key, upper in (("CONFIDENCE_THRESHOLD", 1.0), ("SUBJECT_THRESHOLD", 1.0), ("NOVELTY_THRESHOLD", math.inf)):
+        threshold = app.config[key]
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < upper + 1e-9
+        ):
+            bounds = "[0, 1]" if upper == 1.0 else "a finite number >= 0"
+            raise ValueError(f"{key} (env {ENV_PREFIX}_{key}) must be {bounds}, got {threshold!r}")
 
 
 def init_predictor(app: Flask) -> None:
@@ -138,6 +143,8 @@ def init_predictor(app: Flask) -> None:
             precision=app.config["PRECISION"],
             backend=app.config["BACKEND"],
             confidence_threshold=app.config["CONFIDENCE_THRESHOLD"],
+            novelty_threshold=app.config["NOVELTY_THRESHOLD"],
+            subject_threshold=app.config["SUBJECT_THRESHOLD"],
         )
     except CheckpointError as exc:
         raise CheckpointError(

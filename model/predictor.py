@@ -332,6 +332,8 @@ class Predictor:
         precision: str = "fp32",
         backend: str = "torch",
         confidence_threshold: float | None = None,
+        novelty_threshold: float | None = None,
+        subject_threshold: float | None = None,
     ) -> Predictor:
         """Load a checkpoint written by ``train.py`` (see :mod:`model.checkpoint`).
 
@@ -342,6 +344,8 @@ class Predictor:
             backend: ``"torch"`` or ``"openvino"``.
             confidence_threshold: overrides the threshold the checkpoint records (``serving.confidence_threshold``,
                 chosen on validation data; 0 when absent).
+            novelty_threshold, subject_threshold: override ``serving.novelty_threshold`` and
+                ``serving.subject_threshold`` (see :mod:`model.open_set`).
 
         The softmax temperature is the checkpoint's ``serving.temperature`` (fitted on validation data), 1 when
         absent (checkpoints written before temperature scaling).
@@ -365,8 +369,8 @@ class Predictor:
         }
         open_set = ckpt.get("open_set") or {}
         rule = OpenSetRule(
-            subject_threshold=serving.get("subject_threshold"),
-            novelty_threshold=serving.get("novelty_threshold"),
+            subject_threshold=serving.get("subject_threshold") if subject_threshold is None else subject_threshold,
+            novelty_threshold=serving.get("novelty_threshold") if novelty_threshold is None else novelty_threshold,
             subject=serving.get("subject"),
         )
         predictor = cls(

@@ -34,7 +34,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Ratio of crop to resized short side used by torchvision's ImageNet evaluation (224 / 256).
 DEFAULT_CROP_PCT = 0.875
 #: Names accepted by :func:`train_transform`'s ``augment`` (and ``train.py --augment``).
-AUGMENT_PRESETS: tuple[str, ...] = ("none", "basic", "strong", "morphology", "photo")
+AUGMENT_PRESETS: tuple[str, ...] = ("none", "basic", "strong", "morphology", "photo", "scene")
 #: Operations :class:`RandomMorphology` draws from, as the Pillow rank filters applied in order.
 MORPHOLOGY_OPS: dict[str, tuple[type[ImageFilter.RankFilter], ...]] = {
     "erosion": (ImageFilter.MinFilter,),
@@ -106,6 +106,48 @@ class Preprocessing:
 
 def _to_float_tensor(p: Preprocessing) -> list[Callable[[Any], Any]]:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(p.mean), std=list(p.std))]
+
+
+class RandomZoomOut:
+    """With probability ``p``, shrink a PIL image by a random factor and fill the rest of the same canvas by
+    mirroring it (``numpy.pad`` with ``mode="reflect"``), the shrunk copy at a random place.
+
+    A tight crop of one fish becomes a smaller fish in a wider scene, as in photographs taken from further away.
+    The canvas keeps its size; ``scale`` is the range of the shrunk side over the original side.
+
+    Raises:
+        ValueError: ``p`` outside [0, 1] or ``scale`` not within (0, 1].
+    """
+
+    def __init__(self, p: float = 0.5, scale: tuple[float, float] = (0.35, 1.0)) -> None:
+        if not 0.0 <= p <= 1.0 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"need 0 <= p <= 1 and 0 < scale[0] <= scale[1] <= 1, got p={p}, scale={scale}")
+        self.p, self.scale = p, scale
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if float(torch.rand(())) >= self.p:
+            return image
+        factor = float(torch.empty(()).uniform_(*self.scale))
+        width, height = image.size
+        small_w, small_h = max(1, round(width * factor)), max(1, round(height * factor))
+        left = int(torch.randint(width - small_w + 1, ()))
+        top = int(torch.randint(height - small_h + 1, ()))
+        small = np.asarray(image.resize((small_w, small_h), Image.BILINEAR))
+        pad = ((top, height - small_h - top), (left, width - small_w - left), (0, 0))
+        while any(
+            before > small.shape[i] - 1 or after > small.shape[i] - 1 for i, (before, after) in enumerate(pad[:2])
+        ):
+            # reflect padding needs pad < size: mirror in steps
+            step = tuple(
+                (min(b, small.shape[i] - 1), min(a, small.shape[i] - 1)) if i < 2 else (0, 0)
+                for i, (b, a) in enumerate(pad)
+            )
+            small = np.pad(small, step, mode="reflect")
+            pad = tuple((b - s[0], a - s[1]) for (b, a), s in zip(pad, step, strict=True))
+        return Image.fromarray(np.pad(small, pad, mode="reflect"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, scale={self.scale})"
 
 
 class RandomMorphology:
@@ -189,6 +231,8 @@ def train_transform(p: Preprocessing, augment: str = "basic") -> T.Compose:
       stronger colour jitter (brightness, contrast, saturation 0.4, hue 0.05; p = 0.8), Gaussian blur
       (p = 0.3, sigma 0.1 to 2) or sharpening (p = 0.3), and JPEG re-compression at quality 30 to 95 (p = 0.5).
       Chosen on Fish4Knowledge with the real-photo check of ``clownfish_photos`` (EXPERIMENTS.md).
+    - ``"scene"``: photo plus :class:`RandomZoomOut` (``p=0.5``, the crop shrunk to 35 to 100 % of its side inside
+      a mirrored copy of itself), for subjects that photographs show small in a wide scene.
 
     Args:
         p: the preprocessing the checkpoint will record; its ``image_size`` is the crop size.
@@ -205,10 +249,11 @@ def train_transform(p: Preprocessing, augment: str = "basic") -> T.Compose:
     if augment == "none":
         return eval_transform(p)
     interpolation = InterpolationMode(p.interpolation)
-    if augment == "photo":
+    if augment in ("photo", "scene"):
         return T.Compose(
             [
                 T.RandomResizedCrop(p.image_size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
+                *([RandomZoomOut(p=0.5, scale=(0.35, 1.0))] if augment == "scene" else []),
                 T.RandomHorizontalFlip(),
                 T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05)], p=0.8),
                 T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),

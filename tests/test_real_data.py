@@ -14,6 +14,7 @@ from model.predictor import Predictor
 from tests.conftest import ROOT, SHARED_DATA
 from training.data import read_split, scan_image_folder, split_samples
 from training.evaluation import evaluate_predictor
+from training.open_set import all_images, collect_outputs, photo_samples, verdict_report
 
 FISH = SHARED_DATA / "fish4knowledge"
 FLOWERS = SHARED_DATA / "flowers"
@@ -97,3 +98,45 @@ def test_train_one_epoch_on_real_flower_photos(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["images"] == 10  # 20% of 48, stratified
     assert set(metrics["per_class"]) == {"daisy", "sunflower"}
+
+
+PHOTOS = SHARED_DATA / "clownfish_photos"
+needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"real photos not found at {PHOTOS}")
+
+
+def _verdicts(predictor: Predictor, root: Path, samples: list) -> dict[str, float]:
+    return verdict_report(predictor, collect_outputs(predictor, root, samples, batch_size=32, workers=0))
+
+
+@needs_photos
+def test_default_model_on_real_photos_of_a_known_and_an_unknown_anemonefish() -> None:
+    """The shipped model on photographs (never trained on): Clark's anemonefish, one of its species, and the pink
+    skunk clownfish, which it does not know. The bounds sit a few points under the model card's measurements."""
+    predictor = Predictor.from_checkpoint(DEFAULT_MODEL)
+    known, unknown = photo_samples(PHOTOS, predictor.class_names)
+    assert len(known) == 239 and len(unknown) == 153
+    clarkii = _verdicts(predictor, PHOTOS, known)
+    assert clarkii["top1"] >= KNOWN_TOP1_AT_LEAST
+    assert clarkii["confidently_wrong"] <= 0.05
+    assert _verdicts(predictor, PHOTOS, unknown)["species"] <= UNKNOWN_ASSERTED_AT_MOST
+
+
+@needs_flowers
+def test_default_model_names_no_species_for_flowers_and_everyday_pictures(tmp_path: Path) -> None:
+    """Flowers, scikit-image's sample pictures (a cat, a rocket, coffee, text, an astronaut...) and noise are
+    not fish: at most 5 % of them may be answered with a species."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    predictor = Predictor.from_checkpoint(DEFAULT_MODEL)
+    flowers = all_images(FLOWERS)[::10]
+    assert _verdicts(predictor, FLOWERS, flowers)["species"] <= 0.05
+    rng = np.random.default_rng(0)
+    pictures = {f"noise_{i}": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for i in range(3)}
+    for name in ("chelsea", "rocket", "coffee", "text", "astronaut", "camera", "coins", "horse", "page", "brick"):
+        pictures[name] = getattr(skimage.data, name)()
+    for name, array in pictures.items():
+        Image.fromarray(array).convert("RGB").save(tmp_path / f"{name}.png")
+    everyday = _verdicts(predictor, tmp_path, all_images(tmp_path))
+    assert everyday["images"] == 13 and everyday["species"] <= 1 / 13

@@ -15,6 +15,7 @@ from model.transforms import (
     MORPHOLOGY_OPS,
     Preprocessing,
     RandomMorphology,
+    RandomZoomOut,
     eval_transform,
     train_transform,
 )
@@ -55,7 +56,7 @@ def morph(op: str, size: int = 3) -> RandomMorphology:
 
 
 def test_presets_are_the_documented_names() -> None:
-    assert AUGMENT_PRESETS == ("none", "basic", "strong", "morphology")
+    assert AUGMENT_PRESETS == ("none", "basic", "strong", "morphology", "photo", "scene")
     assert set(MORPHOLOGY_OPS) == {"erosion", "dilation", "opening", "closing"}
 
 
@@ -215,3 +216,22 @@ def test_random_morphology_rejects_bad_options(kwargs: dict) -> None:
 def test_random_morphology_rejects_tensors() -> None:
     with pytest.raises(TypeError, match="PIL"):
         morph("erosion")(torch.zeros(3, 8, 8))
+
+
+def test_zoom_out_shrinks_the_picture_into_a_mirrored_canvas_of_the_same_size() -> None:
+    image = Image.new("RGB", (60, 40), (0, 0, 0))
+    image.paste((255, 255, 255), (20, 10, 40, 30))  # a bright 20 x 20 square in the middle
+    torch.manual_seed(0)
+    zoomed = RandomZoomOut(p=1.0, scale=(0.5, 0.5))(image)
+    assert zoomed.size == image.size and zoomed.mode == "RGB"
+    bright = np.asarray(zoomed)[..., 0] > 127
+    # the square is now about 10 x 10 and mirrored copies of it appear around the shrunk picture
+    widths = [int(row.sum()) for row in bright if row.any()]
+    assert bright.sum() >= 100 and max(widths) >= 9
+    longest_run = max(len(run) for row in bright for run in "".join("1" if v else "0" for v in row).split("0"))
+    assert 9 <= longest_run <= 12  # no longer 20 wide
+    assert RandomZoomOut(p=0.0)(image) is image
+    tiny = RandomZoomOut(p=1.0, scale=(0.05, 0.1))(Image.new("RGB", (50, 40)))  # reflection wider than the copy
+    assert tiny.size == (50, 40)
+    with pytest.raises(ValueError):
+        RandomZoomOut(scale=(0.0, 1.0))
