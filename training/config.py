@@ -75,7 +75,8 @@ class TrainConfig:
     open_set_photos: str | None = None
     not_subject: str | None = None
     subject_rejection: float = 0.02
-    novelty_rejection: float = 0.05
+    novelty_rejection: float = 0.10
+    max_confidently_wrong: float = 0.05
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the resolved options (JSON-, YAML- and ``weights_only``-safe)."""
@@ -239,6 +240,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=d.novelty_rejection,
         help="fraction of known photos (--open-set-photos' known classes, else validation) allowed to be called "
         "'unknown species'",
+    )
+    g.add_argument(
+        "--max-confidently-wrong",
+        type=float,
+        default=d.max_confidently_wrong,
+        help="with --open-set-photos: the 'not sure' threshold rises until at most this fraction of the known "
+        "photos are named as the wrong species",
     )
 
     g = parser.add_argument_group("optimisation")
@@ -431,6 +439,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.distill_weight >= 0, "--distill-weight must be >= 0"),
         (0 <= cfg.subject_rejection < 1, "--subject-rejection must be in [0, 1)"),
         (0 <= cfg.novelty_rejection < 1, "--novelty-rejection must be in [0, 1)"),
+        (0 <= cfg.max_confidently_wrong < 1, "--max-confidently-wrong must be in [0, 1)"),
         (
             cfg.arch in available_archs(),
             f"unknown arch {cfg.arch!r}; choose a torchvision classifier (e.g. resnet50) or a timm model "

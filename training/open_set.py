@@ -139,7 +139,8 @@ def choose_open_set(
     *,
     subject: str | None = None,
     subject_rejection: float = 0.02,
-    novelty_rejection: float = 0.05,
+    novelty_rejection: float = 0.10,
+    max_confidently_wrong: float = 0.05,
     coverage: float = DEFAULT_SUBJECT_COVERAGE,
 ) -> tuple[dict[str, Any], OpenSetRule]:
     """Fit the scores on ``train`` and choose thresholds on ``calibration``; set them on ``predictor``.
@@ -153,6 +154,9 @@ def choose_open_set(
         subject_rejection: fraction of each calibration set allowed below the subject threshold.
         novelty_rejection: fraction of the known photos (else validation images) allowed above the novelty
             threshold.
+        max_confidently_wrong: with known photos, the "not sure" threshold is raised (never lowered below the
+            predictor's, chosen on validation) until at most this fraction of them get a ``species`` answer that
+            names the wrong class.
         coverage: see :func:`model.open_set.subject_classes`.
 
     Returns:
@@ -187,8 +191,21 @@ def choose_open_set(
     assert novelty is not None
     novelty_threshold = float(torch.quantile(novelty.double(), 1.0 - novelty_rejection))
     logger.info("'unknown species' above novelty %.1f", novelty_threshold)
+    confidence_threshold = predictor.confidence_threshold
+    if "known_photos" in calibration:
+        confidence_threshold = max(
+            confidence_threshold,
+            _confidence_for_known_photos(
+                predictor, calibration["known_photos"], subject_threshold, novelty_threshold, max_confidently_wrong
+            ),
+        )
+        logger.info(
+            "'not sure' below %.3f (at most %.0f %% of known photos confidently wrong)",
+            confidence_threshold,
+            100 * max_confidently_wrong,
+        )
     rule = OpenSetRule(
-        confidence_threshold=predictor.confidence_threshold,
+        confidence_threshold=confidence_threshold,
         subject_threshold=subject_threshold,
         novelty_threshold=novelty_threshold,
         subject=subject,
@@ -221,3 +238,28 @@ def format_verdicts(name: str, root: str | os.PathLike[str], report: dict[str, f
     """One line for a :func:`verdict_report`, e.g. ``known_photos (239 images of DIR): species 80.3 % ...``."""
     parts = [f"{key.replace('_', ' ')} {100 * value:.1f} %" for key, value in report.items() if key != "images"]
     return f"{name} ({int(report['images'])} images of {root}): " + ", ".join(parts)
+
+
+def _confidence_for_known_photos(
+    predictor: Predictor,
+    known: Outputs,
+    subject_threshold: float | None,
+    novelty_threshold: float,
+    max_confidently_wrong: float,
+) -> float:
+    """The lowest calibrated confidence threshold at which at most ``max_confidently_wrong`` of the ``known``
+    photos pass every check and name the wrong class."""
+    probs = predictor.calibrated(known.logits)
+    confidence, predicted = probs.max(1)
+    subject, novelty = predictor.open_set_scores(known.features, known.imagenet_logits)
+    passes = novelty <= novelty_threshold
+    if subject is not None and subject_threshold is not None:
+        passes &= subject >= subject_threshold
+    wrong = (passes & (predicted != known.targets)).numpy()
+    confidence = confidence.numpy()
+    allowed = int(np.floor(max_confidently_wrong * len(confidence)))
+    wrong_confidences = np.sort(confidence[wrong])[::-1]
+    if len(wrong_confidences) <= allowed:
+        return 0.0
+    # above the (allowed + 1)-th most confident wrong answer, only `allowed` wrong answers remain
+    return float(min(1.0, np.nextafter(wrong_confidences[allowed], np.inf)))

@@ -463,7 +463,8 @@ class OpenSetOptions:
     photos: str | None = None
     not_subject: str | None = None
     subject_rejection: float = 0.02
-    novelty_rejection: float = 0.05
+    novelty_rejection: float = 0.10
+    max_confidently_wrong: float = 0.05
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, train_root: Path, train_samples: list[Sample]) -> OpenSetOptions:
@@ -476,6 +477,7 @@ class OpenSetOptions:
             cfg.not_subject,
             cfg.subject_rejection,
             cfg.novelty_rejection,
+            cfg.max_confidently_wrong,
         )
 
 
@@ -506,6 +508,7 @@ def _open_set_release(
         subject=options.subject,
         subject_rejection=options.subject_rejection,
         novelty_rejection=options.novelty_rejection,
+        max_confidently_wrong=options.max_confidently_wrong,
     )
     if "not_subject" in others:
         sets["not_subject"] = collect_outputs(predictor, *others["not_subject"], **kwargs)
@@ -516,6 +519,7 @@ def _open_set_release(
         "subject_threshold": rule.subject_threshold,
         "novelty_threshold": rule.novelty_threshold,
         "subject": rule.subject,
+        "confidence_threshold": rule.confidence_threshold,
     }
     return record, serving, reports
 
