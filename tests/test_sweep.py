@@ -384,3 +384,27 @@ def test_out_option_moves_the_sweep_folder(tmp_path: Path, fake_fit: FakeFit) ->
     assert (elsewhere / "leaderboard.md").is_file() and (elsewhere / "sweep.yaml").is_file()
     assert [Path(c.out).parent for c in fake_fit.calls] == [elsewhere, elsewhere]
     assert not (tmp_path / "out").exists()
+
+
+def test_leaderboard_adds_the_real_photo_columns_when_runs_have_them(tmp_path: Path) -> None:
+    report = {
+        "known_photos": {"top1": 0.615, "confidently_wrong": 0.046, "species": 0.456},
+        "unknown_photos": {"species": 0.085},
+        "not_subject": {"species": 0.025},
+    }
+    results = [
+        RunResult(
+            "p", {"arch": "tf_efficientnet_lite0", "out": "o/p"}, "trained", {"macro_f1": 0.95, "open_set": report}
+        ),
+        RunResult("q", {"arch": "resnet50", "out": "o/q"}, "trained", {"macro_f1": 0.89}),
+    ]
+    csv_path, md_path = write_leaderboard(results, tmp_path)
+    rows = _rows(csv_path)
+    assert list(rows[0])[list(rows[0]).index("ece") + 1 : list(rows[0]).index("epochs")] == [
+        "photo_top1",
+        "photo_confidently_wrong",
+        "unknown_named",
+        "not_subject_named",
+    ]
+    assert rows[0]["photo_top1"] == "0.615" and rows[0]["not_subject_named"] == "0.025" and rows[1]["photo_top1"] == ""
+    assert "| photo top-1 |" in md_path.read_text() and "61.5%" in md_path.read_text()

@@ -66,7 +66,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 class NaiveBaseline:
-    """The textbook way: eager fp32 ResNet, PIL decode, resize 256, centre crop 224, one image at a time."""
+    """The textbook way: the eager fp32 network, PIL decode, resize 256, centre crop 224, one image at a time."""
 
     def __init__(self, ckpt: dict[str, Any]) -> None:
         from torchvision import transforms as T
@@ -105,6 +105,7 @@ def phone_photo(source: Path) -> bytes:
 def bench_predict(ckpt_path: Path, photos: list[Path], repeats: int) -> dict[str, Any]:
     """Single-image latency and batched throughput: naive baseline vs the app's predictor in fp32 and bf16."""
     ckpt = load_checkpoint(ckpt_path)
+    size = ckpt["preprocessing"]["image_size"]
     small = [p.read_bytes() for p in photos[:20]]
     big = phone_photo(photos[0])
     naive = NaiveBaseline(ckpt)
@@ -112,13 +113,13 @@ def bench_predict(ckpt_path: Path, photos: list[Path], repeats: int) -> dict[str
     bf16 = Predictor.from_checkpoint(ckpt_path, precision="bf16")
     paths: list[tuple[str, Callable[[bytes], Any]]] = [
         ("naive: eager fp32, 224 px (resize 256, crop 224)", naive.predict_bytes),
-        ("app predictor, fp32, checkpoint's 128 px preset", lambda d: app_predict_bytes(fp32, d)),
-        ("app predictor, bf16 autocast + channels_last, 128 px", lambda d: app_predict_bytes(bf16, d)),
+        (f"app predictor, fp32, checkpoint's {size} px preset", lambda d: app_predict_bytes(fp32, d)),
+        (f"app predictor, bf16 autocast + channels_last, {size} px", lambda d: app_predict_bytes(bf16, d)),
     ]
     predictors = [("torch fp32", fp32), ("torch bf16", bf16)]
     try:
         openvino = Predictor.from_checkpoint(ckpt_path, precision="bf16", backend="openvino")
-        paths.append(("app predictor, OpenVINO bf16, 128 px", lambda d: app_predict_bytes(openvino, d)))
+        paths.append((f"app predictor, OpenVINO bf16, {size} px", lambda d: app_predict_bytes(openvino, d)))
         predictors.append(("OpenVINO bf16", openvino))
     except BackendUnavailableError as exc:
         logger.warning("skipping OpenVINO: %s", exc)
@@ -400,7 +401,7 @@ def render(results: dict[str, Any]) -> str:
             "|---|---|---:|---:|---:|",
         ]
         names = [
-            "the checkpoint's 128 px preset instead of 224 px",
+            "the checkpoint's own preset instead of 224 px",
             "bf16 autocast + channels_last",
             "OpenVINO bf16 (optional backend)",
         ]

@@ -374,11 +374,25 @@ def _row(result: RunResult, rank: int | None, varied: Sequence[str]) -> dict[str
         "macro_f1": _number(m.get("macro_f1")),
         "ece_before": _number(m.get("ece_before")),
         "ece": _number(m.get("ece")),
+        **_open_set_columns(m.get("open_set") or {}),
         "epochs": int(epochs) if epochs is not None else result.config.get("epochs"),
         "best_epoch": int(v) if (v := _number(m.get("best_epoch"))) is not None else None,
         "minutes": seconds / 60 if seconds is not None else None,
         "train_images_per_s": _number(m.get("train_images_per_s")),
         "status": status,
+    }
+
+
+def _open_set_columns(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """Real-photo columns from ``metrics.json``'s ``open_set`` (absent without ``--open-set-photos``): top-1 and
+    confidently wrong on known photos, and how often unknown-species photos and not-subject pictures are named as a
+    species."""
+    known, unknown, other = (report.get(k) or {} for k in ("known_photos", "unknown_photos", "not_subject"))
+    return {
+        "photo_top1": _number(known.get("top1")),
+        "photo_confidently_wrong": _number(known.get("confidently_wrong")),
+        "unknown_named": _number(unknown.get("species")),
+        "not_subject_named": _number(other.get("species")),
     }
 
 
@@ -404,7 +418,7 @@ def _csv_value(value: Any) -> Any:
 def _md_value(key: str, value: Any) -> str:
     if value is None:
         return ""
-    if key == "accuracy":
+    if key == "accuracy" or key in OPEN_SET_COLUMNS:
         return f"{100 * value:.1f}%"
     if key in ("macro_f1", "ece_before", "ece"):
         return f"{value:.3f}"
@@ -427,6 +441,10 @@ MD_HEADERS = {
     "macro_f1": "macro-F1",
     "ece_before": "ECE before",
     "ece": "ECE",
+    "photo_top1": "photo top-1",
+    "photo_confidently_wrong": "photo confidently wrong",
+    "unknown_named": "unknown species named",
+    "not_subject_named": "not-subject named",
     "epochs": "epochs",
     "best_epoch": "best epoch",
     "minutes": "minutes",
@@ -434,6 +452,8 @@ MD_HEADERS = {
     "status": "status",
 }
 MD_NUMERIC = set(MD_HEADERS) - {"run", "status"}
+#: Columns of :func:`_open_set_columns`, written only when some run has them.
+OPEN_SET_COLUMNS = ("photo_top1", "photo_confidently_wrong", "unknown_named", "not_subject_named")
 
 
 def write_leaderboard(
@@ -450,7 +470,8 @@ def write_leaderboard(
     Columns: ``rank, run``, the ``varied`` options (default: those that differ between the results' configs),
     ``accuracy, macro_f1, ece_before, ece`` (validation, from ``metrics.json``; ECE before and after
     temperature scaling), ``epochs`` (run, else configured), ``best_epoch`` (0-based, as in ``metrics.csv``),
-    ``minutes`` (training time), ``train_images_per_s`` and ``status``. Rows are sorted by macro-F1, descending;
+    ``minutes`` (training time), ``train_images_per_s`` and ``status``; runs with ``--open-set-photos`` add
+    :data:`OPEN_SET_COLUMNS` after ``ece``. Rows are sorted by macro-F1, descending;
     runs without results (failed, then pending or not run) come last, unranked. The CSV holds raw numbers
     (fractions); the Markdown file a title, the ``description``, the ``fixed`` settings on one line and a table
     with accuracy in percent and macro-F1 and ECE to 3 decimals.
@@ -463,7 +484,8 @@ def write_leaderboard(
     if varied is None:
         varied = varied_keys([r.config for r in results])
     rows = [_row(result, rank, varied) for rank, result in rank_results(results)]
-    columns = ["rank", "run", *varied, *list(MD_HEADERS)[2:]]
+    open_set = [k for k in OPEN_SET_COLUMNS if any(row[k] is not None for row in rows)]  # only with photos
+    columns = ["rank", "run", *varied, *(k for k in list(MD_HEADERS)[2:] if k not in OPEN_SET_COLUMNS or k in open_set)]
 
     csv_path = out / LEADERBOARD_CSV
     with open(csv_path, "w", newline="") as f:
