@@ -25,6 +25,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import decode_upload, get_batcher, get_predictor
 from app.images import SUPPORTED_FORMATS_TEXT, ImageError
+from model.network import arch_library
 from model.predictor import Prediction, pretty_label
 
 logger = logging.getLogger(__name__)
@@ -270,7 +271,11 @@ def training_facts(config: dict[str, Any], metrics: dict[str, Any], epoch: Any) 
         facts.append(("Architecture", str(config["arch"])))
     weights = config.get("weights")
     if weights is not None:
-        described = {"none": "none: trained from scratch", "imagenet": "ImageNet-pretrained (torchvision)"}
+        try:
+            library = arch_library(str(config.get("arch")))
+        except ValueError:
+            library = "an unknown library"
+        described = {"none": "none: trained from scratch", "imagenet": f"ImageNet-pretrained ({library})"}
         facts.append(("Initial weights", described.get(str(weights), "a local pretrained state dict")))
     if (epochs := config.get("epochs")) is not None:
         text = f"{epochs}"
@@ -396,6 +401,31 @@ def verdict_thresholds(info: dict[str, Any]) -> dict[str, float]:
     }
 
 
+#: Rows of the model page's real-photo table: ``metrics["open_set"]`` key and what it holds.
+OPEN_SET_SETS = (
+    ("val", "Validation photos (video crops of its species)"),
+    ("known_photos", "Photographs of species it knows"),
+    ("unknown_photos", "Photographs of species it does not know"),
+    ("not_subject", "Pictures of something else"),
+)
+
+
+def open_set_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verdicts measured when the model was trained (``metrics["open_set"]``, see ``training.open_set``), one
+    row per set it was measured on: ``{"name", "images", "species", "not_sure", "unknown_species", "not_a_fish",
+    "top1", "confidently_wrong"}`` (fractions, None where the set has no such number)."""
+    report = metrics.get("open_set")
+    if not isinstance(report, dict):
+        return []
+    rows = []
+    for key, name in OPEN_SET_SETS:
+        values = report.get(key)
+        if isinstance(values, dict):
+            fields = ("images", "species", "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong")
+            rows.append({"name": name, **{f: _number(values.get(f)) for f in fields}})
+    return rows
+
+
 @bp.get("/model")
 def model_page() -> tuple[str, int]:
     """What the model knows and how well: its classes, how it was trained, validation metrics (with the
@@ -411,6 +441,7 @@ def model_page() -> tuple[str, int]:
         serving=info.get("serving") or {},
         subject=model_subject(info),
         thresholds=verdict_thresholds(info),
+        open_set=open_set_rows(metrics),
         classes=classes,
         has_per_class=any(row["f1"] is not None for row in classes),
         training=training_facts(info.get("config") or {}, metrics, info.get("epoch")),

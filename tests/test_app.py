@@ -805,3 +805,28 @@ def test_gunicorn_serves_predictions(tiny_checkpoint: Path, tmp_path: Path, jpeg
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=30)
         assert info.value.code == 415 and "error" in json.load(info.value)
+
+
+def test_model_page_reports_the_verdicts_measured_at_training(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predictor = app.extensions["predictor"]
+    report = {
+        "val": {"images": 821.0, "species": 0.951, "not_sure": 0.045, "unknown_species": 0.002, "not_a_fish": 0.001,
+                "top1": 0.962, "confidently_wrong": 0.013},
+        "unknown_photos": {"images": 153.0, "species": 0.085, "not_sure": 0.765, "unknown_species": 0.124,
+                           "not_a_fish": 0.026},
+    }  # fmt: skip
+    metadata = {**predictor.metadata, "metrics": {**predictor.metadata.get("metrics", {}), "open_set": report}}
+    monkeypatch.setattr(predictor, "metadata", metadata)
+    answer_with_verdicts(monkeypatch, app, ["species"], subject="fish")
+    html = client.get("/model").get_data(as_text=True)
+    table = re.sub(r"\s+", " ", html.split('id="open-set-table"')[1].split("</table>")[0])
+    rows = re.findall(r'<th scope="row">([^<]+)</th>((?: ?<td class="num">[^<]*</td>)+)', table)
+    assert [name for name, _ in rows] == [
+        "Validation photos (video crops of its species)",
+        "Photographs of species it does not know",
+    ]
+    assert re.findall(r">([^<]*)</td>", rows[0][1]) == ["821", "95.1%", "4.5%", "0.2%", "0.1%", "96.2%", "1.3%"]
+    assert re.findall(r">([^<]*)</td>", rows[1][1]) == ["153", "8.5%", "76.5%", "12.4%", "2.6%", "–", "–"]
+    assert "Not a fish</th>" in table

@@ -592,6 +592,9 @@ def write_release(
         record, serving, reports = _open_set_release(predictor, open_set, val_root, val_samples, batch_size, workers)
         release["open_set"] = record
         release["serving"].update(serving)
+        # the "not sure" threshold may have risen: describe it by what it does on the validation images
+        release["serving"]["coverage"] = reports["val"]["species"]
+        release["serving"]["selective_accuracy"] = reports["val"]["species_accuracy"]
         release["metrics"]["open_set"] = reports
         final["open_set"] = reports
     logger.info(
