@@ -47,7 +47,7 @@ train-default: install
 
 evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_lite0.pt --data $(DATA) \
-	  --split-file weights/fish4knowledge_split.csv
+	  --split-file weights/fish4knowledge_split.csv --open-set-photos $(PHOTOS) --not-subject $(NOT_FISH)
 
 # The three experiments of EXPERIMENTS.md, one after the other (about 100 minutes on 2 CPU cores); results in
 # runs/sweeps/<name>/leaderboard.md. A stopped sweep resumes where it stopped.
