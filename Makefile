@@ -34,14 +34,14 @@ test: install-dev lint browser
 	$(PY) -m pytest
 
 # The exact recipe of weights/fish4knowledge_lite0.pt (see weights/README.md): EfficientNet-Lite0 from its ImageNet
-# weights (a pip package, no network), about 40 minutes on 2 CPU cores. The clownfish photos only choose and report
+# weights (a pip package, no network), about 20 minutes on 2 CPU cores. The clownfish photos only choose and report
 # the open-set thresholds; they are never trained on.
 PHOTOS ?= ../shared/data/clownfish_photos
 NOT_FISH ?= ../shared/data/flowers
 train-default: install
 	$(PY) train.py --data $(DATA) --out runs/f4k_lite0 --arch tf_efficientnet_lite0 --weights imagenet \
 	  --image-size 192 --epochs 6 --head-epochs 1 --backbone-lr-scale 0.1 --batch-size 32 --lr 0.05 \
-	  --label-smoothing 0.1 --warmup-epochs 1 --augment photo --group-pattern 'fish_(\d+)_' --workers 2 \
+	  --label-smoothing 0.1 --warmup-epochs 1 --augment scene --group-pattern 'fish_(\d+)_' --workers 2 \
 	  --cache-images --seed 0 --class-info weights/fish4knowledge_species.csv \
 	  --subject fish --open-set-photos $(PHOTOS) --not-subject $(NOT_FISH)
 
