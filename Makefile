@@ -43,7 +43,7 @@ train-default: install
 	  --image-size 192 --epochs 6 --head-epochs 1 --backbone-lr-scale 0.1 --batch-size 32 --lr 0.05 \
 	  --label-smoothing 0.1 --warmup-epochs 1 --augment scene --group-pattern 'fish_(\d+)_' --workers 2 \
 	  --cache-images --seed 0 --class-info weights/fish4knowledge_species.csv \
-	  --subject fish --open-set-photos $(PHOTOS) --not-subject $(NOT_FISH)
+	  --subject fish --open-set-photos $(PHOTOS) --not-subject $(NOT_FISH) --novelty-rejection 0.1
 
 evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_lite0.pt --data $(DATA) \

@@ -44,8 +44,9 @@ def test_short_load_test_survives_a_worker_kill(tiny_checkpoint: Path, tmp_path:
     assert kill["pid"] not in report["config"]["workers_after"]
     assert kill["replacement_pid"] in report["config"]["workers_after"]
     assert kill["replacement_ready_at_s"] > kill["replacement_forked_at_s"] >= kill["at_s"] >= 2
-    # Only requests in flight when the worker died may fail (those it had accepted; clients do not retry).
-    assert 0 <= kill["failed_requests"] <= kill["in_flight"] <= 4
+    # Only requests in flight when the worker died, or sent in the 0.1 s it took to die, may fail (those it had
+    # accepted; clients do not retry): at most one per client.
+    assert 0 <= kill["failed_requests"] <= 4 and kill["in_flight"] <= 4
     assert report["statuses"].get("connection error", 0) == kill["failed_requests"]
 
     markdown = output.read_text()

@@ -75,7 +75,7 @@ class TrainConfig:
     open_set_photos: str | None = None
     not_subject: str | None = None
     subject_rejection: float = 0.02
-    novelty_rejection: float = 0.10
+    novelty_rejection: float = 0.05
     max_confidently_wrong: float = 0.05
 
     def to_dict(self) -> dict[str, Any]:

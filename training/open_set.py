@@ -139,7 +139,7 @@ def choose_open_set(
     *,
     subject: str | None = None,
     subject_rejection: float = 0.02,
-    novelty_rejection: float = 0.10,
+    novelty_rejection: float = 0.05,
     max_confidently_wrong: float = 0.05,
     coverage: float = DEFAULT_SUBJECT_COVERAGE,
 ) -> tuple[dict[str, Any], OpenSetRule]:

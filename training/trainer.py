@@ -463,7 +463,7 @@ class OpenSetOptions:
     photos: str | None = None
     not_subject: str | None = None
     subject_rejection: float = 0.02
-    novelty_rejection: float = 0.10
+    novelty_rejection: float = 0.05
     max_confidently_wrong: float = 0.05
 
     @classmethod
@@ -592,6 +592,15 @@ def write_release(
         record, serving, reports = _open_set_release(predictor, open_set, val_root, val_samples, batch_size, workers)
         release["open_set"] = record
         release["serving"].update(serving)
+        # the options that chose the thresholds, which a release re-made with --resume may have changed
+        release["config"].update(
+            subject=open_set.subject,
+            open_set_photos=open_set.photos,
+            not_subject=open_set.not_subject,
+            subject_rejection=open_set.subject_rejection,
+            novelty_rejection=open_set.novelty_rejection,
+            max_confidently_wrong=open_set.max_confidently_wrong,
+        )
         # the "not sure" threshold may have risen: describe it by what it does on the validation images
         release["serving"]["coverage"] = reports["val"]["species"]
         release["serving"]["selective_accuracy"] = reports["val"]["species_accuracy"]
