@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run test lint browser train-default evaluate-default experiments loadtest bench clean
+.PHONY: install install-dev run proxy nginx test lint browser train-default evaluate-default experiments loadtest bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,17 @@ lint: install-dev
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: install-dev lint browser
+# Debian's nginx for `make proxy` and the proxy tests (tests/test_proxy.py).
+nginx:
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
+
+# nginx (deploy/nginx.conf) on 127.0.0.1:8080 in front of the gunicorn of `make run` on 127.0.0.1:8000; its pid,
+# temporary files and nothing else go to runs/nginx. Serve the public through it, never gunicorn directly.
+proxy: nginx
+	mkdir -p runs/nginx/tmp && chmod 1777 runs/nginx/tmp
+	PATH="$$PATH:/usr/sbin" nginx -p $(CURDIR)/runs/nginx/ -c $(CURDIR)/deploy/nginx.conf -g 'daemon off;'
+
+test: install-dev lint browser nginx
 	$(PY) -m pytest
 
 # The exact recipe of weights/fish4knowledge_lite0.pt (see weights/README.md): EfficientNet-Lite0 from its ImageNet

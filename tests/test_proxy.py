@@ -1,0 +1,136 @@
+"""deploy/nginx.conf in front of real gunicorn: slow clients do not take the service down, nginx's own answers are
+JSON with the security headers. Every client here targets 127.0.0.1 and is bounded in count and time."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, gunicorn_server
+from tools.loadtest import free_port, multipart
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make nginx installs Debian's)"),
+]
+SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options")
+
+
+@contextlib.contextmanager
+def nginx_in_front(upstream: str, workdir: Path) -> Iterator[str]:
+    """nginx with deploy/nginx.conf, its listen and upstream ports moved to free ones; yields its base URL."""
+    port = free_port()
+    upstream_port = upstream.rsplit(":", 1)[1]
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "listen 127.0.0.1:8080;" in config and "server 127.0.0.1:8000;" in config
+    config = config.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{port};")
+    config = config.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").chmod(0o1777)
+    (workdir / "nginx.conf").write_text(config)
+    log = open(workdir / "nginx.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [NGINX, "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, f"nginx exited:\n{(workdir / 'nginx.log').read_text()}"
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"nginx did not answer:\n{(workdir / 'nginx.log').read_text()}"
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def proxied(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("proxy")
+    with gunicorn_server(tiny_checkpoint, workdir) as upstream, nginx_in_front(upstream, workdir / "nginx") as base:
+        yield base
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_proxy_serves_the_app_with_each_security_header_once(proxied: str, jpeg_bytes) -> None:
+    status, headers, body = _get(f"{proxied}/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    body, content_type = multipart("image", "fish.jpg", jpeg_bytes(), "image/jpeg")
+    request = urllib.request.Request(f"{proxied}/api/predict", data=body, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and "verdict" in json.loads(response.read())
+        for name in SECURITY_HEADERS:
+            assert len(response.headers.get_all(name) or []) == 1, name
+
+
+def test_nginx_refuses_a_body_over_the_apps_limit_with_json_and_headers(proxied: str) -> None:
+    host, port = proxied.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", "/api/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(17 * 1024 * 1024))  # refused from the header, before any body is sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    assert "16 MiB" in json.loads(response.read())["error"]
+    assert response.getheader("Content-Type") == "application/json"
+    for name in SECURITY_HEADERS:
+        assert response.getheader(name), name
+    conn.close()
+
+
+def test_slow_clients_do_not_hold_the_service(proxied: str) -> None:
+    """64 clients that send their headers one byte at a time, and 8 that promise a body they never send, while a
+    normal client keeps getting answers within a second; bounded: at most 4 s of slow clients."""
+    host, port = proxied.removeprefix("http://").split(":")
+    slow: list[socket.socket] = []
+    try:
+        for i in range(72):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            if i < 64:
+                sock.sendall(b"G")  # the first byte of a request line that never ends
+            else:
+                sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            slow.append(sock)
+        answers = []
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            for sock in slow[:64]:
+                with contextlib.suppress(OSError):
+                    sock.send(b"E")
+            start = time.monotonic()
+            status, _, _ = _get(f"{proxied}/healthz", timeout=5)
+            answers.append((status, time.monotonic() - start))
+            time.sleep(0.5)
+        assert answers and all(status == 200 for status, _ in answers)
+        assert max(seconds for _, seconds in answers) < 1.0, answers
+    finally:
+        for sock in slow:
+            sock.close()
