@@ -7,6 +7,8 @@ This file runs in the master process: it must not import torch or the app.
 
 import logging
 import os
+import sys
+import zipfile
 
 _cpus = os.cpu_count() or 1
 
@@ -39,3 +41,25 @@ def post_fork(server: object, worker: object) -> None:
         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         datefmt="[%Y-%m-%d %H:%M:%S %z]",
     )
+
+
+def checkpoint_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a checkpoint, judged without torch (this file runs in the master): missing, a
+    directory, empty, or not the zip archive that ``torch.save`` writes; None when it may be one."""
+    if os.path.isdir(path):
+        return "is a directory, not a checkpoint file"
+    if not os.path.isfile(path):
+        return "does not exist"
+    if os.path.getsize(path) == 0:
+        return "is an empty file (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return "is not a PyTorch checkpoint (torch.save writes a zip archive)"
+    return None
+
+
+def on_starting(server: object) -> None:
+    """In the master, before any worker starts: refuse a ``FISH_MODEL_PATH`` that cannot be a checkpoint with one
+    clear line, instead of one traceback per worker. (The default, the shipped model, is checked by the app.)"""
+    path = os.environ.get("FISH_MODEL_PATH")
+    if path and (problem := checkpoint_file_problem(path)):
+        sys.exit(f"cannot serve FISH_MODEL_PATH={path}: it {problem}; point it at a release.pt written by train.py")

@@ -132,12 +132,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     """Read and validate a checkpoint with ``weights_only=True`` (no arbitrary pickle code runs).
 
     Raises:
-        CheckpointError: the file is missing or unreadable, is not a torch file, holds objects that
+        CheckpointError: the file is missing, a directory, empty or unreadable, is not a torch file, holds objects that
             ``weights_only`` refuses, lacks a required key, or has a newer format version.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is an empty file (0 bytes)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     # torch.load's unpickler raises many types on foreign bytes (a text file gives IndexError)
@@ -153,7 +157,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         TypeError,
         AttributeError,
     ) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a PyTorch file?): {first_line}") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]

@@ -11,6 +11,8 @@ import os
 import re
 import runpy
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -830,3 +832,29 @@ def test_model_page_reports_the_verdicts_measured_at_training(
     assert re.findall(r">([^<]*)</td>", rows[0][1]) == ["821", "95.1%", "4.5%", "0.2%", "0.1%", "96.2%", "1.3%"]
     assert re.findall(r">([^<]*)</td>", rows[1][1]) == ["153", "8.5%", "76.5%", "12.4%", "2.6%", "–", "–"]
     assert "Not a fish</th>" in table
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: p.write_bytes(b""), "is an empty file (0 bytes)"),
+        (lambda p: p.mkdir(), "is a directory, not a checkpoint file"),
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_text("not a checkpoint"), "is not a PyTorch checkpoint"),
+    ],
+)
+def test_gunicorn_refuses_a_bad_model_path_in_one_line(tmp_path: Path, make: Any, reason: str) -> None:
+    """The master checks FISH_MODEL_PATH before forking (without torch) and exits with one clear line."""
+    from tools.loadtest import free_port
+
+    path = tmp_path / "model.pt"
+    make(path)
+    env = {**os.environ, "FISH_MODEL_PATH": str(path), "BIND": f"127.0.0.1:{free_port()}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"cannot serve FISH_MODEL_PATH={path}: it {reason}" in output
+    assert "Traceback" not in output and "Booting worker" not in output

@@ -192,11 +192,15 @@ def test_release_checkpoint_is_fp16_without_optimizer_and_predicts_the_same(tmp_
     [
         (b"this is a text file, not a checkpoint", "not a readable checkpoint"),
         (None, "does not exist"),
+        (b"", "is an empty file"),
+        ("dir", "is a directory, not a checkpoint file"),
     ],
 )
-def test_bad_checkpoint_files_give_clear_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
+def test_bad_checkpoint_files_give_clear_errors(tmp_path: Path, content: bytes | str | None, message: str) -> None:
     path = tmp_path / "model.pt"
-    if content is not None:
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
