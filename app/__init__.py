@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -190,7 +191,7 @@ def register_blueprints(app: Flask) -> None:
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    return request.path.startswith("/api/") or request.path.rstrip("/") == "/healthz"
 
 
 def register_errorhandlers(app: Flask) -> None:
@@ -202,13 +203,27 @@ def register_errorhandlers(app: Flask) -> None:
     def handle_http_error(error: HTTPException) -> Any:
         if not _wants_json():
             return error.get_response()
-        response = jsonify(error=error.description or error.name)
+        message = error.description or error.name
+        if error.code == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+            if request.path.endswith("/") and request.path != "/":
+                message += f" (without the trailing slash: {request.path.rstrip('/')})"
+        response = jsonify(error=message)
         response.status_code = error.code or 500
         if error.code == 405 and (allow := error.get_response().headers.get("Allow")):
             response.headers["Allow"] = allow
         return response
 
     app.register_error_handler(HTTPException, handle_http_error)
+
+    @app.after_request
+    def json_options(response: Response) -> Response:
+        """Flask's automatic OPTIONS answer on API paths as JSON: ``{"methods": [...]}`` beside ``Allow``."""
+        if request.method == "OPTIONS" and _wants_json() and response.status_code == 200 and not response.data:
+            methods = [m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()]
+            response.set_data(json.dumps({"methods": methods}) + "\n")  # same response: its headers stay
+            response.mimetype = "application/json"
+        return response
 
 
 #: Headers sent with every response. The pages use no inline scripts or styles and nothing from other origins;

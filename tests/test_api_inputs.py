@@ -476,3 +476,22 @@ def test_a_bad_image_among_several_is_named(
 def test_bad_top_k_with_several_images(client: FlaskClient, top_k: str) -> None:
     tiny = encode(synthetic_image(COLOURS["clownfish"], (8, 8)))
     assert "top_k" in assert_json_error(post(client, tiny, tiny, top_k=top_k), 400)["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "expected"),
+    [
+        ("OPTIONS", "/api/predict", 200, {"methods": ["OPTIONS", "POST"]}),
+        ("POST", "/api/predict/", 404,
+         {"error": "no such endpoint: POST /api/predict/ (without the trailing slash: /api/predict)"}),
+        ("GET", "/healthz/", 404, {"error": "no such endpoint: GET /healthz/ (without the trailing slash: /healthz)"}),
+        ("OPTIONS", "/api/nope", 404, {"error": "no such endpoint: OPTIONS /api/nope"}),
+    ],
+)  # fmt: skip
+def test_options_and_unknown_api_paths_answer_json_with_the_security_headers(
+    client, method: str, path: str, status: int, expected: dict
+) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status and response.is_json
+    assert response.get_json() == expected
+    assert response.headers["X-Frame-Options"] == "DENY" and "Content-Security-Policy" in response.headers
