@@ -177,6 +177,22 @@ def decode_upload(upload: FileStorage | None) -> Image.Image:
     )
 
 
+def form_limit_message() -> str | None:
+    """Why Werkzeug refused a request body that is within ``MAX_CONTENT_LENGTH`` (so not for its size): too many
+    form parts (``MAX_FORM_PARTS``, 1000 by default) or a text field over ``MAX_FORM_MEMORY_SIZE`` (500 kB); None
+    when the body itself is over the size limit or its length is unknown. Werkzeug raises the same 413 for all
+    three, so this tells them apart by the declared length."""
+    limit, length = current_app.config["MAX_CONTENT_LENGTH"], request.content_length
+    if length is None or (limit is not None and length > limit):
+        return None
+    parts = current_app.config.get("MAX_FORM_PARTS") or 1000
+    field = current_app.config.get("MAX_FORM_MEMORY_SIZE") or 500_000
+    return (
+        f"the form has too many fields or too long a text field: at most {parts} fields, and {field} bytes in "
+        "a field that is not a file; send the photos in 'image' fields"
+    )
+
+
 def get_predictor() -> Predictor:
     """The current app's predictor (call inside a request or app context)."""
     return current_app.extensions[EXTENSION_KEY]

@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from app import decode_upload, get_batcher, get_predictor
+from app import decode_upload, form_limit_message, get_batcher, get_predictor
 from app.images import ImageError
 from app.openapi import openapi_document
 
@@ -120,7 +120,9 @@ def openapi() -> Response:
 def too_large(error: RequestEntityTooLarge) -> tuple[Response, int]:
     """``{"error": message}`` with 413 for a body over ``MAX_CONTENT_LENGTH``, saying what the limit is."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    message = f"the request is too large: the limit is {limit} bytes ({limit / 2**20:.3g} MiB) for all its files"
+    message = form_limit_message() or (
+        f"the request is too large: the limit is {limit} bytes ({limit / 2**20:.3g} MiB) for all its files"
+    )
     return jsonify(error=message), 413
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import decode_upload, get_batcher, get_predictor
+from app import decode_upload, form_limit_message, get_batcher, get_predictor
 from app.images import SUPPORTED_FORMATS_TEXT, ImageError
 from model.network import arch_library
 from model.predictor import Prediction, pretty_label
@@ -247,7 +247,8 @@ def image_error(error: ImageError) -> tuple[str, int]:
 def too_large(error: RequestEntityTooLarge) -> tuple[str, int]:
     """Re-render the page saying how big an upload may be."""
     limit = format_bytes(current_app.config["MAX_CONTENT_LENGTH"])
-    return render_page(413, error=f"the files are too large: an upload may be up to {limit} in all")
+    message = form_limit_message() or f"the files are too large: an upload may be up to {limit} in all"
+    return render_page(413, error=message)
 
 
 # --- the model page ----------------------------------------------------------------------------------------------

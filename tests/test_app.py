@@ -858,3 +858,21 @@ def test_gunicorn_refuses_a_bad_model_path_in_one_line(tmp_path: Path, make: Any
     output = result.stdout + result.stderr
     assert f"cannot serve FISH_MODEL_PATH={path}: it {reason}" in output
     assert "Traceback" not in output and "Booting worker" not in output
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {**{f"field{i}": "x" for i in range(1500)}, "image": (io.BytesIO(b"abc"), "a.jpg")},  # too many parts
+        {"note": "x" * 600_000, "image": (io.BytesIO(b"abc"), "a.jpg")},  # a text field over 500 kB
+    ],
+    ids=["too-many-fields", "long-text-field"],
+)
+def test_form_limits_say_so_rather_than_blaming_the_body_size(client: FlaskClient, data: dict) -> None:
+    """Werkzeug refuses both with the same 413 as an oversized body; the message must give the real reason."""
+    response = client.post("/api/predict", data=data)
+    assert response.status_code == 413
+    message = response.get_json()["error"]
+    assert message.startswith("the form has too many fields or too long a text field") and "MiB" not in message
+    page = client.post("/", data={**data, "image": (io.BytesIO(b"abc"), "a.jpg")})
+    assert page.status_code == 413 and "too many fields" in page.get_data(as_text=True)
