@@ -236,7 +236,7 @@ def register_errorhandlers(app: Flask) -> None:
     def json_options(response: Response) -> Response:
         """Flask's automatic OPTIONS answer on API paths as JSON: ``{"methods": [...]}`` beside ``Allow``."""
         if request.method == "OPTIONS" and _wants_json() and response.status_code == 200 and not response.data:
-            methods = [m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()]
+            methods = sorted(m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip())
             response.set_data(json.dumps({"methods": methods}) + "\n")  # same response: its headers stay
             response.mimetype = "application/json"
         return response

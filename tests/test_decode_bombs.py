@@ -1,0 +1,202 @@
+"""Small uploads that would cost a worker far more than their size (CPU or memory) are refused with a 4xx JSON
+error before the expensive decoding, or decoded cheaply: the attacks of the security review, each as a file of a
+few kilobytes generated here."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image, ImageFile
+from werkzeug.datastructures import FileStorage
+
+from app import create_app
+from app import images as images_module
+from app.images import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, ImageError, decode_image
+from tests.conftest import COLOURS, encode, synthetic_image
+from tests.test_api_inputs import animation, assert_json_error, confidences, png_chunk, post
+
+
+@pytest.fixture(scope="module")
+def app(tiny_checkpoint: Path) -> Flask:
+    return create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint)})
+
+
+def noise(size: tuple[int, int] = (64, 64)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def with_sof_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """``jpeg`` with its start-of-frame header (baseline or progressive) claiming ``width`` x ``height``."""
+    data = bytearray(jpeg)
+    sof = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def progressive_with_repeated_scan(repeats: int) -> bytes:
+    """A small progressive JPEG whose last scan (SOS header and entropy-coded data) is repeated ``repeats`` times."""
+    data = encode(noise(), "JPEG", quality=90, progressive=True)
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * repeats + data[end:]
+
+
+def rle8_bmp(width: int, height: int, rle_data: bytes) -> bytes:
+    """A BMP (BITMAPINFOHEADER, 8 bits, BI_RLE8) with a grey palette and ``rle_data`` as its pixels."""
+    palette = bytes(b for i in range(256) for b in (i, i, i, 0))
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rle_data), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(rle_data), 0, 0, offset) + info + palette + rle_data
+
+
+def sixteen_bit_gradient_png(width: int, height: int) -> bytes:
+    """A 16-bit grayscale PNG of a horizontal gradient over the full 0-65535 range: big, yet only a few KB."""
+    row = b"\x00" + np.linspace(0, 65535, width).astype(">u2").tobytes()
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row * min(100, height - y)) for y in range(0, height, 100))
+    idat += compressor.flush()
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def upload(data: bytes) -> FileStorage:
+    return FileStorage(io.BytesIO(data), filename="x", name="image")
+
+
+# --- JPEG --------------------------------------------------------------------------------------------------------
+
+
+def test_progressive_jpeg_with_too_many_scans_is_refused(client: FlaskClient) -> None:
+    data = progressive_with_repeated_scan(MAX_JPEG_SCANS + 50)
+    assert len(data) < 200_000
+    body = assert_json_error(post(client, with_sof_size(data, 7000, 7000)), 413)
+    assert body["error"].startswith("too many progressive scans"), body["error"]
+    assert_json_error(post(client, data), 413)  # whatever its size
+
+
+def test_ordinary_progressive_jpegs_are_classified(client: FlaskClient) -> None:
+    assert post(client, progressive_with_repeated_scan(0)).status_code == 200
+    plain = Image.new("RGB", (2001, 1999), COLOURS["clownfish"])  # the least data a JPEG can hold per block
+    for params in ({"progressive": True, "optimize": True}, {"optimize": True}, {"progressive": True}):
+        assert post(client, encode(plain, "JPEG", **params)).status_code == 200, params
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
+def test_truncated_jpeg_is_a_400(client: FlaskClient, keep: float) -> None:
+    data = encode(noise((256, 256)), "JPEG", quality=95)
+    body = assert_json_error(post(client, data[: int(len(data) * keep)]), 400)
+    assert body["error"].startswith("truncated or corrupt JPEG image"), body["error"]
+    assert "Pillow" not in body["error"] and "bytes not processed" not in body["error"]
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_jpeg_header_bigger_than_its_data_is_a_400(client: FlaskClient, progressive: bool) -> None:
+    """Over 64 x 64 pixels of data, libjpeg would decode a 3000 x 3000 header as grey padding without an error."""
+    data = with_sof_size(encode(noise(), "JPEG", quality=90, progressive=progressive), 3000, 3000)
+    body = assert_json_error(post(client, data), 400)
+    expected = "truncated or corrupt JPEG image: it holds too little data for its declared 3000 x 3000 pixels"
+    assert body["error"] == expected
+
+
+def test_truncated_images_are_not_loaded_by_pillow() -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+# --- BMP ---------------------------------------------------------------------------------------------------------
+
+
+def test_rle_bmp_over_the_limit_is_refused(client: FlaskClient) -> None:
+    width, height = 2100, MAX_RLE_BMP_PIXELS // 2100 + 1
+    rows = b"\x01\x05\x00\x00" * height + b"\x00\x01"  # one pixel, end of line (padded by Pillow in Python)
+    data = rle8_bmp(width, height, rows)
+    assert len(data) < 20_000
+    body = assert_json_error(post(client, data), 413)
+    assert "RLE-compressed BMP" in body["error"] and "too large" in body["error"], body["error"]
+
+
+def test_rle_bmp_with_too_much_data_is_refused() -> None:
+    data = rle8_bmp(64, 64, b"\x00\x00" * (2**20 + 1) + b"\x00\x01")  # a million end-of-line commands
+    with pytest.raises(ImageError) as error:
+        decode_image(upload(data))
+    assert error.value.status == 413
+
+
+def test_small_rle_bmp_is_classified(client: FlaskClient) -> None:
+    width, height = 40, 32
+    rows = (b"\x28\x80\x00\x00") * height + b"\x00\x01"  # 40 pixels of grey 128, end of line
+    with Image.open(io.BytesIO(rle8_bmp(width, height, rows))) as image:
+        assert image.info["compression"] == 1 and image.getpixel((5, 5)) == 128
+    assert post(client, rle8_bmp(width, height, rows)).status_code == 200
+
+
+# --- 16-bit and animated images ----------------------------------------------------------------------------------
+
+
+def test_16_bit_png_is_reduced_before_its_float_conversion(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    side = 3000
+    data = sixteen_bit_gradient_png(side, side)
+    assert len(data) < 200_000
+    converted: list[tuple[str, tuple[int, int]]] = []
+    to_rgb = images_module.to_rgb
+
+    def recording_to_rgb(image: Image.Image) -> Image.Image:
+        converted.append((image.mode, image.size))
+        return to_rgb(image)
+
+    monkeypatch.setattr(images_module, "to_rgb", recording_to_rgb)
+    tracemalloc.start()
+    try:
+        response = post(client, data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert converted and converted[0][0] == "I;16" and max(converted[0][1]) < side // 4, converted
+    assert peak < side * side, peak  # no full-size numpy array (float32 would be 4 bytes a pixel, 36 MB)
+
+
+def test_16_bit_png_keeps_its_tones_when_reduced() -> None:
+    image = decode_image(upload(sixteen_bit_gradient_png(1200, 600)), reduce_to=100)
+    assert image.mode == "RGB" and image.size == (200, 100)
+    row = np.asarray(image)[50, :, 0]
+    assert row[0] < 5 and row[-1] > 250 and np.all(np.diff(row.astype(int)) >= 0)  # 16 bits scaled, not clipped
+
+
+def test_animated_gif_with_several_frames_is_classified_by_its_first(client: FlaskClient) -> None:
+    frames = [synthetic_image(colour, (64, 48)).convert("P") for colour in [*COLOURS.values()] * 3]
+    data = animation("GIF", frames)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.n_frames == len(frames)
+    as_animation = confidences(post(client, data, top_k="3"))
+    assert as_animation == pytest.approx(confidences(post(client, encode(frames[0], "GIF"), top_k="3")), abs=1e-6)
+
+
+def test_webp_gets_a_quarter_of_the_pixel_limit(client: FlaskClient) -> None:
+    """libwebp holds about four times as many bytes per pixel as other decoders (two RGBA canvases)."""
+    image = synthetic_image(COLOURS["blue_tang"], (64, 64))
+    max_pixels = 64 * 64 * 2
+    for data in (encode(image, "WEBP"), animation("WEBP", [image, image.rotate(90)])):
+        with pytest.raises(ImageError, match="the limit for WebP is") as error:
+            decode_image(upload(data), max_pixels=max_pixels)
+        assert error.value.status == 413
+    assert decode_image(upload(encode(image, "PNG")), max_pixels=max_pixels).size == (64, 64)
+    assert decode_image(upload(encode(image, "WEBP")), max_pixels=64 * 64 * 4).size == (64, 64)
+
+
+def test_messages_do_not_leak_decoder_internals(client: FlaskClient) -> None:
+    bodies: list[dict[str, Any]] = [
+        assert_json_error(post(client, encode(noise(), "PNG")[:200]), 400),
+        assert_json_error(post(client, b"\x89PNG\r\n\x1a\n" + bytes(40)), 400),
+    ]
+    for body in bodies:
+        assert "errno" not in body["error"] and "decoder" not in body["error"], body["error"]
