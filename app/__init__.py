@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,13 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
-from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest, decode_image
+from app.images import (
+    DEFAULT_MAX_IMAGES_PER_REQUEST,
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    InMemoryRequest,
+    decode_image,
+)
 from model.batching import MicroBatcher
 from model.checkpoint import CheckpointError
 from model.predictor import Predictor
@@ -32,6 +39,8 @@ ENV_PREFIX = "FISH"
 EXTENSION_KEY = "predictor"
 #: Key of the :class:`model.batching.MicroBatcher` in ``app.extensions``.
 BATCHER_KEY = "batcher"
+#: Where each app keeps the semaphore that bounds the image decodes running at once in a worker.
+DECODE_SLOTS_KEY = "decode_slots"
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -56,6 +65,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         BATCH_WAIT_MS: how long, in milliseconds, an open batch waits for more requests.
         CONFIDENCE_THRESHOLD: predictions below this probability are shown as "not sure"; None (default) uses
             the threshold recorded in the checkpoint, chosen on validation data.
+        MAX_CONCURRENT_DECODES: image decodes running at once in one worker (default 2); a request that waits
+            more than DECODE_WAIT_S seconds (default 10) for a slot gets 503.
         NOVELTY_THRESHOLD: novelty above which the answer is "unknown species"; SUBJECT_THRESHOLD: subject score
             below which it is "not a fish" (see ``model.open_set``). None (default) keeps the checkpoint's.
 
@@ -93,6 +104,8 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         CONFIDENCE_THRESHOLD=None,
         NOVELTY_THRESHOLD=None,
         SUBJECT_THRESHOLD=None,
+        MAX_CONCURRENT_DECODES=2,
+        DECODE_WAIT_S=10.0,
         BATCH_MAX_SIZE=16,
         BATCH_WAIT_MS=2.0,
     )
@@ -109,6 +122,7 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         "MAX_CONTENT_LENGTH",
         "TORCH_THREADS",
         "BATCH_MAX_SIZE",
+        "MAX_CONCURRENT_DECODES",
     ):
         value = app.config[key]
         if value is None and key == "TORCH_THREADS":
@@ -153,6 +167,7 @@ def init_predictor(app: Flask) -> None:
             f"{ENV_PREFIX}_MODEL_PATH to a checkpoint written by train.py."
         ) from exc
     app.extensions[EXTENSION_KEY] = predictor
+    app.extensions[DECODE_SLOTS_KEY] = threading.BoundedSemaphore(app.config["MAX_CONCURRENT_DECODES"])
     app.extensions[BATCHER_KEY] = MicroBatcher(
         predictor, max_batch=app.config["BATCH_MAX_SIZE"], max_wait_ms=float(app.config["BATCH_WAIT_MS"])
     )
@@ -169,12 +184,21 @@ def decode_upload(upload: FileStorage | None) -> Image.Image:
     decoding to the model's resize size (what the API and the page both do, so they give the same answer).
 
     Raises:
-        app.images.ImageError: the file is not a usable image (see :func:`app.images.decode_image`).
+        app.images.ImageError: the file is not a usable image (see :func:`app.images.decode_image`), or 503 when
+            ``MAX_CONCURRENT_DECODES`` decodes are already running in this worker and none ends within
+            ``DECODE_WAIT_S`` seconds (each decode costs at most about a second of CPU and bounded memory, so this
+            bounds a worker's memory whatever its request threads receive).
     """
     size = get_predictor().preprocessing.resize_size
-    return decode_image(
-        upload, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size
-    )
+    slots: threading.BoundedSemaphore = current_app.extensions[DECODE_SLOTS_KEY]
+    if not slots.acquire(timeout=float(current_app.config["DECODE_WAIT_S"])):
+        raise ImageError("the server is busy decoding other photos: try again in a moment", 503)
+    try:
+        return decode_image(
+            upload, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size
+        )
+    finally:
+        slots.release()
 
 
 def form_limit_message() -> str | None:

@@ -81,7 +81,7 @@ class ImageError(Exception):
 
     Args:
         message: explanation for the user (no internals, no file names).
-        status: HTTP status code to answer with (400, 413 or 415).
+        status: HTTP status code to answer with (400, 413 or 415; 503 when the worker is too busy to decode).
         index: position (from 0) of the offending file among the request's ``image`` fields, when the request
             has several.
     """

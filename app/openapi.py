@@ -290,10 +290,14 @@ def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[st
                             "no `image` field, an empty file, a truncated or corrupt image, a bad `top_k`"
                         ),
                         "413": _error_response(
-                            f"a body over {max_bytes} bytes, more than {max_images} images, or an image over "
-                            f"{max_megapixels} megapixels (decompression bomb) or too elongated to classify"
+                            f"a body over {max_bytes} bytes, more than {max_images} images, too many form fields, an "
+                            f"image over {max_megapixels} megapixels (decompression bomb), too elongated to classify "
+                            "or too costly to decode (too many JPEG scans, a large RLE BMP)"
                         ),
                         "415": _error_response(f"a file that is not a {SUPPORTED_FORMATS_TEXT} image"),
+                        "503": _error_response(
+                            "the worker is busy decoding other photos (MAX_CONCURRENT_DECODES): try again in a moment"
+                        ),
                     },
                 }
             },

@@ -495,3 +495,43 @@ def test_options_and_unknown_api_paths_answer_json_with_the_security_headers(
     assert response.status_code == status and response.is_json
     assert response.get_json() == expected
     assert response.headers["X-Frame-Options"] == "DENY" and "Content-Security-Policy" in response.headers
+
+
+def test_decodes_running_at_once_are_bounded_and_a_request_that_cannot_get_a_slot_gets_503(
+    tiny_checkpoint, jpeg_bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With MAX_CONCURRENT_DECODES=1, a second upload that waits longer than DECODE_WAIT_S for the one decode slot
+    is refused with 503 (and a JSON message), and the slot is free again afterwards."""
+    import threading
+
+    import app as app_package
+    from app import create_app
+
+    flask_app = create_app(
+        {"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), "MAX_CONCURRENT_DECODES": 1, "DECODE_WAIT_S": 0.2}
+    )
+    started, release = threading.Event(), threading.Event()
+    real_decode = app_package.decode_image
+
+    def slow_decode(*args, **kwargs):
+        started.set()
+        assert release.wait(10)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(app_package, "decode_image", slow_decode)
+    first: dict = {}
+    worker = threading.Thread(
+        target=lambda: first.update(
+            response=flask_app.test_client().post("/api/predict", data={"image": (io.BytesIO(jpeg_bytes()), "a.jpg")})
+        )
+    )
+    worker.start()
+    assert started.wait(10)
+    busy = flask_app.test_client().post("/api/predict", data={"image": (io.BytesIO(jpeg_bytes()), "b.jpg")})
+    release.set()
+    worker.join(10)
+    assert busy.status_code == 503 and "busy" in busy.get_json()["error"]
+    assert first["response"].status_code == 200
+    monkeypatch.setattr(app_package, "decode_image", real_decode)
+    again = flask_app.test_client().post("/api/predict", data={"image": (io.BytesIO(jpeg_bytes()), "c.jpg")})
+    assert again.status_code == 200
