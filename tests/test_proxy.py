@@ -134,3 +134,48 @@ def test_slow_clients_do_not_hold_the_service(proxied: str) -> None:
     finally:
         for sock in slow:
             sock.close()
+
+
+def _post_image(base: str, data: bytes, timeout: float = 10.0) -> tuple[int, dict, dict[str, str]]:
+    body, content_type = multipart("image", "bomb.bin", data, "application/octet-stream")
+    request = urllib.request.Request(f"{base}/api/predict", data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+def test_decode_bombs_through_the_proxy_are_refused_quickly_with_json(proxied: str) -> None:
+    from tests.test_decode_bombs import progressive_with_repeated_scan, rle8_bmp, with_sof_size
+
+    bombs = {
+        "many-scan JPEG": progressive_with_repeated_scan(500),
+        "JPEG header bigger than its data": with_sof_size(progressive_with_repeated_scan(1), 7000, 7000),
+        "7000 x 7000 RLE8 BMP": rle8_bmp(7000, 7000, b"\x00\x01" * 10),
+    }
+    for name, data in bombs.items():
+        start = time.monotonic()
+        status, body, headers = _post_image(proxied, data)
+        assert status in (400, 413) and body["error"], (name, status, body)
+        assert time.monotonic() - start < 2.0, name
+        assert headers.get("X-Frame-Options") == "DENY", name
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"THIS IS NOT HTTP\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"],
+    ids=["garbage-request-line", "oversized-header"],
+)
+def test_malformed_requests_are_answered_by_nginx_with_the_security_headers(proxied: str, raw: bytes) -> None:
+    host, port = proxied.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(raw)
+        answer = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert head.startswith("HTTP/1.1 4"), head[:80]
+    for name in SECURITY_HEADERS:
+        assert f"\r\n{name}: " in head, (name, head)
