@@ -10,11 +10,12 @@ import json
 import logging
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
@@ -67,6 +68,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             the threshold recorded in the checkpoint, chosen on validation data.
         MAX_CONCURRENT_DECODES: image decodes running at once in one worker (default 2); a request that waits
             more than DECODE_WAIT_S seconds (default 10) for a slot gets 503.
+        REQUEST_DEADLINE_S: seconds after its arrival past which a request starts no more decoding and gets 503
+            (default 30): a bound on one request's work, which gthread workers cannot interrupt.
         NOVELTY_THRESHOLD: novelty above which the answer is "unknown species"; SUBJECT_THRESHOLD: subject score
             below which it is "not a fish" (see ``model.open_set``). None (default) keeps the checkpoint's.
 
@@ -106,6 +109,7 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         SUBJECT_THRESHOLD=None,
         MAX_CONCURRENT_DECODES=2,
         DECODE_WAIT_S=10.0,
+        REQUEST_DEADLINE_S=30.0,
         BATCH_MAX_SIZE=16,
         BATCH_WAIT_MS=2.0,
     )
@@ -187,11 +191,15 @@ def decode_upload(upload: FileStorage | None) -> Image.Image:
         app.images.ImageError: the file is not a usable image (see :func:`app.images.decode_image`), or 503 when
             ``MAX_CONCURRENT_DECODES`` decodes are already running in this worker and none ends within
             ``DECODE_WAIT_S`` seconds (each decode costs at most about a second of CPU and bounded memory, so this
-            bounds a worker's memory whatever its request threads receive).
+            bounds a worker's memory whatever its request threads receive), or when the request is past its
+            ``REQUEST_DEADLINE_S`` (no decode starts after the deadline, and none waits beyond it).
     """
     size = get_predictor().preprocessing.resize_size
     slots: threading.BoundedSemaphore = current_app.extensions[DECODE_SLOTS_KEY]
-    if not slots.acquire(timeout=float(current_app.config["DECODE_WAIT_S"])):
+    left = g.get("deadline", math.inf) - time.monotonic()
+    if left <= 0:
+        raise ImageError("the request took too long: send fewer or smaller photos at a time", 503)
+    if not slots.acquire(timeout=min(float(current_app.config["DECODE_WAIT_S"]), left)):
         raise ImageError("the server is busy decoding other photos: try again in a moment", 503)
     try:
         return decode_image(
@@ -255,6 +263,11 @@ def register_errorhandlers(app: Flask) -> None:
         return response
 
     app.register_error_handler(HTTPException, handle_http_error)
+
+    @app.before_request
+    def start_deadline() -> None:
+        """Each request's deadline for its work (``REQUEST_DEADLINE_S``), checked by :func:`decode_upload`."""
+        g.deadline = time.monotonic() + float(current_app.config["REQUEST_DEADLINE_S"])
 
     @app.after_request
     def json_options(response: Response) -> Response:

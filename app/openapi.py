@@ -296,7 +296,8 @@ def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[st
                         ),
                         "415": _error_response(f"a file that is not a {SUPPORTED_FORMATS_TEXT} image"),
                         "503": _error_response(
-                            "the worker is busy decoding other photos (MAX_CONCURRENT_DECODES): try again in a moment"
+                            "the worker is busy decoding other photos (MAX_CONCURRENT_DECODES), or the request passed "
+                            "its deadline (REQUEST_DEADLINE_S): try again in a moment"
                         ),
                     },
                 }
