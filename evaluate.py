@@ -8,8 +8,8 @@ import sys
 
 from model.checkpoint import CheckpointError
 from model.predictor import PRECISIONS, Predictor
-from training.evaluation import evaluate_predictor, report, samples_for_checkpoint
-from training.open_set import collect_outputs, format_verdicts, open_set_samples, verdict_report
+from training.evaluation import collect_outputs, evaluate_predictor, report, samples_for_checkpoint
+from training.open_set import format_verdicts, open_set_samples, verdict_report
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +34,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 #: Fraction of the training images' mean ImageNet probability that the subject's classes cover
-#: (:func:`subject_classes`). Measured on Fish4Knowledge with the fine-tuned EfficientNet-Lite0 (EXPERIMENTS.md):
-#: 0.5 gives 6 classes, too few to tell flowers from fish photos (81 % of flowers below a 0.1 score, 16 % of
-#: clownfish photos); 0.8 gives 130 classes, and with the other two checks 1.5 % of flowers are named a species.
+#: (:func:`subject_classes`). Measured on Fish4Knowledge with fine-tuned EfficientNet-Lite0 (EXPERIMENTS.md, the
+#: `photo` run): 0.5 gives 6 classes, too few to tell flowers from fish photos (81 % of flowers below a 0.1 score,
+#: 16 % of clownfish photos); 0.8 gives 130 classes, and with the other two checks 2.5 % of flowers are named a
+#: species (the default model: 112 classes, 0.6 %).
 DEFAULT_SUBJECT_COVERAGE = 0.8
 #: Ridge added to the shared covariance, as a fraction of its mean eigenvalue, so that it can be inverted.
 COVARIANCE_SHRINKAGE = 0.01
@@ -135,6 +137,10 @@ class ClassGaussians:
     means: torch.Tensor
     precision: torch.Tensor
 
+    def __post_init__(self) -> None:
+        # m^T P m of every class: fixed, so computed once rather than on every call of novelty()
+        self._means_term = ((self.means @ self.precision) * self.means).sum(1)
+
     @classmethod
     def fit(cls, features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> ClassGaussians:
         """Fit on training features ``(N, D)`` float and integer targets ``(N,)``.
@@ -163,8 +169,7 @@ class ClassGaussians:
         projected = features @ self.precision
         own = (projected * features).sum(1, keepdim=True)
         cross = projected @ self.means.T
-        means_term = ((self.means @ self.precision) * self.means).sum(1)
-        return (own - 2 * cross + means_term).min(1).values.clamp_min(0)
+        return (own - 2 * cross + self._means_term).min(1).values.clamp_min(0)
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors for a checkpoint: ``{"means", "precision"}``."""
@@ -193,16 +198,16 @@ class OpenSetNetwork(torch.nn.Module):
 
         self.model = model
         self.imagenet_head = pretrained_head(model)
-        self._features: torch.Tensor | None = None
+        self._captured = threading.local()  # per calling thread: concurrent forwards never mix features
         classifier = model.get_submodule(classifier_name(model))
         self._hook = classifier.register_forward_pre_hook(self._capture)
 
     def _capture(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        self._features = inputs[0]
+        self._captured.features = inputs[0]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(images)
-        features, self._features = self._features, None
+        features, self._captured.features = getattr(self._captured, "features", None), None
         if features is None:
             raise RuntimeError("the classifier's input was not captured")
         features = features.flatten(1)

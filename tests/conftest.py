@@ -108,6 +108,23 @@ def client(app):
     return app.test_client()
 
 
+def wait_until_answering(url: str, process: subprocess.Popen, log_path: Path, name: str, timeout: float) -> None:
+    """Poll ``url`` until it answers with a success status.
+
+    Raises:
+        AssertionError: ``process`` exited, or ``timeout`` seconds passed (the message holds ``log_path``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"{name} exited early:\n{log_path.read_text()}"
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # a busy machine answers late
+            assert time.monotonic() < deadline, f"{name} did not answer in {timeout:g} s:\n{log_path.read_text()}"
+            time.sleep(0.25)
+
+
 @contextlib.contextmanager
 def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
     """Real gunicorn (``gunicorn.conf.py``, one worker, one torch thread) serving ``model`` on a free loopback
@@ -137,15 +154,7 @@ def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"gunicorn exited early:\n{log_path.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=5):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):  # a busy machine answers late
-                assert time.monotonic() < deadline, f"gunicorn did not answer in 60 s:\n{log_path.read_text()}"
-                time.sleep(0.25)
+        wait_until_answering(f"{base}/healthz", process, log_path, "gunicorn", timeout=60)
         yield base
     finally:
         process.terminate()

@@ -178,7 +178,8 @@ class _Scores:
 
 
 def test_not_sure_threshold_rises_until_few_known_photos_are_confidently_wrong() -> None:
-    from training.open_set import Outputs, _confidence_for_known_photos
+    from training.evaluation import Outputs
+    from training.open_set import _confidence_for_known_photos
 
     # 10 photos of class 0: confidences of the best class rise with i; the 4 most confident ones are wrong
     confidence = torch.linspace(0.5, 0.95, 10)

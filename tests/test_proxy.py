@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, gunicorn_server
+from tests.conftest import ROOT, gunicorn_server, wait_until_answering
 from tools.loadtest import free_port, multipart
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
@@ -48,15 +48,7 @@ def nginx_in_front(upstream: str, workdir: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, f"nginx exited:\n{(workdir / 'nginx.log').read_text()}"
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"nginx did not answer:\n{(workdir / 'nginx.log').read_text()}"
-                time.sleep(0.2)
+        wait_until_answering(f"{base}/healthz", process, workdir / "nginx.log", "nginx", timeout=20)
         yield base
     finally:
         process.terminate()

@@ -13,8 +13,8 @@ import train
 from model.predictor import Predictor
 from tests.conftest import ROOT, SHARED_DATA
 from training.data import read_split, scan_image_folder, split_samples
-from training.evaluation import evaluate_predictor
-from training.open_set import all_images, collect_outputs, photo_samples, verdict_report
+from training.evaluation import collect_outputs, evaluate_predictor
+from training.open_set import all_images, photo_samples, verdict_report
 
 FISH = SHARED_DATA / "fish4knowledge"
 FLOWERS = SHARED_DATA / "flowers"

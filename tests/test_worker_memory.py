@@ -7,17 +7,15 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import encode, gunicorn_server
+from tests.test_decode_bombs import progressive_with_repeated_scan, rle8_bmp, sixteen_bit_gradient_png, with_sof_size
 from tools.loadtest import multipart, serving_pids
 
 SIDE = 7000
@@ -27,54 +25,25 @@ MAX_PEAK_KB = 1_500_000  # 1.5 GB
 HOST = "127.0.0.1"
 
 
-def png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def sixteen_bit_png(width: int, height: int) -> bytes:
-    """A decodable 16-bit greyscale PNG (a horizontal gradient): ``width`` x ``height`` pixels in ~100 KB."""
-    row = b"\x00" + np.linspace(0, 65535, width).astype(">u2").tobytes()
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row * min(100, height - y)) for y in range(0, height, 100))
-    idat += compressor.flush()
-    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
 def large_webp(side: int) -> bytes:
     """A real, decodable lossless WebP of ``side`` x ``side`` black pixels (Pillow writes it in a few bytes)."""
     return encode(Image.new("RGB", (side, side)), "WEBP", lossless=True, quality=0, method=0)
 
 
-def rle8_bmp(width: int, height: int) -> bytes:
+def grey_rle8_bmp(width: int, height: int) -> bytes:
     """A BI_RLE8 BMP of ``width`` x ``height`` grey pixels: each row is runs of 255 pixels, then end of line."""
     runs, last = divmod(width, 255)
     row = b"\xff\x80" * runs + (bytes((last, 0x80)) if last else b"") + b"\x00\x00"
-    rle_data = row * height + b"\x00\x01"
-    palette = bytes(b for i in range(256) for b in (i, i, i, 0))
-    offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rle_data), 2835, 2835, 256, 0)
-    return b"BM" + struct.pack("<IHHI", offset + len(rle_data), 0, 0, offset) + info + palette + rle_data
-
-
-def progressive_jpeg_bomb(side: int, repeats: int) -> bytes:
-    """A progressive JPEG whose header claims ``side`` x ``side`` and whose last scan is repeated ``repeats`` times."""
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    data = encode(Image.fromarray(noise), "JPEG", quality=90, progressive=True)
-    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
-    data = bytearray(data[:end] + data[last_scan:end] * repeats + data[end:])
-    sof = data.find(b"\xff\xc2")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)
-    return bytes(data)
+    return rle8_bmp(width, height, row * height + b"\x00\x01")
 
 
 def bombs() -> list[tuple[str, bytes, str]]:
     """(name, file bytes, content type) of the bombs, two of each kind."""
     kinds = [
-        ("png16", sixteen_bit_png(SIDE, SIDE), "image/png"),
+        ("png16", sixteen_bit_gradient_png(SIDE, SIDE), "image/png"),
         ("webp", large_webp(SIDE), "image/webp"),
-        ("rle-bmp", rle8_bmp(SIDE, SIDE), "image/bmp"),
-        ("jpeg-scans", progressive_jpeg_bomb(SIDE, 500), "image/jpeg"),
+        ("rle-bmp", grey_rle8_bmp(SIDE, SIDE), "image/bmp"),
+        ("jpeg-scans", with_sof_size(progressive_with_repeated_scan(500), SIDE, SIDE), "image/jpeg"),
     ]
     for name, data, _ in kinds:
         assert len(data) < 1_000_000, (name, len(data))

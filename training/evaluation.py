@@ -1,6 +1,6 @@
 """Evaluate a :class:`model.predictor.Predictor` on labelled images: shared by ``train.py`` and ``evaluate.py``.
 
-The images go through ``predictor.transform`` (the checkpoint's eval preset) and ``predictor.logits``, the same
+The images go through ``predictor.transform`` (the checkpoint's eval preset) and ``predictor.outputs``, the same
 code path the web app serves with, and the probabilities are ``softmax(logits / predictor.temperature)`` as in
 ``predictor.probabilities``, so the numbers printed here are the numbers users get.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from torch.utils.data import DataLoader
 
 from model.predictor import Predictor
 from training.data import ImageListDataset, Sample, collate_skip_none, read_split, scan_image_folder
-from training.engine import predict_loader
 from training.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -40,6 +40,52 @@ class ClassMismatchError(ValueError):
     """The data's class folders are not the classes the checkpoint was trained on."""
 
 
+@dataclass
+class Outputs:
+    """What the network says of a set of images (see :meth:`model.predictor.Predictor.outputs`).
+
+    Attributes:
+        logits: float32 ``(N, C)``; features: ``(N, D)``; imagenet_logits: ``(N, 1000)`` or ``(N, 0)``;
+        targets: int64 ``(N,)``, -1 where the image shows none of the model's classes.
+    """
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    imagenet_logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def collect_outputs(
+    predictor: Predictor,
+    root: str | os.PathLike[str],
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+) -> Outputs:
+    """Run ``predictor`` (its eval transform and network, as served) over ``samples`` (paths under ``root``).
+
+    Raises:
+        ValueError: no readable image.
+    """
+    loader = DataLoader(
+        ImageListDataset(root, samples, predictor.transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skip_none,
+    )
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for batch in loader:
+        if batch is None:
+            continue
+        images, targets = batch
+        parts.append((*predictor.outputs(images), targets))
+    if not parts:
+        raise ValueError(f"no readable image under {root}")
+    return Outputs(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+
+
 def evaluate_predictor(
     predictor: Predictor,
     root: str | os.PathLike[str],
@@ -50,7 +96,28 @@ def evaluate_predictor(
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     fit_temperature: bool = False,
 ) -> dict[str, Any]:
-    """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``).
+    """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``): the
+    images through :func:`collect_outputs`, then :func:`evaluate_logits`.
+
+    Raises:
+        ValueError: no readable image.
+    """
+    outputs = collect_outputs(predictor, root, samples, batch_size=batch_size, workers=workers)
+    return evaluate_logits(
+        predictor, outputs.logits, outputs.targets, target_accuracy=target_accuracy, fit_temperature=fit_temperature
+    )
+
+
+def evaluate_logits(
+    predictor: Predictor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    fit_temperature: bool = False,
+) -> dict[str, Any]:
+    """The metrics of ``predictor``'s logits ``(N, C)`` float32 for labelled images (``targets`` ``(N,)`` int64,
+    indexing ``predictor.class_names``).
 
     Args:
         fit_temperature: first fit the softmax temperature on these images (temperature scaling, see
@@ -66,13 +133,6 @@ def evaluate_predictor(
         negative log-likelihood, nats) of the probabilities the predictor serves; with ``fit_temperature`` also
         ``"ece_before"`` and ``"nll_before"`` at temperature 1.
     """
-    dataset = ImageListDataset(root, samples, predictor.transform)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip_none
-    )
-    logits, targets = predict_loader(predictor.logits, loader)
-    if targets.numel() == 0:
-        raise ValueError(f"no readable image to evaluate under {root}")
     calibration: dict[str, float] = {}
     if fit_temperature:
         calibration["ece_before"] = expected_calibration_error(torch.softmax(logits, dim=1), targets)

@@ -18,65 +18,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from model.open_set import DEFAULT_SUBJECT_COVERAGE, ClassGaussians, OpenSetRule, subject_classes
 from model.predictor import VERDICTS, Predictor
-from training.data import ImageListDataset, Sample, collate_skip_none, is_image_file
+from training.data import Sample, is_image_file
+from training.evaluation import Outputs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Outputs:
-    """What the network says of a set of images (see :meth:`model.predictor.Predictor.outputs`).
-
-    Attributes:
-        logits: float32 ``(N, C)``; features: ``(N, D)``; imagenet_logits: ``(N, 1000)`` or ``(N, 0)``;
-        targets: int64 ``(N,)``, -1 where the image shows none of the model's classes.
-    """
-
-    logits: torch.Tensor
-    features: torch.Tensor
-    imagenet_logits: torch.Tensor
-    targets: torch.Tensor
-
-
-def collect_outputs(
-    predictor: Predictor,
-    root: str | os.PathLike[str],
-    samples: Sequence[Sample],
-    *,
-    batch_size: int = 64,
-    workers: int = 2,
-) -> Outputs:
-    """Run ``predictor`` (its eval transform and network, as served) over ``samples`` (paths under ``root``).
-
-    Raises:
-        ValueError: no readable image.
-    """
-    loader = DataLoader(
-        ImageListDataset(root, samples, predictor.transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_skip_none,
-    )
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for batch in loader:
-        if batch is None:
-            continue
-        images, targets = batch
-        parts.append((*predictor.outputs(images), targets))
-    if not parts:
-        raise ValueError(f"no readable image under {root}")
-    return Outputs(*(torch.cat([p[i] for p in parts]) for i in range(4)))
 
 
 def photo_samples(folder: str | os.PathLike[str], class_names: Sequence[str]) -> tuple[list[Sample], list[Sample]]:

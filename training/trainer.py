@@ -61,9 +61,16 @@ from training.engine import (
     set_backbone_trainable,
     train_one_epoch,
 )
-from training.evaluation import DEFAULT_TARGET_ACCURACY, ClassMismatchError, evaluate_predictor, report
+from training.evaluation import (
+    DEFAULT_TARGET_ACCURACY,
+    ClassMismatchError,
+    Outputs,
+    collect_outputs,
+    evaluate_logits,
+    report,
+)
 from training.metrics import classification_metrics
-from training.open_set import choose_open_set, collect_outputs, open_set_samples, verdict_report
+from training.open_set import choose_open_set, open_set_samples, verdict_report
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +173,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     several under ``torchrun`` (see :mod:`training.distributed`), where rank 0 writes every file.
 
     Returns:
-        The final evaluation of the best checkpoint (see :func:`training.evaluation.evaluate_predictor`) plus
+        The final evaluation of the best checkpoint (see :func:`training.evaluation.evaluate_logits`) plus
         ``"best_epoch"``, ``"epochs_run"``, ``"stopped_early"``, ``"world_size"``, ``"train_seconds"`` and
         ``"train_images_per_s"`` (mean over epochs, all processes together); the same on every rank.
 
@@ -419,7 +426,7 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
             batch_size=cfg.batch_size * 2,
             workers=cfg.workers,
             target_accuracy=cfg.target_accuracy,
-            open_set=OpenSetOptions.from_config(cfg, train_root, train_samples),
+            open_set=OpenSetOptions(train_root, list(train_samples), cfg),
         )
         final.update(
             epochs_run=epochs_run,
@@ -453,51 +460,42 @@ def _build_distillation(
     return distill
 
 
+#: ``train.py``'s open-set options (:class:`training.config.TrainConfig` fields); a release records the values it
+#: chose its thresholds with.
+OPEN_SET_OPTIONS = (
+    "subject",
+    "open_set_photos",
+    "not_subject",
+    "subject_rejection",
+    "novelty_rejection",
+    "max_confidently_wrong",
+)
+
+
 @dataclass
 class OpenSetOptions:
-    """What the release step needs to choose the open-set thresholds (see :mod:`training.open_set`)."""
+    """What the release step needs to choose the open-set thresholds (see :mod:`training.open_set`): the training
+    images (to fit the scores on) and the run's configuration (its :data:`OPEN_SET_OPTIONS`)."""
 
     train_root: Path
     train_samples: list[Sample]
-    subject: str | None = None
-    photos: str | None = None
-    not_subject: str | None = None
-    subject_rejection: float = 0.02
-    novelty_rejection: float = 0.05
-    max_confidently_wrong: float = 0.05
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, train_root: Path, train_samples: list[Sample]) -> OpenSetOptions:
-        """The options of ``train.py``'s open-set group."""
-        return cls(
-            train_root,
-            list(train_samples),
-            cfg.subject,
-            cfg.open_set_photos,
-            cfg.not_subject,
-            cfg.subject_rejection,
-            cfg.novelty_rejection,
-            cfg.max_confidently_wrong,
-        )
+    config: TrainConfig
 
 
 def _open_set_release(
-    predictor: Predictor,
-    options: OpenSetOptions,
-    val_root: Path,
-    val_samples: list[Sample],
-    batch_size: int,
-    workers: int,
+    predictor: Predictor, options: OpenSetOptions, val: Outputs, batch_size: int, workers: int
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
-    """Choose the open-set thresholds for ``predictor`` and measure the verdicts on every set.
+    """Choose the open-set thresholds for ``predictor`` and measure the verdicts on every set; ``val`` holds the
+    outputs on the validation images, already computed for the evaluation.
 
     Returns:
         ``(checkpoint "open_set" record, serving fields, {set name: verdict report})``.
     """
+    cfg = options.config
     kwargs = {"batch_size": batch_size, "workers": workers}
     train = collect_outputs(predictor, options.train_root, options.train_samples, **kwargs)
-    sets = {"val": collect_outputs(predictor, val_root, val_samples, **kwargs)}
-    others = open_set_samples(options.photos, options.not_subject, predictor.class_names)
+    sets = {"val": val}
+    others = open_set_samples(cfg.open_set_photos, cfg.not_subject, predictor.class_names)
     for name, (root, rows) in others.items():
         if name != "not_subject":
             sets[name] = collect_outputs(predictor, root, rows, **kwargs)
@@ -505,10 +503,10 @@ def _open_set_release(
         predictor,
         train,
         sets,
-        subject=options.subject,
-        subject_rejection=options.subject_rejection,
-        novelty_rejection=options.novelty_rejection,
-        max_confidently_wrong=options.max_confidently_wrong,
+        subject=cfg.subject,
+        subject_rejection=cfg.subject_rejection,
+        novelty_rejection=cfg.novelty_rejection,
+        max_confidently_wrong=cfg.max_confidently_wrong,
     )
     if "not_subject" in others:
         sets["not_subject"] = collect_outputs(predictor, *others["not_subject"], **kwargs)
@@ -548,7 +546,7 @@ def write_release(
     under ``"open_set"``. Writes the evaluation files into ``out``.
 
     Returns:
-        The evaluation (see :func:`training.evaluation.evaluate_predictor`) plus ``"best_epoch"``.
+        The evaluation (see :func:`training.evaluation.evaluate_logits`) plus ``"best_epoch"``.
     """
     best = load_checkpoint(out / "best.pt")
     release = release_checkpoint(best)
@@ -556,15 +554,8 @@ def write_release(
         release["class_info"] = class_info
     save_checkpoint(release, out / "release.pt")
     predictor = Predictor.from_checkpoint(out / "release.pt", device=device)
-    final = evaluate_predictor(
-        predictor,
-        val_root,
-        val_samples,
-        batch_size=batch_size,
-        workers=workers,
-        target_accuracy=target_accuracy,
-        fit_temperature=True,
-    )
+    val = collect_outputs(predictor, val_root, val_samples, batch_size=batch_size, workers=workers)
+    final = evaluate_logits(predictor, val.logits, val.targets, target_accuracy=target_accuracy, fit_temperature=True)
     logger.info(
         "final evaluation of %s (epoch %d) on %d val images:\n%s",
         out / "release.pt",
@@ -589,18 +580,11 @@ def write_release(
     release["serving"] = {**final["selective"], "temperature": float(final["temperature"])}
     if open_set is not None:
         predictor.confidence_threshold = final["selective"]["confidence_threshold"]
-        record, serving, reports = _open_set_release(predictor, open_set, val_root, val_samples, batch_size, workers)
+        record, serving, reports = _open_set_release(predictor, open_set, val, batch_size, workers)
         release["open_set"] = record
         release["serving"].update(serving)
         # the options that chose the thresholds, which a release re-made with --resume may have changed
-        release["config"].update(
-            subject=open_set.subject,
-            open_set_photos=open_set.photos,
-            not_subject=open_set.not_subject,
-            subject_rejection=open_set.subject_rejection,
-            novelty_rejection=open_set.novelty_rejection,
-            max_confidently_wrong=open_set.max_confidently_wrong,
-        )
+        release["config"].update({name: getattr(open_set.config, name) for name in OPEN_SET_OPTIONS})
         # the "not sure" threshold may have risen: describe it by what it does on the validation images
         release["serving"]["coverage"] = reports["val"]["species"]
         release["serving"]["selective_accuracy"] = reports["val"]["species_accuracy"]
@@ -609,11 +593,12 @@ def write_release(
     logger.info(
         "temperature %.3f: ECE %.4f -> %.4f on the val images", final["temperature"], final["ece_before"], final["ece"]
     )
+    serving = release["serving"]  # the selective threshold, or the open-set one where that rose above it
     logger.info(
-        "'not sure' threshold %.3f: %.1f%% of val images above it, %.1f%% of those right (target %.0f%%)",
-        final["selective"]["confidence_threshold"],
-        100 * final["selective"]["coverage"],
-        100 * final["selective"]["selective_accuracy"],
+        "'not sure' threshold %.3f: %.1f%% of val images named, %.1f%% of those right (target %.0f%%)",
+        serving["confidence_threshold"],
+        100 * serving["coverage"],
+        100 * serving["selective_accuracy"],
         100 * target_accuracy,
     )
     save_checkpoint(release, out / "release.pt")
