@@ -29,7 +29,7 @@ from app.images import (
 )
 from model.batching import MicroBatcher
 from model.checkpoint import CheckpointError
-from model.predictor import Predictor
+from model.predictor import Predictor, set_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MAX_IMAGES_PER_REQUEST: most images (``image`` fields) in one API request (default 16; 413 above).
         TOP_K: how many classes to list by default (clipped to the number of classes).
         DEVICE: torch device for inference (default ``"cpu"``).
-        PRECISION: ``"auto"`` (default: bf16 where the CPU or GPU computes it natively, else fp32), ``"fp32"`` or
-            ``"bf16"``.
-        BACKEND: ``"torch"`` (default) or ``"openvino"`` (optional ``pip install openvino``; CPU only).
-        TORCH_THREADS: torch intra-op threads for this process, or None to keep torch's default.
+        PRECISION: ``"auto"`` (default: OpenVINO keeps the faster of fp32 and bf16, measured at start-up; torch
+            takes bf16 where the CPU or GPU computes it natively, else fp32), ``"fp32"`` or ``"bf16"``.
+        BACKEND: ``"auto"`` (default: OpenVINO on the CPU, torch on a GPU or where OpenVINO cannot compile the
+            model), ``"openvino"`` or ``"torch"`` (see ``model.predictor.resolve_backend``).
+        THREADS: CPU threads of this process's inference (OpenVINO's, or torch's intra-op threads), or None for
+            all the cores it may use (gunicorn.conf.py sets it to the cores divided among the workers).
         BATCH_MAX_SIZE: most images that concurrent requests of one worker share in one batch (1 turns batching
             off; see ``model.batching``).
-        BATCH_WAIT_MS: how long, in milliseconds, an open batch waits for more requests.
+        BATCH_WAIT_MS: how long, in milliseconds, an open batch waits for more requests (default 0: a batch is
+            what queued while the previous one ran, so a lone request never waits).
         CONFIDENCE_THRESHOLD: predictions below this probability are shown as "not sure"; None (default) uses
             the threshold recorded in the checkpoint, chosen on validation data.
         MAX_CONCURRENT_DECODES: image decodes running at once in one worker (default 2); a request that waits
@@ -91,7 +94,7 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
     """Defaults, then ``FISH_*`` environment variables, then ``config``; validate the result.
 
     Raises:
-        ValueError: TOP_K, MAX_IMAGE_PIXELS, MAX_IMAGES_PER_REQUEST, MAX_CONTENT_LENGTH or TORCH_THREADS (if set)
+        ValueError: TOP_K, MAX_IMAGE_PIXELS, MAX_IMAGES_PER_REQUEST, MAX_CONTENT_LENGTH or THREADS (if set)
             is not a positive integer.
     """
     app.config.from_mapping(
@@ -102,8 +105,8 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         TOP_K=5,
         DEVICE="cpu",
         PRECISION="auto",
-        BACKEND="torch",
-        TORCH_THREADS=None,
+        BACKEND="auto",
+        THREADS=None,
         CONFIDENCE_THRESHOLD=None,
         NOVELTY_THRESHOLD=None,
         SUBJECT_THRESHOLD=None,
@@ -111,7 +114,7 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         DECODE_WAIT_S=10.0,
         REQUEST_DEADLINE_S=30.0,
         BATCH_MAX_SIZE=16,
-        BATCH_WAIT_MS=2.0,
+        BATCH_WAIT_MS=0.0,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     # Debug mode (interactive tracebacks, reloading) is never taken from the environment (FLASK_DEBUG, FISH_DEBUG):
@@ -124,12 +127,12 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         "MAX_IMAGE_PIXELS",
         "MAX_IMAGES_PER_REQUEST",
         "MAX_CONTENT_LENGTH",
-        "TORCH_THREADS",
+        "THREADS",
         "BATCH_MAX_SIZE",
         "MAX_CONCURRENT_DECODES",
     ):
         value = app.config[key]
-        if value is None and key == "TORCH_THREADS":
+        if value is None and key == "THREADS":
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} (env {ENV_PREFIX}_{key}) must be a positive integer, got {value!r}")
@@ -151,9 +154,7 @@ def init_predictor(app: Flask) -> None:
         ValueError: PRECISION or BACKEND is not a known name.
         model.predictor.BackendUnavailableError: BACKEND is openvino and it is not installed.
     """
-    threads = app.config["TORCH_THREADS"]
-    if threads is not None:
-        torch.set_num_threads(threads)
+    threads = app.config["THREADS"]
     path = app.config["MODEL_PATH"]
     try:
         predictor = Predictor.from_checkpoint(
@@ -161,6 +162,7 @@ def init_predictor(app: Flask) -> None:
             device=app.config["DEVICE"],
             precision=app.config["PRECISION"],
             backend=app.config["BACKEND"],
+            num_threads=threads,
             confidence_threshold=app.config["CONFIDENCE_THRESHOLD"],
             novelty_threshold=app.config["NOVELTY_THRESHOLD"],
             subject_threshold=app.config["SUBJECT_THRESHOLD"],
@@ -170,12 +172,21 @@ def init_predictor(app: Flask) -> None:
             f"cannot load the model from MODEL_PATH={path}: {exc}. Set the environment variable "
             f"{ENV_PREFIX}_MODEL_PATH to a checkpoint written by train.py."
         ) from exc
+    set_torch_threads(predictor.backend, threads)
     app.extensions[EXTENSION_KEY] = predictor
     app.extensions[DECODE_SLOTS_KEY] = threading.BoundedSemaphore(app.config["MAX_CONCURRENT_DECODES"])
     app.extensions[BATCHER_KEY] = MicroBatcher(
         predictor, max_batch=app.config["BATCH_MAX_SIZE"], max_wait_ms=float(app.config["BATCH_WAIT_MS"])
     )
-    logger.info("serving %s (%d classes, torch threads %d)", path, len(predictor.class_names), torch.get_num_threads())
+    logger.info(
+        "serving %s (%d classes) with %s %s, %s inference threads, torch threads %d",
+        path,
+        len(predictor.class_names),
+        predictor.backend,
+        predictor.precision,
+        threads or "all",
+        torch.get_num_threads(),
+    )
 
 
 def get_batcher() -> MicroBatcher:

@@ -11,7 +11,9 @@ import dataclasses
 import logging
 import math
 import os
+import statistics
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,9 @@ from model.transforms import Preprocessing, eval_transform, to_rgb
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
-#: Inference engines behind the same Predictor API: eager PyTorch, or OpenVINO (optional: ``pip install openvino``).
-BACKENDS = ("torch", "openvino")
+#: Inference engines behind the same Predictor API: OpenVINO (CPU), eager PyTorch, or ``"auto"`` (see
+#: :func:`resolve_backend`).
+BACKENDS = ("auto", "openvino", "torch")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -62,24 +65,75 @@ def resolve_inference_precision(name: str, device: str | torch.device = "cpu") -
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+def resolve_backend(name: str, device: str | torch.device = "cpu") -> str:
+    """``"auto"`` becomes ``"openvino"`` on the CPU when the package is installed, else ``"torch"``.
+
+    OpenVINO runs the default model 2.5x faster than PyTorch's bf16 autocast for one photo and 1.9x for a batch of
+    16 on this project's 2-core AVX-512 BF16 machine, and 4.9x for one photo on a 2-core Xeon with AMX
+    (``make bench``). GPUs keep PyTorch. Other names are returned unchanged.
+    """
+    if name != "auto":
+        return name
+    if torch.device(device).type != "cpu":
+        return "torch"
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        logger.warning("openvino is not installed (pip install openvino): predicting with torch, which is slower")
+        return "torch"
+    return "openvino"
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_torch_threads(backend: str, threads: int | None) -> None:
+    """Set torch's intra-op threads for a process that predicts with ``backend``.
+
+    torch: ``threads`` (None keeps torch's default). openvino: 1, since torch then only preprocesses, and its
+    OpenMP threads slowed OpenVINO's own: on this project's 2-core machine, 1.05 ms per image with torch at 1
+    thread against 1.5 ms with torch at 2, and 1.9 against 2.5 ms for preprocessing and network together.
+    """
+    if backend == "openvino":
+        torch.set_num_threads(1)
+    elif threads is not None:
+        torch.set_num_threads(threads)
+
+
 class OpenVINONetwork:
     """The network compiled by OpenVINO for the CPU; called on a float32 batch, it returns the torch module's
     outputs as a tuple (for :class:`model.open_set.OpenSetNetwork`: logits, features, ImageNet logits).
 
     Converted with ``openvino.convert_model`` from the loaded PyTorch module (no file is written), compiled with
-    the ``LATENCY`` performance hint and ``INFERENCE_PRECISION_HINT`` bf16 or f32. Compiled models are
-    thread-safe; each calling thread gets its own infer request. Measured on this project's 2-core AVX-512 BF16
-    machine: 12 ms per 128 px photo in bf16 against about 20 ms for PyTorch's bf16 autocast (``make bench``).
+    the ``LATENCY`` performance hint (one stream: one request uses every thread) and ``INFERENCE_PRECISION_HINT``
+    bf16 or f32. Compiled models are thread-safe; each calling thread gets its own infer request.
+
+    ``precision="auto"`` compiles f32 and, where OpenVINO reports native bf16 (``OPTIMIZATION_CAPABILITIES``),
+    bf16 too, times each on one image and keeps the faster (:attr:`timings` holds the medians): the choice comes
+    from a measurement on the machine at hand, not from its flags. Measured on this project's 2-core AVX-512 BF16
+    machine, default model at 192 px: 1.9 ms f32, 1.05 ms bf16 per image (``make bench``).
 
     Args:
         model: the PyTorch network in eval mode, ``(N, 3, S, S)`` float32 to a tensor or a tuple of them.
-        image_size: ``S``, for the example input of the conversion.
-        precision: ``"fp32"`` or ``"bf16"``.
-        num_threads: CPU threads for OpenVINO's inference (``INFERENCE_NUM_THREADS``); None for its default.
+        image_size: ``S``, for the example input of the conversion and of the timing.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
+        num_threads: CPU threads for OpenVINO's inference (``INFERENCE_NUM_THREADS``); None for its default (all).
+
+    Attributes:
+        precision: ``"fp32"`` or ``"bf16"``, the one compiled.
+        timings: ``{precision: median ms per image}`` of the ``"auto"`` measurement (empty otherwise).
 
     Raises:
         BackendUnavailableError: OpenVINO is not installed, or conversion failed.
     """
+
+    #: Timed single-image inferences per candidate precision of ``"auto"`` (after 3 untimed ones).
+    AUTO_REPEATS = 15
 
     def __init__(self, model: torch.nn.Module, image_size: int, precision: str, num_threads: int | None) -> None:
         try:
@@ -88,17 +142,41 @@ class OpenVINONetwork:
             raise BackendUnavailableError(
                 "the openvino backend needs the openvino package: pip install openvino (or use backend torch)"
             ) from exc
+        example = torch.zeros(1, 3, image_size, image_size)
+        core = ov.Core()
         try:
-            converted = ov.convert_model(model.float().eval(), example_input=torch.zeros(1, 3, image_size, image_size))
-            config: dict[str, Any] = {
-                "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            }
-            if num_threads:
-                config["INFERENCE_NUM_THREADS"] = num_threads
-            self.compiled = ov.Core().compile_model(converted, "CPU", config)
+            converted = ov.convert_model(model.float().eval(), example_input=example)
+            candidates = [precision]
+            if precision == "auto":
+                native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+                candidates = ["fp32", "bf16"] if native_bf16 else ["fp32"]
+            compiled = {}
+            for name in candidates:
+                config: dict[str, Any] = {
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_PRECISION_HINT": "bf16" if name == "bf16" else "f32",
+                }
+                if num_threads:
+                    config["INFERENCE_NUM_THREADS"] = num_threads
+                compiled[name] = core.compile_model(converted, "CPU", config)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise BackendUnavailableError(f"OpenVINO could not compile the model: {exc}") from exc
+        self.timings: dict[str, float] = {}
+        if len(compiled) > 1:
+            # interleaved, so that whatever else runs meanwhile (another worker starting) slows every candidate
+            image = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).numpy()
+            requests = {name: candidate.create_infer_request() for name, candidate in compiled.items()}
+            times: dict[str, list[float]] = {name: [] for name in compiled}
+            for repeat in range(3 + self.AUTO_REPEATS):
+                for name, request in requests.items():
+                    start = time.perf_counter()
+                    request.infer({0: image})
+                    if repeat >= 3:
+                        times[name].append((time.perf_counter() - start) * 1000)
+            self.timings = {name: statistics.median(values) for name, values in times.items()}
+            logger.info("OpenVINO precision auto: %s ms per image", {k: round(v, 2) for k, v in self.timings.items()})
+        self.precision = min(compiled, key=lambda name: self.timings.get(name, 0.0))
+        self.compiled = compiled[self.precision]
         self._local = threading.local()
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -246,9 +324,13 @@ class Predictor:
         class_names: ``C`` names, index i for logit i.
         preprocessing: the checkpoint's preprocessing; :attr:`transform` is built from it.
         device: where the network runs.
-        precision: ``"fp32"``, ``"bf16"`` (bf16 autocast, or OpenVINO's bf16 inference), or ``"auto"`` (see
-            :func:`resolve_inference_precision`).
-        backend: ``"torch"`` (eager PyTorch, channels_last) or ``"openvino"`` (CPU only; optional package).
+        precision: ``"fp32"``, ``"bf16"`` (bf16 autocast, or OpenVINO's bf16 inference), or ``"auto"`` (torch:
+            :func:`resolve_inference_precision`; OpenVINO: the faster of the two measured, see
+            :class:`OpenVINONetwork`).
+        backend: ``"openvino"`` (CPU only), ``"torch"`` (eager PyTorch, channels_last), or ``"auto"``
+            (:func:`resolve_backend`; falls back to torch, with a warning, where OpenVINO cannot compile the model).
+        num_threads: CPU threads of OpenVINO's inference; None: all this process may use (:func:`cpu_threads`).
+            The torch backend uses torch's own setting (``torch.set_num_threads``, see :func:`set_threads`).
         confidence_threshold: predictions below it are flagged ``confident=False`` (0 disables the flag).
         temperature: T > 0; probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et al. 2017, fitted
             on validation data by ``training.metrics.fit_temperature``); 1 leaves the network's softmax as is.
@@ -275,6 +357,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         backend: str = "torch",
+        num_threads: int | None = None,
         confidence_threshold: float = 0.0,
         temperature: float = 1.0,
         class_info: dict[str, dict[str, str | None]] | None = None,
@@ -289,20 +372,20 @@ class Predictor:
         self.subject_classes = list(subject_classes) if subject_classes else None
         self.gaussians = gaussians
         self.temperature = temperature  # validated by the property's setter
-        precision = resolve_inference_precision(precision, device)
-        if precision not in PRECISIONS:
+        if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "openvino" and torch.device(device).type != "cpu":
             raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
+        requested_backend, backend = backend, resolve_backend(backend, device)
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.network = OpenSetNetwork(self.model)
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.transform = eval_transform(preprocessing)
-        self.precision = precision
+        self.precision = resolve_inference_precision(precision, device)  # final once the backend is known, below
         info = class_info or {}
         self.class_info = {
             name: (info.get(name, {}).get("common_name") or None, info.get(name, {}).get("scientific_name") or None)
@@ -318,10 +401,18 @@ class Predictor:
             raise ValueError("subject classes need the model's pretrained ImageNet head, which it does not keep")
         if self.gaussians is not None and self.gaussians.means.shape != (len(self.class_names), features.shape[1]):
             raise ValueError(f"class means {tuple(self.gaussians.means.shape)} do not fit {tuple(features.shape)}")
+        self._openvino: OpenVINONetwork | None = None
+        if backend == "openvino":
+            try:
+                self._openvino = OpenVINONetwork(self.network, size, precision, num_threads or cpu_threads())
+                precision = self._openvino.precision
+            except BackendUnavailableError as exc:
+                if requested_backend != "auto":
+                    raise
+                logger.warning("OpenVINO cannot run this model (%s); using torch", exc)
+                backend = "torch"
         self.backend = backend
-        self._openvino = (
-            OpenVINONetwork(self.network, size, precision, torch.get_num_threads()) if backend == "openvino" else None
-        )
+        self.precision = resolve_inference_precision(precision, device) if backend == "torch" else precision
 
     @classmethod
     def from_checkpoint(
@@ -331,6 +422,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         backend: str = "torch",
+        num_threads: int | None = None,
         confidence_threshold: float | None = None,
         novelty_threshold: float | None = None,
         subject_threshold: float | None = None,
@@ -341,7 +433,8 @@ class Predictor:
             path: the checkpoint file.
             device: where to run the network.
             precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
-            backend: ``"torch"`` or ``"openvino"``.
+            backend: ``"torch"``, ``"openvino"`` or ``"auto"``.
+            num_threads: OpenVINO's inference threads (see :class:`Predictor`).
             confidence_threshold: overrides the threshold the checkpoint records (``serving.confidence_threshold``,
                 chosen on validation data; 0 when absent).
             novelty_threshold, subject_threshold: override ``serving.novelty_threshold`` and
@@ -380,6 +473,7 @@ class Predictor:
             device=device,
             precision=precision,
             backend=backend,
+            num_threads=num_threads,
             confidence_threshold=confidence_threshold,
             temperature=float(serving.get("temperature", 1.0)),
             class_info=ckpt.get("class_info"),
@@ -522,7 +616,12 @@ class Predictor:
         """
         if not images:
             return []
-        return self.predict_batch(torch.stack([self.transform(to_rgb(im)) for im in images]), top_k)
+        return self.predict_batch(self.preprocess(images), top_k)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The network's input for decoded images of any Pillow mode and size: :attr:`transform` of each (after
+        conversion to RGB), stacked into float32 ``(N, 3, S, S)``; ``images`` must not be empty."""
+        return torch.stack([self.transform(to_rgb(im)) for im in images])
 
     def predict_batch(self, batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:
         """Classify a preprocessed batch (float32 ``(N, 3, S, S)``, the output of :attr:`transform` stacked).

@@ -142,7 +142,7 @@ def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
         "FISH_MODEL_PATH": str(model),
         "BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "1",
-        "FISH_TORCH_THREADS": "1",
+        "FISH_THREADS": "1",
     }
     log_path = log_dir / "gunicorn.log"
     with open(log_path, "wb") as log:

@@ -365,13 +365,13 @@ def test_the_api_decodes_big_photos_at_reduced_size(
 ) -> None:
     predictor = app.extensions["predictor"]
     sizes: list[tuple[int, int]] = []
-    predict = predictor.predict
+    preprocess = predictor.preprocess
 
-    def recording_predict(images: list[Image.Image], top_k: int = 5) -> Any:
+    def recording_preprocess(images: list[Image.Image]) -> Any:
         sizes.extend(image.size for image in images)
-        return predict(images, top_k=top_k)
+        return preprocess(images)
 
-    monkeypatch.setattr(predictor, "predict", recording_predict)
+    monkeypatch.setattr(predictor, "preprocess", recording_preprocess)
     assert post(client, photo(), photo((4000, 3000), exif=exif_bytes(6))).status_code == 200
     resize = predictor.preprocessing.resize_size
     assert sizes[0][0] > sizes[0][1] and sizes[1] == sizes[0][::-1]
@@ -398,13 +398,13 @@ def test_several_images_are_classified_in_one_batch(
     singles = [post(client, f, top_k="2").get_json() for f in files]
     predictor = app.extensions["predictor"]
     batches: list[int] = []
-    predict = predictor.predict
+    predict_batch = predictor.predict_batch
 
-    def counting_predict(images: list[Image.Image], top_k: int = 5) -> Any:
-        batches.append(len(images))
-        return predict(images, top_k=top_k)
+    def counting_predict_batch(batch: Any, top_k: int = 5) -> Any:
+        batches.append(len(batch))
+        return predict_batch(batch, top_k=top_k)
 
-    monkeypatch.setattr(predictor, "predict", counting_predict)
+    monkeypatch.setattr(predictor, "predict_batch", counting_predict_batch)
     response = post(client, *files, top_k="2")
     assert response.status_code == 200
     assert batches == [len(files)]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
@@ -107,16 +108,16 @@ def answer_with_verdicts(monkeypatch: pytest.MonkeyPatch, app: Flask, verdicts: 
     top-k classes otherwise, with a ``subject_score`` and a ``novelty``), and add ``summary`` (``subject``,
     ``verdict_thresholds``...) to its ``summary()`` and so to ``describe()``. Undone with ``monkeypatch``."""
     predictor = app.extensions["predictor"]
-    predict, describe_summary = predictor.predict, predictor.summary
+    predict_batch, describe_summary = predictor.predict_batch, predictor.summary
     turn = itertools.cycle(verdicts)
 
-    def predict_with_verdicts(images: list[Image.Image], top_k: int = 5) -> list[Prediction]:
+    def predict_with_verdicts(batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:
         return [
             dataclasses.replace(p, verdict=next(turn), subject_score=0.25, novelty=42.5)
-            for p in predict(images, top_k=top_k)
+            for p in predict_batch(batch, top_k=top_k)
         ]
 
-    monkeypatch.setattr(predictor, "predict", predict_with_verdicts)
+    monkeypatch.setattr(predictor, "predict_batch", predict_with_verdicts)  # what predict and the batcher call
     monkeypatch.setattr(predictor, "summary", lambda: {**describe_summary(), **summary})
 
 
@@ -716,19 +717,25 @@ def test_environment_overrides_defaults_and_config_overrides_environment(
     assert create_app({"TOP_K": 1}).config["TOP_K"] == 1
 
 
-@pytest.mark.parametrize("setting", [{"TOP_K": 0}, {"TOP_K": "five"}, {"MAX_IMAGE_PIXELS": -1}, {"TORCH_THREADS": 0}])
+@pytest.mark.parametrize("setting", [{"TOP_K": 0}, {"TOP_K": "five"}, {"MAX_IMAGE_PIXELS": -1}, {"THREADS": 0}])
 def test_bad_settings_fail_at_start_up(tiny_checkpoint: Path, setting: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(setting))):
         make_app(MODEL_PATH=str(tiny_checkpoint), **setting)
 
 
-def test_torch_threads_setting(tiny_checkpoint: Path) -> None:
+def test_threads_setting_reaches_the_backend(tiny_checkpoint: Path) -> None:
     import torch
 
     before = torch.get_num_threads()
     try:
-        make_app(MODEL_PATH=str(tiny_checkpoint), TORCH_THREADS=1)
-        assert torch.get_num_threads() == 1
+        app = make_app(MODEL_PATH=str(tiny_checkpoint), THREADS=1, BACKEND="torch")
+        assert app.extensions["predictor"].backend == "torch" and torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        pytest.importorskip("openvino", reason="the openvino backend needs the openvino package")
+        app = make_app(MODEL_PATH=str(tiny_checkpoint), THREADS=2, BACKEND="openvino")
+        compiled = app.extensions["predictor"]._openvino.compiled
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 2
+        assert torch.get_num_threads() == 1  # torch only preprocesses beside OpenVINO
     finally:
         torch.set_num_threads(before)
 
@@ -764,25 +771,25 @@ def test_predictor_is_per_app(tiny_checkpoint: Path, tmp_path: Path) -> None:
 def test_gunicorn_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BIND", "127.0.0.1:9999")
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
-    monkeypatch.delenv("FISH_TORCH_THREADS", raising=False)  # restored (removed) after the test
+    monkeypatch.delenv("FISH_THREADS", raising=False)  # restored (removed) after the test
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert settings["bind"] == "127.0.0.1:9999"
     assert settings["workers"] == 3
     assert settings["preload_app"] is False
     assert settings["threads"] >= 1 and settings["timeout"] > 0
     assert settings["control_socket_disable"] is True
-    assert os.environ["FISH_TORCH_THREADS"] == str(max(1, (os.cpu_count() or 1) // 3))
+    assert os.environ["FISH_THREADS"] == str(os.cpu_count() or 1)  # a lone request gets every core
     assert "torch" not in settings  # the master must not import torch
 
 
 def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("BIND", "WEB_CONCURRENCY"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FISH_TORCH_THREADS", "7")  # an explicit setting wins
+    monkeypatch.setenv("FISH_THREADS", "7")  # an explicit setting wins
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert settings["bind"] == "127.0.0.1:8000"
     assert 2 <= settings["workers"] <= 4
-    assert os.environ["FISH_TORCH_THREADS"] == "7"
+    assert os.environ["FISH_THREADS"] == "7"
 
 
 def test_gunicorn_serves_predictions(tiny_checkpoint: Path, tmp_path: Path, jpeg_bytes: Callable[..., bytes]) -> None:

@@ -43,6 +43,7 @@ def test_errors_reach_the_caller_and_the_batcher_keeps_working(tiny_checkpoint: 
     batcher = MicroBatcher(Predictor.from_checkpoint(tiny_checkpoint), max_wait_ms=0)
     with pytest.raises(AttributeError):
         batcher.predict([object()])  # type: ignore[list-item]
+    assert batcher.batches == 0  # a bad image fails in its caller's preprocessing, before the network's queue
     assert batcher.predict([Image.new("RGB", (8, 8))])[0].label in COLOURS
     assert batcher.predict([]) == []
     with pytest.raises(ValueError):

@@ -22,7 +22,7 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.network import WeightsUnavailableError, build_model
-from model.predictor import BackendUnavailableError, Predictor
+from model.predictor import BackendUnavailableError, Predictor, resolve_backend
 from model.transforms import Preprocessing, eval_transform, to_rgb, train_transform
 
 
@@ -293,6 +293,32 @@ def test_backend_errors_are_clear(tiny_checkpoint: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
     with pytest.raises(BackendUnavailableError, match="pip install openvino"):
         Predictor.from_checkpoint(tiny_checkpoint, backend="openvino")
+    # "auto" does without it: torch, which still answers
+    assert resolve_backend("auto") == "torch"
+    fallback = Predictor.from_checkpoint(tiny_checkpoint, backend="auto")
+    assert fallback.backend == "torch" and fallback.predict([Image.new("RGB", (9, 9))])[0].label in fallback.class_names
+
+
+def test_auto_backend_is_openvino_on_the_cpu_and_torch_on_a_gpu() -> None:
+    pytest.importorskip("openvino", reason="the openvino backend needs the openvino package")
+    assert resolve_backend("auto", "cpu") == "openvino"
+    assert resolve_backend("auto", "cuda") == "torch"  # decided from the name alone: no GPU needed
+    assert resolve_backend("torch", "cpu") == "torch" and resolve_backend("openvino") == "openvino"
+
+
+def test_openvino_auto_precision_keeps_the_faster_measured(tiny_checkpoint: Path) -> None:
+    ov = pytest.importorskip("openvino", reason="the openvino backend needs the openvino package")
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, precision="auto", backend="auto")
+    network = predictor._openvino
+    assert predictor.backend == "openvino" and network is not None
+    native_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert set(network.timings) == ({"fp32", "bf16"} if native_bf16 else set())
+    if network.timings:
+        assert all(ms > 0 for ms in network.timings.values())
+        assert predictor.precision == min(network.timings, key=network.timings.__getitem__)
+    hint = network.compiled.get_property("INFERENCE_PRECISION_HINT")
+    assert str(hint).endswith("bfloat16'>" if predictor.precision == "bf16" else "f32'>"), hint
+    assert predictor.summary()["precision"] == predictor.precision
 
 
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
