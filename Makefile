@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run proxy nginx test lint browser train-default evaluate-default experiments loadtest bench clean
+.PHONY: install install-dev run proxy nginx test lint browser train-default evaluate-default quantize-default experiments loadtest bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ train-default: install
 evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_lite0.pt --data $(DATA) \
 	  --split-file weights/fish4knowledge_split.csv --open-set-photos $(PHOTOS) --not-subject $(NOT_FISH)
+
+# int8 for OpenVINO (NNCF, 300 training images; about 30 s): weights/fish4knowledge_lite0.int8.{xml,bin,json}, not
+# committed. Serve it with FISH_PRECISION=int8; the default stays bf16/fp32 (see BENCHMARKS.md for why).
+quantize-default: install
+	$(PY) quantize.py --checkpoint weights/fish4knowledge_lite0.pt --data $(DATA) \
+	  --split-file weights/fish4knowledge_split.csv
 
 # The three experiments of EXPERIMENTS.md, one after the other (about 100 minutes on 2 CPU cores); results in
 # runs/sweeps/<name>/leaderboard.md. A stopped sweep resumes where it stopped.

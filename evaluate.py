@@ -7,7 +7,8 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError
-from model.predictor import PRECISIONS, Predictor
+from model.predictor import BACKENDS, INT8, PRECISIONS, BackendUnavailableError, Predictor
+from model.quantization import QuantizationUnavailableError
 from training.evaluation import collect_outputs, evaluate_predictor, report, samples_for_checkpoint
 from training.open_set import format_verdicts, open_set_samples, verdict_report
 
@@ -25,7 +26,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=(*PRECISIONS, "auto", INT8), default="fp32")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch", help="torch (default, the reference), openvino or auto"
+    )
     parser.add_argument(
         "--open-set-photos",
         help="also report the verdicts on these photos: sub-folders named like a class are known species, others "
@@ -43,10 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("evaluate")
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=args.device, precision=args.precision, backend=args.backend
+        )
         samples = samples_for_checkpoint(args.data, predictor.class_names, args.split_file)
         metrics = evaluate_predictor(predictor, args.data, samples, batch_size=args.batch_size, workers=args.workers)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+        BackendUnavailableError,
+        QuantizationUnavailableError,
+    ) as exc:
         log.error("%s", exc)
         return 2
     sys.stdout.write(f"{args.checkpoint} on {metrics['images']} images of {args.data}\n")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from model import quantization
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, subject_score
 from model.transforms import Preprocessing, eval_transform, to_rgb
@@ -29,6 +30,8 @@ from model.transforms import Preprocessing, eval_transform, to_rgb
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
+#: int8 runs on OpenVINO only, from a network quantized beforehand (``quantize.py``, :mod:`model.quantization`).
+INT8 = "int8"
 #: Inference engines behind the same Predictor API: OpenVINO (CPU), eager PyTorch, or ``"auto"`` (see
 #: :func:`resolve_backend`).
 BACKENDS = ("auto", "openvino", "torch")
@@ -121,8 +124,10 @@ class OpenVINONetwork:
     Args:
         model: the PyTorch network in eval mode, ``(N, 3, S, S)`` float32 to a tensor or a tuple of them.
         image_size: ``S``, for the example input of the conversion and of the timing.
-        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
+        precision: ``"fp32"``, ``"bf16"``, ``"auto"``, or ``"int8"`` (then ``int8_model`` is what runs, its
+            remaining float operations in bf16 where the CPU has it natively, else f32).
         num_threads: CPU threads for OpenVINO's inference (``INFERENCE_NUM_THREADS``); None for its default (all).
+        int8_model: the quantized ``openvino.Model`` of ``model`` (:mod:`model.quantization`), for ``"int8"``.
 
     Attributes:
         precision: ``"fp32"`` or ``"bf16"``, the one compiled.
@@ -135,7 +140,14 @@ class OpenVINONetwork:
     #: Timed single-image inferences per candidate precision of ``"auto"`` (after 3 untimed ones).
     AUTO_REPEATS = 15
 
-    def __init__(self, model: torch.nn.Module, image_size: int, precision: str, num_threads: int | None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image_size: int,
+        precision: str,
+        num_threads: int | None,
+        int8_model: Any = None,
+    ) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -144,17 +156,23 @@ class OpenVINONetwork:
             ) from exc
         example = torch.zeros(1, 3, image_size, image_size)
         core = ov.Core()
+        native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         try:
-            converted = ov.convert_model(model.float().eval(), example_input=example)
+            if precision == "int8":
+                if int8_model is None:
+                    raise ValueError("precision int8 needs the quantized model (model.quantization)")
+                converted = int8_model
+            else:
+                converted = ov.convert_model(model.float().eval(), example_input=example)
             candidates = [precision]
             if precision == "auto":
-                native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
                 candidates = ["fp32", "bf16"] if native_bf16 else ["fp32"]
             compiled = {}
             for name in candidates:
+                bf16 = name == "bf16" or (name == "int8" and native_bf16)
                 config: dict[str, Any] = {
                     "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_PRECISION_HINT": "bf16" if name == "bf16" else "f32",
+                    "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
                 }
                 if num_threads:
                     config["INFERENCE_NUM_THREADS"] = num_threads
@@ -330,7 +348,8 @@ class Predictor:
         backend: ``"openvino"`` (CPU only), ``"torch"`` (eager PyTorch, channels_last), or ``"auto"``
             (:func:`resolve_backend`; falls back to torch, with a warning, where OpenVINO cannot compile the model).
         num_threads: CPU threads of OpenVINO's inference; None: all this process may use (:func:`cpu_threads`).
-            The torch backend uses torch's own setting (``torch.set_num_threads``, see :func:`set_threads`).
+            The torch backend uses torch's own setting (``torch.set_num_threads``, see :func:`set_torch_threads`).
+        int8_model: the quantized ``openvino.Model`` for ``precision="int8"`` (see :mod:`model.quantization`).
         confidence_threshold: predictions below it are flagged ``confident=False`` (0 disables the flag).
         temperature: T > 0; probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et al. 2017, fitted
             on validation data by ``training.metrics.fit_temperature``); 1 leaves the network's softmax as is.
@@ -358,6 +377,7 @@ class Predictor:
         precision: str = "fp32",
         backend: str = "torch",
         num_threads: int | None = None,
+        int8_model: Any = None,
         confidence_threshold: float = 0.0,
         temperature: float = 1.0,
         class_info: dict[str, dict[str, str | None]] | None = None,
@@ -372,20 +392,22 @@ class Predictor:
         self.subject_classes = list(subject_classes) if subject_classes else None
         self.gaussians = gaussians
         self.temperature = temperature  # validated by the property's setter
-        if precision != "auto" and precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
+        if precision not in ("auto", INT8, *PRECISIONS):
+            raise ValueError(f"precision must be 'auto', {INT8!r} or one of {PRECISIONS}, got {precision!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "openvino" and torch.device(device).type != "cpu":
             raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
         requested_backend, backend = backend, resolve_backend(backend, device)
+        if precision == INT8 and (backend != "openvino" or int8_model is None):
+            raise ValueError("precision int8 needs the openvino backend and the quantized network (quantize.py)")
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.network = OpenSetNetwork(self.model)
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.transform = eval_transform(preprocessing)
-        self.precision = resolve_inference_precision(precision, device)  # final once the backend is known, below
+        self.precision = precision  # final once the backend is known, below
         info = class_info or {}
         self.class_info = {
             name: (info.get(name, {}).get("common_name") or None, info.get(name, {}).get("scientific_name") or None)
@@ -404,10 +426,12 @@ class Predictor:
         self._openvino: OpenVINONetwork | None = None
         if backend == "openvino":
             try:
-                self._openvino = OpenVINONetwork(self.network, size, precision, num_threads or cpu_threads())
+                self._openvino = OpenVINONetwork(
+                    self.network, size, precision, num_threads or cpu_threads(), int8_model=int8_model
+                )
                 precision = self._openvino.precision
             except BackendUnavailableError as exc:
-                if requested_backend != "auto":
+                if requested_backend != "auto" or precision == INT8:
                     raise
                 logger.warning("OpenVINO cannot run this model (%s); using torch", exc)
                 backend = "torch"
@@ -432,7 +456,8 @@ class Predictor:
         Args:
             path: the checkpoint file.
             device: where to run the network.
-            precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
+            precision: ``"fp32"``, ``"bf16"``, ``"auto"``, or ``"int8"`` (OpenVINO, with the int8 network that
+                ``quantize.py`` wrote beside the checkpoint: :func:`model.quantization.int8_path`).
             backend: ``"torch"``, ``"openvino"`` or ``"auto"``.
             num_threads: OpenVINO's inference threads (see :class:`Predictor`).
             confidence_threshold: overrides the threshold the checkpoint records (``serving.confidence_threshold``,
@@ -445,9 +470,13 @@ class Predictor:
 
         Raises:
             model.checkpoint.CheckpointError: the file is missing or not a valid checkpoint.
+            model.quantization.QuantizationUnavailableError: int8 was asked for and its network was not made.
             ValueError: see :class:`Predictor`.
         """
         ckpt = load_checkpoint(path)
+        if precision == INT8 and resolve_backend(backend, device) != "openvino":
+            raise ValueError("precision int8 needs the openvino backend (backend auto or openvino, on the CPU)")
+        int8_model = quantization.load(path) if precision == INT8 else None
         serving = ckpt.get("serving", {})
         if confidence_threshold is None:
             confidence_threshold = float(serving.get("confidence_threshold", 0.0))
@@ -474,6 +503,7 @@ class Predictor:
             precision=precision,
             backend=backend,
             num_threads=num_threads,
+            int8_model=int8_model,
             confidence_threshold=confidence_threshold,
             temperature=float(serving.get("temperature", 1.0)),
             class_info=ckpt.get("class_info"),
