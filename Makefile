@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run proxy nginx test lint browser train-default evaluate-default quantize-default experiments loadtest bench clean
+.PHONY: install install-dev run proxy nginx test lint browser train-default evaluate-default quantize-default experiments loadtest abench bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,8 +75,13 @@ experiments: install
 loadtest: install
 	$(PY) tools/loadtest.py --data $(DATA) $(LOADTEST_ARGS)
 
-# Prediction, serving and training speed side by side; writes BENCHMARKS.md (about 6 minutes on 2 cores).
-bench: install-dev
+# Debian's ApacheBench, the HTTP client of `make bench` (it takes far less CPU from the server than a Python client).
+abench:
+	command -v ab >/dev/null || (apt-get update -qq && apt-get install -y -qq apache2-utils)
+
+# Prediction, serving and training speed side by side; writes BENCHMARKS.md (about 10 minutes on 2 cores).
+# It measures int8 too once `make quantize-default` has run.
+bench: install-dev abench
 	$(PY) tools/bench.py --data $(DATA)
 
 clean:

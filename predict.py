@@ -28,7 +28,17 @@ from tqdm import tqdm
 
 from app.web import csv_cell
 from model.checkpoint import CheckpointError
-from model.predictor import BACKENDS, PRECISIONS, VERDICTS, BackendUnavailableError, Prediction, Predictor
+from model.predictor import (
+    BACKENDS,
+    INT8,
+    PRECISIONS,
+    VERDICTS,
+    BackendUnavailableError,
+    Prediction,
+    Predictor,
+    set_torch_threads,
+)
+from model.quantization import QuantizationUnavailableError
 from training.data import ImageListDataset, Sample, is_image_file
 from training.engine import resolve_device
 
@@ -219,7 +229,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... or auto")
     parser.add_argument(
         "--precision",
-        choices=("auto", *PRECISIONS),
+        choices=("auto", *PRECISIONS, INT8),
         default="auto",
         help="auto: OpenVINO keeps the faster of fp32 and bf16 measured here; torch takes bf16 where the CPU or "
         "GPU computes it natively, else fp32",
@@ -246,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=device, precision=args.precision, backend=args.backend
         )
-    except (CheckpointError, ValueError, OSError, BackendUnavailableError) as exc:
+    except (CheckpointError, ValueError, OSError, BackendUnavailableError, QuantizationUnavailableError) as exc:
         logger.error("%s", exc)
         return 2
+    set_torch_threads(predictor.backend, None)
 
     k = min(args.top_k, len(predictor.class_names))
     dataset = UnlabelledImages(args.folder, paths, predictor.transform)
