@@ -79,9 +79,10 @@ loadtest: install
 abench:
 	command -v ab >/dev/null || (apt-get update -qq && apt-get install -y -qq apache2-utils)
 
-# Prediction, serving and training speed side by side; writes BENCHMARKS.md (about 10 minutes on 2 cores).
-# It measures int8 too once `make quantize-default` has run.
+# Prediction, serving and training speed side by side; writes BENCHMARKS.md (about 8 minutes on 2 cores), int8
+# included (made first by quantize-default when it is missing).
 bench: install-dev abench
+	test -f weights/fish4knowledge_lite0.int8.xml || $(MAKE) quantize-default
 	$(PY) tools/bench.py --data $(DATA)
 
 clean:
