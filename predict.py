@@ -36,11 +36,10 @@ from model.predictor import (
     BackendUnavailableError,
     Prediction,
     Predictor,
-    set_torch_threads,
 )
 from model.quantization import QuantizationUnavailableError
+from model.runtime import resolve_device, set_torch_threads
 from training.data import ImageListDataset, Sample, is_image_file
-from training.engine import resolve_device
 
 logger = logging.getLogger("predict")
 

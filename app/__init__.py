@@ -29,7 +29,8 @@ from app.images import (
 )
 from model.batching import MicroBatcher
 from model.checkpoint import CheckpointError
-from model.predictor import Predictor, set_torch_threads
+from model.predictor import Predictor
+from model.runtime import set_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         PRECISION: ``"auto"`` (default: OpenVINO keeps the faster of fp32 and bf16, measured at start-up; torch
             takes bf16 where the CPU or GPU computes it natively, else fp32), ``"fp32"`` or ``"bf16"``.
         BACKEND: ``"auto"`` (default: OpenVINO on the CPU, torch on a GPU or where OpenVINO cannot compile the
-            model), ``"openvino"`` or ``"torch"`` (see ``model.predictor.resolve_backend``).
+            model), ``"openvino"`` or ``"torch"`` (see ``model.runtime.resolve_backend``).
         THREADS: CPU threads of this process's inference (OpenVINO's, or torch's intra-op threads), or None for
             all the cores it may use (gunicorn.conf.py sets it to the cores divided among the workers).
         BATCH_MAX_SIZE: most images that concurrent requests of one worker share in one batch (1 turns batching

@@ -6,7 +6,6 @@ network in eval mode, the class names, the eval transform and the softmax temper
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -16,7 +15,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +23,7 @@ from PIL import Image
 from model import quantization
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, subject_score
+from model.runtime import autocast, cpu_threads, resolve_backend, resolve_inference_precision
 from model.transforms import Preprocessing, eval_transform, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -39,73 +38,6 @@ BACKENDS = ("auto", "openvino", "torch")
 
 class BackendUnavailableError(RuntimeError):
     """The requested inference backend is not installed or cannot compile the model."""
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), read from ``/proc/cpuinfo``.
-
-    On such CPUs bf16 autocast trains ResNet-50 2.3x faster than fp32 (measured on this project's 2-core AMD
-    machine: 39 vs 17 img/s at 128 px); elsewhere bf16 is emulated and slower, so fp32 is kept.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_inference_precision(name: str, device: str | torch.device = "cpu") -> str:
-    """``"auto"`` becomes ``"bf16"`` on GPUs with bf16 and on CPUs with native bf16, else ``"fp32"``.
-
-    bf16 agrees with fp32 on 99.9 % of the default model's validation photos (``make bench``) and predicts a
-    photo 1.45x faster on an AVX-512 BF16 CPU. Other names are returned unchanged.
-    """
-    if name != "auto":
-        return name
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-def resolve_backend(name: str, device: str | torch.device = "cpu") -> str:
-    """``"auto"`` becomes ``"openvino"`` on the CPU when the package is installed, else ``"torch"``.
-
-    OpenVINO runs the default model 2.5x faster than PyTorch's bf16 autocast for one photo and 1.9x for a batch of
-    16 on this project's 2-core AVX-512 BF16 machine, and 4.9x for one photo on a 2-core Xeon with AMX
-    (``make bench``). GPUs keep PyTorch. Other names are returned unchanged.
-    """
-    if name != "auto":
-        return name
-    if torch.device(device).type != "cpu":
-        return "torch"
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        logger.warning("openvino is not installed (pip install openvino): predicting with torch, which is slower")
-        return "torch"
-    return "openvino"
-
-
-def cpu_threads() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def set_torch_threads(backend: str, threads: int | None) -> None:
-    """Set torch's intra-op threads for a process that predicts with ``backend``.
-
-    torch: ``threads`` (None keeps torch's default). openvino: 1, since torch then only preprocesses, and its
-    OpenMP threads slowed OpenVINO's own: on this project's 2-core machine, 1.05 ms per image with torch at 1
-    thread against 1.5 ms with torch at 2, and 1.9 against 2.5 ms for preprocessing and network together.
-    """
-    if backend == "openvino":
-        torch.set_num_threads(1)
-    elif threads is not None:
-        torch.set_num_threads(threads)
 
 
 class OpenVINONetwork:
@@ -343,12 +275,14 @@ class Predictor:
         preprocessing: the checkpoint's preprocessing; :attr:`transform` is built from it.
         device: where the network runs.
         precision: ``"fp32"``, ``"bf16"`` (bf16 autocast, or OpenVINO's bf16 inference), or ``"auto"`` (torch:
-            :func:`resolve_inference_precision`; OpenVINO: the faster of the two measured, see
+            :func:`model.runtime.resolve_inference_precision`; OpenVINO: the faster of the two measured, see
             :class:`OpenVINONetwork`).
         backend: ``"openvino"`` (CPU only), ``"torch"`` (eager PyTorch, channels_last), or ``"auto"``
-            (:func:`resolve_backend`; falls back to torch, with a warning, where OpenVINO cannot compile the model).
-        num_threads: CPU threads of OpenVINO's inference; None: all this process may use (:func:`cpu_threads`).
-            The torch backend uses torch's own setting (``torch.set_num_threads``, see :func:`set_torch_threads`).
+            (:func:`model.runtime.resolve_backend`; falls back to torch, with a warning, where OpenVINO cannot
+            compile the model).
+        num_threads: CPU threads of OpenVINO's inference; None: all this process may use
+            (:func:`model.runtime.cpu_threads`). The torch backend uses torch's own setting
+            (``torch.set_num_threads``, see :func:`model.runtime.set_torch_threads`).
         int8_model: the quantized ``openvino.Model`` for ``precision="int8"`` (see :mod:`model.quantization`).
         confidence_threshold: predictions below it are flagged ``confident=False`` (0 disables the flag).
         temperature: T > 0; probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et al. 2017, fitted
@@ -589,11 +523,6 @@ class Predictor:
             },
         }
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for a preprocessed batch.
@@ -619,7 +548,7 @@ class Predictor:
             logits, features, imagenet_logits = self._openvino(batch.float().cpu())
             return logits, features, imagenet_logits
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with autocast(self.device, self.precision):
             out = self.network(batch)
         return tuple(t.float().cpu() for t in out)  # type: ignore[return-value]
 

@@ -779,7 +779,13 @@ def test_gunicorn_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings["threads"] >= 1 and settings["timeout"] > 0
     assert settings["control_socket_disable"] is True
     assert os.environ["FISH_THREADS"] == str(os.cpu_count() or 1)  # a lone request gets every core
-    assert "torch" not in settings  # the master must not import torch
+    # the master must not import torch (nor the app, which does), directly or through another module
+    check = (
+        "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+        "print(sorted({'torch', 'app', 'model'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
 def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from PIL import Image
 
-import model.predictor as predictor_module
+import model.runtime as runtime
 from model.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -22,7 +22,8 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.network import WeightsUnavailableError, build_model
-from model.predictor import BackendUnavailableError, Predictor, resolve_backend
+from model.predictor import BackendUnavailableError, Predictor
+from model.runtime import resolve_backend
 from model.transforms import Preprocessing, eval_transform, to_rgb, train_transform
 
 
@@ -325,5 +326,5 @@ def test_openvino_auto_precision_keeps_the_faster_measured(tiny_checkpoint: Path
 def test_auto_precision_follows_the_cpu(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: str
 ) -> None:
-    monkeypatch.setattr(predictor_module, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: native_bf16)
     assert Predictor.from_checkpoint(tiny_checkpoint, precision="auto").precision == expected

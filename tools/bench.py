@@ -37,12 +37,13 @@ sys.path.insert(0, str(ROOT))
 from app.images import decode_image  # noqa: E402
 from model.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from model.network import build_model  # noqa: E402
-from model.predictor import BackendUnavailableError, Predictor, cpu_threads, set_torch_threads  # noqa: E402
+from model.predictor import BackendUnavailableError, Predictor  # noqa: E402
 from model.quantization import QuantizationUnavailableError  # noqa: E402
+from model.runtime import cpu_threads, resolve_precision, set_torch_threads  # noqa: E402
 from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform  # noqa: E402
 from tools import loadtest  # noqa: E402
 from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder  # noqa: E402
-from training.engine import build_optimizer, build_scheduler, resolve_precision, train_one_epoch  # noqa: E402
+from training.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 
 logger = logging.getLogger("bench")
 

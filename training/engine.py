@@ -1,11 +1,11 @@
-"""The training loop: device and precision choice, one epoch of training, inference over a loader.
+"""The training loop: optimizer, schedule, one epoch of training, inference over a loader (the device and
+precision come from :mod:`model.runtime`).
 
 Layout after torchvision's ``references/classification/train.py`` (``train_one_epoch``, ``evaluate``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -19,48 +19,9 @@ from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from model.network import classifier_name
-from model.predictor import cpu_supports_bf16
+from model.runtime import autocast
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` becomes ``cuda`` when available, else ``cpu``; anything else is passed to ``torch.device``.
-
-    Raises:
-        ValueError: CUDA was asked for but is not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA, but torch sees no GPU; use --device cpu")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """Turn ``"auto"`` into ``"bf16"``, ``"fp16"`` or ``"fp32"`` for ``device`` (see ``--precision``).
-
-    Raises:
-        ValueError: fp16 autocast requested on a CPU.
-    """
-    if name == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_supports_bf16() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
-    return name
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for ``precision`` ("bf16"/"fp16"), or a no-op for "fp32"."""
-    dtype = _DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def build_optimizer(

@@ -32,6 +32,7 @@ from model.checkpoint import load_checkpoint, make_checkpoint, release_checkpoin
 from model.network import WEIGHTS_IMAGENET, build_model, default_preprocessing, pretrained_head
 from model.open_set import OpenSetNetwork, distillation_loss
 from model.predictor import Predictor
+from model.runtime import autocast, resolve_device, resolve_precision
 from model.transforms import eval_transform, train_transform
 from training.config import TrainConfig, save_config, validate
 from training.data import (
@@ -48,7 +49,6 @@ from training.data import (
 )
 from training.distributed import DistributedContext, init_distributed
 from training.engine import (
-    autocast,
     build_batch_mix,
     build_ema,
     build_optimizer,
@@ -56,8 +56,6 @@ from training.engine import (
     class_weights,
     gather_predictions,
     predict_loader,
-    resolve_device,
-    resolve_precision,
     set_backbone_trainable,
     train_one_epoch,
 )
