@@ -12,7 +12,6 @@ import argparse
 import csv
 import logging
 import os
-import struct
 import sys
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from app.web import csv_cell
 from model.checkpoint import CheckpointError
+from model.decoding import DECODE_ERRORS
 from model.predictor import (
     BACKENDS,
     INT8,
@@ -45,7 +45,6 @@ logger = logging.getLogger("predict")
 
 #: What Pillow raises on files it cannot decode: truncated data, broken headers or chunks, not an image at all,
 #: too many pixels (its decompression-bomb check).
-DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error, Image.DecompressionBombError)
 
 #: An image's result: its index in the dataset, its prediction (None when unreadable) and the error ("" if none).
 Result = tuple[int, Prediction | None, str]

@@ -19,6 +19,7 @@ from flask import Request
 from PIL import Image, ImageOps, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 
+from model.decoding import DECODE_ERRORS
 from model.transforms import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ _STANDALONE_MARKERS = frozenset((0x01, *range(0xD0, 0xDA)))
 _END_OF_ENTROPY_DATA = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
 
 # What Pillow's decoders raise on broken files (truncated data, bad chunks, impossible headers).
-_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error)
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
@@ -229,7 +229,7 @@ def decode_image(
         if (fmt := sniff_format(data)) is not None:
             raise ImageError(f"corrupt {fmt} file: its header cannot be read", 400) from exc
         raise ImageError(f"not a supported image: upload a {SUPPORTED_FORMATS_TEXT} file", 415) from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         logger.info("refused an upload whose header could not be read: %s", exc)
         raise ImageError("corrupt image file: its header cannot be read", 400) from exc
 
@@ -275,6 +275,6 @@ def decode_image(
         return image
     except _BOMB_ERRORS as exc:
         raise ImageError("image is too large: it has too many pixels to decode safely", 413) from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         logger.info("refused an upload that %s could not decode: %s", image.format, exc)
         raise ImageError(f"truncated or corrupt {image.format} image: its data cannot be decoded", 400) from exc

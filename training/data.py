@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-from model.transforms import to_rgb
+from model.decoding import DECODE_ERRORS, is_readable, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +41,6 @@ class Sample:
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """True for the extensions torchvision's ImageFolder accepts (``.jpg``, ``.png``, ``.webp``...)."""
     return str(path).lower().endswith(IMG_EXTENSIONS)
-
-
-def _readable(path: Path) -> bool:
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
 
 
 def scan_image_folder(
@@ -90,7 +81,7 @@ def scan_image_folder(
                 path = Path(dirpath) / filename
                 if not is_image_file(path):
                     continue
-                if _readable(path):
+                if is_readable(path):
                     samples.append(Sample(path.relative_to(root).as_posix(), class_to_idx[name]))
                 else:
                     unreadable.append(str(path))
@@ -218,13 +209,11 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         """Decode sample ``index`` upright (EXIF orientation applied, as the web app does) in RGB.
 
         Raises:
-            OSError: the file can't be decoded.
+            One of :data:`model.decoding.DECODE_ERRORS`: the file can't be decoded.
         """
         if self.cache is not None and index in self.cache:
             return self.cache[index]
-        with Image.open(self.root / self.samples[index].path) as im:
-            image = to_rgb(ImageOps.exif_transpose(im))
-            image.load()
+        image = open_image(self.root / self.samples[index].path)
         if self.cache is not None:
             self.cache[index] = image
         return image
@@ -232,7 +221,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:  # type: ignore[override]
         try:
             image = self.load(index)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        except DECODE_ERRORS as exc:
             logger.warning("skipping unreadable image %s: %s", self.samples[index].path, exc)
             return None
         return self.transform(image), self.samples[index].target
