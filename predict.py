@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from app.web import csv_cell
 from model.checkpoint import CheckpointError
 from model.decoding import DECODE_ERRORS
 from model.predictor import (
@@ -38,6 +37,7 @@ from model.predictor import (
     Predictor,
 )
 from model.quantization import QuantizationUnavailableError
+from model.results import csv_header, csv_row
 from model.runtime import resolve_device, set_torch_threads
 from training.data import ImageListDataset, Sample, is_image_file
 
@@ -139,29 +139,6 @@ def predict_images(
             bar.update(len(predictions) + len(errors))
 
 
-def csv_header(k: int) -> list[str]:
-    """``path, label, display_name, confidence, verdict, confident, error``, then ``top_i, top_i_confidence`` for
-    i <= k (``verdict`` in the same place as in the web app's CSV, ``app.web.results_csv``)."""
-    header = ["path", "label", "display_name", "confidence", "verdict", "confident", "error"]
-    for i in range(1, k + 1):
-        header += [f"top_{i}", f"top_{i}_confidence"]
-    return header
-
-
-def csv_row(path: str, prediction: Prediction | None, error: str, k: int) -> list[str]:
-    """One row under ``csv_header(k)``: probabilities with 4 decimals, the ``verdict`` (one of
-    :data:`model.predictor.VERDICTS`), ``confident`` as ``true``/``false``, the prediction's cells empty for an
-    unreadable image. Cells are escaped like the web app's CSV (no formulas)."""
-    if prediction is None:
-        row = [path, "", "", "", "", "", error] + [""] * (2 * k)
-    else:
-        row = [path, prediction.label, prediction.display_name, f"{prediction.confidence:.4f}", prediction.verdict]
-        row += [str(prediction.confident).lower(), error]
-        for score in prediction.top_k:
-            row += [score.label, f"{score.confidence:.4f}"]
-    return [csv_cell(cell) for cell in row]
-
-
 @dataclass
 class Summary:
     """What a run classified: the image count, the labels of the named species, the count of each verdict,
@@ -179,8 +156,8 @@ class Summary:
 
 
 def write_predictions(output: Path, paths: Sequence[str], results: Iterable[Result], k: int) -> Summary:
-    """Write one CSV row per result to ``output`` (see :func:`csv_header`), atomically: to ``output.part`` first,
-    renamed over ``output`` once complete, removed if the run fails.
+    """Write one CSV row per result to ``output`` (the layout of :mod:`model.results`, file column ``path``),
+    atomically: to ``output.part`` first, renamed over ``output`` once complete, removed if the run fails.
 
     Args:
         output: the CSV file to write; its folder must exist.
@@ -196,7 +173,7 @@ def write_predictions(output: Path, paths: Sequence[str], results: Iterable[Resu
     try:
         with open(part, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(csv_header(k))
+            writer.writerow(csv_header("path", k))
             for index, prediction, error in results:
                 summary.images += 1
                 if prediction is None:

@@ -27,6 +27,7 @@ from app import decode_upload, form_limit_message, get_batcher, get_predictor
 from app.images import SUPPORTED_FORMATS_TEXT, ImageError
 from model.network import arch_library
 from model.predictor import Prediction, pretty_label
+from model.results import csv_header, csv_row
 
 logger = logging.getLogger(__name__)
 
@@ -76,37 +77,15 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def csv_cell(value: object) -> str:
-    """``value`` as a CSV cell that spreadsheets will not run as a formula (``=``, ``+``, ``-``, ``@`` prefixed)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def results_csv(results: Sequence[FileResult]) -> str:
-    """The results table as CSV, one row per file.
-
-    Columns: ``file_name, species, label, confidence, verdict, confident, error``, then ``top_1,
-    top_1_confidence`` to ``top_K, top_K_confidence`` (class labels and probabilities with 4 decimals);
-    ``species``, ``label`` and ``confidence`` are those of the most probable class, whatever the ``verdict``
-    (one of :data:`model.predictor.VERDICTS`). ``static/app.js`` writes the same columns from the API's answers,
-    and ``predict.py`` puts ``verdict`` in the same place.
-    """
+    """The results table as CSV, one row per file, in the layout of :mod:`model.results` (file column
+    ``file_name``), with Windows line ends for spreadsheets."""
     k = max((len(r.prediction.top_k) for r in results if r.prediction), default=0)
-    header = ["file_name", "species", "label", "confidence", "verdict", "confident", "error"]
-    for i in range(1, k + 1):
-        header += [f"top_{i}", f"top_{i}_confidence"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(header)
+    writer.writerow(csv_header("file_name", k))
     for r in results:
-        p = r.prediction
-        if p is None:
-            row = [r.filename, "", "", "", "", "", r.error or ""]
-        else:
-            row = [r.filename, p.display_name, p.label, f"{p.confidence:.4f}", p.verdict, str(p.confident).lower(), ""]
-            for score in p.top_k:
-                row += [score.label, f"{score.confidence:.4f}"]
-        writer.writerow([csv_cell(cell) for cell in row])
+        writer.writerow(csv_row(r.filename, r.prediction, r.error or "", k))
     return buf.getvalue()
 
 

@@ -483,7 +483,7 @@
     }
   }
 
-  // --- CSV: the same columns as the server's results_csv() in app/web.py ----------------------------------------
+  // --- CSV: the same columns as the server's (model/results.py, used by app/web.py and predict.py) ---------
 
   /** One CSV field: no formula prefixes for spreadsheets, quoted when it holds a comma, quote or line break. */
   function csvCell(value) {

@@ -352,7 +352,8 @@ def test_form_post_too_large(tiny_checkpoint: Path, jpeg_bytes: Callable[..., by
 
 
 def test_results_csv_and_data_url() -> None:
-    from app.web import FileResult, csv_cell, csv_data_url, results_csv
+    from app.web import FileResult, csv_data_url, results_csv
+    from model.results import csv_cell
 
     assert [csv_cell(v) for v in ("=1+1", "+1", "-1", "@a", "fish", None, 0.5)] == [
         "'=1+1",

@@ -63,7 +63,7 @@ def test_predict_writes_one_row_per_image_like_predictor_predict(
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == [
-        *("path", "label", "display_name", "confidence", "verdict", "confident", "error"),
+        *("path", "species", "label", "confidence", "verdict", "confident", "error"),
         *("top_1", "top_1_confidence", "top_2", "top_2_confidence"),
     ]
     images = [p.relative_to(photo_folder).as_posix() for p in photo_folder.rglob("*") if p.suffix != ".txt"]
@@ -82,7 +82,7 @@ def test_predict_writes_one_row_per_image_like_predictor_predict(
             continue
         with Image.open(photo_folder / row["path"]) as image:
             expected = predictor.predict([image], top_k=TOP_K)[0]
-        assert (row["label"], row["display_name"]) == (expected.label, expected.display_name)
+        assert (row["label"], row["species"]) == (expected.label, expected.display_name)
         assert float(row["confidence"]) == pytest.approx(expected.confidence, abs=1e-4)
         assert (row["verdict"], row["confident"]) == (expected.verdict, str(expected.confident).lower())
         for i, score in enumerate(expected.top_k, start=1):
@@ -122,10 +122,23 @@ def test_predict_counts_each_verdict(
     assert "most frequent species: " + ", ".join(f"{label} {n}" for label, n in named.most_common()) + "\n" in out
 
 
-def test_the_csv_files_put_verdict_in_the_same_place() -> None:
-    web = results_csv([])
-    assert web.split(",")[3:6] == ["confidence", "verdict", "confident"]
-    assert predict.csv_header(1)[3:6] == ["confidence", "verdict", "confident"]
+def test_the_page_and_predict_py_write_one_csv_layout(
+    photo_folder: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from app.web import FileResult
+
+    output = tmp_path / "results.csv"
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    with Image.open(photo_folder / "top.jpg") as image:
+        prediction = predictor.predict([image], top_k=TOP_K)[0]
+    web = results_csv([FileResult("top.jpg", prediction=prediction)]).splitlines()
+    args = [str(photo_folder), "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--top-k", str(TOP_K)]
+    assert predict.main([*args, "--backend", "torch", "--precision", "fp32"]) == 0
+    with open(output, newline="", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert web[0].split(",", 1)[1] == lines[0].split(",", 1)[1]  # the same columns after the file's own
+    row = next(line for line in lines if line.startswith("top.jpg,"))
+    assert web[1] == row  # and the same cells for the same photo
 
 
 def test_predict_user_errors_exit_2(
