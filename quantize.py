@@ -13,6 +13,7 @@ import logging
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader
 from model import quantization
 from model.checkpoint import CheckpointError
 from model.predictor import BackendUnavailableError, Predictor
-from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder
+from training.data import ImageListDataset, read_split, scan_image_folder
+from training.evaluation import compare_predictors
 
 logger = logging.getLogger("quantize")
 
@@ -43,26 +45,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def agreement(reference: Predictor, candidate: Predictor, loader: DataLoader) -> dict[str, float]:
-    """Top-1 agreement of ``candidate`` with ``reference`` and both accuracies, over ``loader``'s batches."""
-    total = agree = right_ref = right_cand = 0
-    for batch in loader:
-        if batch is None:
-            continue
-        images, targets = batch
-        ref, cand = reference.logits(images).argmax(1), candidate.logits(images).argmax(1)
-        total += len(targets)
-        agree += int((ref == cand).sum())
-        right_ref += int((ref == targets).sum())
-        right_cand += int((cand == targets).sum())
-    return {
-        "images": total,
-        "top1_agreement": agree / total,
-        "accuracy_fp32": right_ref / total,
-        "accuracy_int8": right_cand / total,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     """Quantize, write, measure; exit code 0 on success, 2 on a user error."""
     args = get_args_parser().parse_args(argv)
@@ -82,31 +64,36 @@ def main(argv: list[str] | None = None) -> int:
         int8_model = quantization.quantize(
             fp32.network, fp32.preprocessing.image_size, (images for images, _ in calibration), len(chosen)
         )
-        report: dict[str, object] = {
+        path = quantization.save(int8_model, args.checkpoint)
+        report: dict[str, Any] = {
             "checkpoint": args.checkpoint.name,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "calibration_images": len(chosen),
             "method": "NNCF post-training quantization, MIXED preset",
         }
-        path = quantization.save(int8_model, args.checkpoint, report)
         if val:
             int8 = Predictor.from_checkpoint(args.checkpoint, precision="int8", backend="openvino")
-            loader = DataLoader(
-                ImageListDataset(args.data, val, fp32.transform), batch_size=64, collate_fn=collate_skip_none
-            )
             with torch.inference_mode():
-                report["validation"] = agreement(fp32, int8, loader)
-            quantization.save(int8_model, args.checkpoint, report)
-    except (CheckpointError, ValueError, FileNotFoundError, BackendUnavailableError) as exc:
-        logger.error("%s", exc)
-        return 2
-    except quantization.QuantizationUnavailableError as exc:
+                row = compare_predictors(fp32, {"int8": int8}, args.data, val)["int8"]
+            report["validation"] = {
+                "images": row["images"],
+                "top1_agreement": row["top1_agreement"],
+                "accuracy_fp32": row["accuracy_reference"],
+                "accuracy_int8": row["accuracy"],
+            }
+        quantization.write_report(args.checkpoint, report)
+    except (
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+        BackendUnavailableError,
+        quantization.QuantizationUnavailableError,
+    ) as exc:
         logger.error("%s", exc)
         return 2
     sys.stdout.write(f"wrote {path} ({path.with_suffix('.bin').stat().st_size // 1024} KB)\n")
     if "validation" in report:
         v = report["validation"]
-        assert isinstance(v, dict)
         sys.stdout.write(
             f"top-1 agreement with fp32 on {v['images']} validation images: {100 * v['top1_agreement']:.2f} % "
             f"(accuracy fp32 {100 * v['accuracy_fp32']:.2f} %, int8 {100 * v['accuracy_int8']:.2f} %)\n"

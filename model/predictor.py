@@ -334,7 +334,10 @@ class Predictor:
             raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
         requested_backend, backend = backend, resolve_backend(backend, device)
         if precision == INT8 and (backend != "openvino" or int8_model is None):
-            raise ValueError("precision int8 needs the openvino backend and the quantized network (quantize.py)")
+            raise ValueError(
+                "precision int8 needs the openvino backend (backend auto or openvino, on the CPU) and the quantized "
+                "network (quantize.py)"
+            )
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.network = OpenSetNetwork(self.model)
@@ -408,9 +411,9 @@ class Predictor:
             ValueError: see :class:`Predictor`.
         """
         ckpt = load_checkpoint(path)
-        if precision == INT8 and resolve_backend(backend, device) != "openvino":
-            raise ValueError("precision int8 needs the openvino backend (backend auto or openvino, on the CPU)")
-        int8_model = quantization.load(path) if precision == INT8 else None
+        # only where it can run: Predictor refuses int8 on any other backend
+        on_openvino = resolve_backend(backend, device) == "openvino"
+        int8_model = quantization.load(path) if precision == INT8 and on_openvino else None
         serving = ckpt.get("serving", {})
         if confidence_threshold is None:
             confidence_threshold = float(serving.get("confidence_threshold", 0.0))

@@ -62,13 +62,19 @@ def quantize(
     return nncf.quantize(converted, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=subset_size)
 
 
-def save(model: Any, checkpoint: str | os.PathLike[str], report: dict[str, Any]) -> Path:
-    """Write the int8 network beside ``checkpoint`` (:func:`int8_path`) and ``report`` as JSON; returns the .xml."""
+def save(model: Any, checkpoint: str | os.PathLike[str]) -> Path:
+    """Write the int8 network beside ``checkpoint`` (:func:`int8_path`, .xml and .bin); returns the .xml."""
     import openvino as ov
 
     path = int8_path(checkpoint)
     ov.save_model(model, path, compress_to_fp16=False)
-    report_path(checkpoint).write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def write_report(checkpoint: str | os.PathLike[str], report: dict[str, Any]) -> Path:
+    """Write ``report`` (how the int8 network was made, how it agrees with fp32) as :func:`report_path`'s JSON."""
+    path = report_path(checkpoint)
+    path.write_text(json.dumps(report, indent=2) + "\n")
     return path
 
 

@@ -44,6 +44,7 @@ from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_t
 from tools import loadtest  # noqa: E402
 from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder  # noqa: E402
 from training.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from training.evaluation import compare_predictors  # noqa: E402
 
 logger = logging.getLogger("bench")
 
@@ -206,30 +207,17 @@ def bench_fidelity(ckpt_path: Path, data: Path, split: Path) -> list[dict[str, A
         for name, predictor in build_predictors(ckpt_path).items()
         if name != "torch fp32" and not name.startswith("default")
     ]
-    samples = read_split(split, fp32.class_names)
-    loader = DataLoader(ImageListDataset(data, samples, fp32.transform), batch_size=64, collate_fn=collate_skip_none)
-    stats = {name: {"agree": 0, "correct": 0, "max_diff": 0.0} for name, _ in candidates}
-    total, correct32 = 0, 0
-    for images, targets in loader:
-        p32 = fp32.probabilities(images)
-        correct32 += int((p32.argmax(1) == targets).sum())
-        total += len(targets)
-        for name, predictor in candidates:
-            p = predictor.probabilities(images)
-            s = stats[name]
-            s["agree"] += int((p32.argmax(1) == p.argmax(1)).sum())
-            s["correct"] += int((p.argmax(1) == targets).sum())
-            s["max_diff"] = max(s["max_diff"], float((p32 - p).abs().max()))
+    compared = compare_predictors(fp32, dict(candidates), data, read_split(split, fp32.class_names))
     return [
         {
             "path": name,
-            "images": total,
-            "top1_agreement": s["agree"] / total,
-            "max_probability_difference": s["max_diff"],
-            "accuracy_fp32": correct32 / total,
-            "accuracy": s["correct"] / total,
+            "images": row["images"],
+            "top1_agreement": row["top1_agreement"],
+            "max_probability_difference": row["max_probability_difference"],
+            "accuracy_fp32": row["accuracy_reference"],
+            "accuracy": row["accuracy"],
         }
-        for name, s in stats.items()
+        for name, row in compared.items()
     ]
 
 

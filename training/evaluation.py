@@ -86,6 +86,60 @@ def collect_outputs(
     return Outputs(*(torch.cat([p[i] for p in parts]) for i in range(4)))
 
 
+def compare_predictors(
+    reference: Predictor,
+    candidates: dict[str, Predictor],
+    root: str | os.PathLike[str],
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+) -> dict[str, dict[str, float]]:
+    """How closely each of ``candidates`` (other backends or precisions of the same checkpoint) follows
+    ``reference`` (torch fp32) on ``samples``, each image decoded and preprocessed once for all of them.
+
+    Returns:
+        ``{name: {"images", "top1_agreement", "max_probability_difference", "accuracy_reference", "accuracy"}}``
+        (fractions in [0, 1]; probabilities are the calibrated ones each predictor serves).
+
+    Raises:
+        ValueError: no readable image.
+    """
+    loader = DataLoader(
+        ImageListDataset(root, samples, reference.transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_skip_none,
+    )
+    stats = {name: {"agree": 0, "correct": 0, "max_diff": 0.0} for name in candidates}
+    total = correct_reference = 0
+    for batch in loader:
+        if batch is None:
+            continue
+        images, targets = batch
+        expected = reference.probabilities(images)
+        correct_reference += int((expected.argmax(1) == targets).sum())
+        total += len(targets)
+        for name, candidate in candidates.items():
+            probabilities = candidate.probabilities(images)
+            s = stats[name]
+            s["agree"] += int((expected.argmax(1) == probabilities.argmax(1)).sum())
+            s["correct"] += int((probabilities.argmax(1) == targets).sum())
+            s["max_diff"] = max(s["max_diff"], float((expected - probabilities).abs().max()))
+    if not total:
+        raise ValueError(f"no readable image under {root}")
+    return {
+        name: {
+            "images": total,
+            "top1_agreement": s["agree"] / total,
+            "max_probability_difference": s["max_diff"],
+            "accuracy_reference": correct_reference / total,
+            "accuracy": s["correct"] / total,
+        }
+        for name, s in stats.items()
+    }
+
+
 def evaluate_predictor(
     predictor: Predictor,
     root: str | os.PathLike[str],
