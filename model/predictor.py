@@ -344,7 +344,6 @@ class Predictor:
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.transform = eval_transform(preprocessing)
-        self.precision = precision  # final once the backend is known, below
         info = class_info or {}
         self.class_info = {
             name: (info.get(name, {}).get("common_name") or None, info.get(name, {}).get("scientific_name") or None)
