@@ -1,7 +1,9 @@
 """The fish-species classifier web app: an HTML upload page and a JSON API over one :class:`Predictor`.
 
-``create_app`` is the application factory (Flask tutorial style), a list of small named steps
-(cookiecutter-flask style). Serve it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
+This module owns the application factory ``create_app`` (Flask tutorial style), a list of small named steps
+(cookiecutter-flask style): the settings (:func:`configure`), the model (:func:`init_model`, wired by
+:mod:`app.inference`), the blueprints (:mod:`app.web`, :mod:`app.api`), JSON errors for API paths and the security
+headers. Serve it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
 """
 
 from __future__ import annotations
@@ -9,40 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from flask import Flask, Response, current_app, g, jsonify, request
-from PIL import Image
-from werkzeug.datastructures import FileStorage
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.images import (
-    DEFAULT_MAX_IMAGES_PER_REQUEST,
-    DEFAULT_MAX_PIXELS,
-    ImageError,
-    InMemoryRequest,
-    decode_image,
-)
-from model.batching import MicroBatcher
+from app import api, inference, web
+from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest
+from app.uploads import start_deadline
 from model.checkpoint import CheckpointError
-from model.predictor import Predictor
-from model.runtime import set_torch_threads
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Prefix of environment variables that override the defaults, e.g. ``FISH_MODEL_PATH``, ``FISH_TOP_K``.
 ENV_PREFIX = "FISH"
-#: Key of the predictor in ``app.extensions``.
-EXTENSION_KEY = "predictor"
-#: Key of the :class:`model.batching.MicroBatcher` in ``app.extensions``.
-BATCHER_KEY = "batcher"
-#: Where each app keeps the semaphore that bounds the image decodes running at once in a worker.
-DECODE_SLOTS_KEY = "decode_slots"
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -84,7 +68,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = InMemoryRequest
     configure(app, config)
-    init_predictor(app)
+    init_model(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_security_headers(app)
@@ -146,108 +130,28 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
             raise ValueError(f"{key} (env {ENV_PREFIX}_{key}) must be {bounds}, got {threshold!r}")
 
 
-def init_predictor(app: Flask) -> None:
-    """Load the checkpoint at ``MODEL_PATH`` into ``app.extensions["predictor"]``.
+def init_model(app: Flask) -> None:
+    """Load the model into ``app`` (:func:`app.inference.init_app`).
 
     Raises:
-        model.checkpoint.CheckpointError: the checkpoint is missing or invalid; the message names the path and
-            how to point the app at another one.
-        ValueError: PRECISION or BACKEND is not a known name.
-        model.predictor.BackendUnavailableError: BACKEND is openvino and it is not installed.
+        model.checkpoint.CheckpointError: the checkpoint at MODEL_PATH is missing or invalid; the message says how
+            to point the app at another one.
+        ValueError, model.predictor.BackendUnavailableError: see :func:`app.inference.init_app`.
     """
-    threads = app.config["THREADS"]
-    path = app.config["MODEL_PATH"]
     try:
-        predictor = Predictor.from_checkpoint(
-            path,
-            device=app.config["DEVICE"],
-            precision=app.config["PRECISION"],
-            backend=app.config["BACKEND"],
-            num_threads=threads,
-            confidence_threshold=app.config["CONFIDENCE_THRESHOLD"],
-            novelty_threshold=app.config["NOVELTY_THRESHOLD"],
-            subject_threshold=app.config["SUBJECT_THRESHOLD"],
-        )
+        inference.init_app(app)
     except CheckpointError as exc:
         raise CheckpointError(
-            f"cannot load the model from MODEL_PATH={path}: {exc}. Set the environment variable "
-            f"{ENV_PREFIX}_MODEL_PATH to a checkpoint written by train.py."
+            f"{exc}. Set the environment variable {ENV_PREFIX}_MODEL_PATH to a checkpoint written by train.py."
         ) from exc
-    set_torch_threads(predictor.backend, threads)
-    app.extensions[EXTENSION_KEY] = predictor
-    app.extensions[DECODE_SLOTS_KEY] = threading.BoundedSemaphore(app.config["MAX_CONCURRENT_DECODES"])
-    app.extensions[BATCHER_KEY] = MicroBatcher(
-        predictor, max_batch=app.config["BATCH_MAX_SIZE"], max_wait_ms=float(app.config["BATCH_WAIT_MS"])
-    )
-    logger.info(
-        "serving %s (%d classes) with %s %s, %s inference threads, torch threads %d",
-        path,
-        len(predictor.class_names),
-        predictor.backend,
-        predictor.precision,
-        threads or "all",
-        torch.get_num_threads(),
-    )
-
-
-def get_batcher() -> MicroBatcher:
-    """The current app's batching front of its predictor: what routes call ``predict`` on."""
-    return current_app.extensions[BATCHER_KEY]
-
-
-def decode_upload(upload: FileStorage | None) -> Image.Image:
-    """Decode one uploaded file for the current app's model: ``MAX_IMAGE_PIXELS`` enforced, big photos shrunk on
-    decoding to the model's resize size (what the API and the page both do, so they give the same answer).
-
-    Raises:
-        app.images.ImageError: the file is not a usable image (see :func:`app.images.decode_image`), or 503 when
-            ``MAX_CONCURRENT_DECODES`` decodes are already running in this worker and none ends within
-            ``DECODE_WAIT_S`` seconds (each decode costs at most about a second of CPU and bounded memory, so this
-            bounds a worker's memory whatever its request threads receive), or when the request is past its
-            ``REQUEST_DEADLINE_S`` (no decode starts after the deadline, and none waits beyond it).
-    """
-    size = get_predictor().preprocessing.resize_size
-    slots: threading.BoundedSemaphore = current_app.extensions[DECODE_SLOTS_KEY]
-    left = g.get("deadline", math.inf) - time.monotonic()
-    if left <= 0:
-        raise ImageError("the request took too long: send fewer or smaller photos at a time", 503)
-    if not slots.acquire(timeout=min(float(current_app.config["DECODE_WAIT_S"]), left)):
-        raise ImageError("the server is busy decoding other photos: try again in a moment", 503)
-    try:
-        return decode_image(
-            upload, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size
-        )
-    finally:
-        slots.release()
-
-
-def form_limit_message() -> str | None:
-    """Why Werkzeug refused a request body that is within ``MAX_CONTENT_LENGTH`` (so not for its size): too many
-    form parts (``MAX_FORM_PARTS``, 1000 by default) or a text field over ``MAX_FORM_MEMORY_SIZE`` (500 kB); None
-    when the body itself is over the size limit or its length is unknown. Werkzeug raises the same 413 for all
-    three, so this tells them apart by the declared length."""
-    limit, length = current_app.config["MAX_CONTENT_LENGTH"], request.content_length
-    if length is None or (limit is not None and length > limit):
-        return None
-    parts = current_app.config.get("MAX_FORM_PARTS") or 1000
-    field = current_app.config.get("MAX_FORM_MEMORY_SIZE") or 500_000
-    return (
-        f"the form has too many fields or too long a text field: at most {parts} fields, and {field} bytes in "
-        "a field that is not a file; send the photos in 'image' fields"
-    )
-
-
-def get_predictor() -> Predictor:
-    """The current app's predictor (call inside a request or app context)."""
-    return current_app.extensions[EXTENSION_KEY]
 
 
 def register_blueprints(app: Flask) -> None:
-    """Mount the HTML page (``/``) and the JSON API (``/api/...``, ``/healthz``)."""
-    from app import api, web
-
+    """Mount the HTML page (``/``) and the JSON API (``/api/...``, ``/healthz``), and start each request's deadline
+    for the decoding they do (``REQUEST_DEADLINE_S``, see :func:`app.uploads.start_deadline`)."""
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    app.before_request(start_deadline)
 
 
 def _wants_json() -> bool:
@@ -275,11 +179,6 @@ def register_errorhandlers(app: Flask) -> None:
         return response
 
     app.register_error_handler(HTTPException, handle_http_error)
-
-    @app.before_request
-    def start_deadline() -> None:
-        """Each request's deadline for its work (``REQUEST_DEADLINE_S``), checked by :func:`decode_upload`."""
-        g.deadline = time.monotonic() + float(current_app.config["REQUEST_DEADLINE_S"])
 
     @app.after_request
     def json_options(response: Response) -> Response:

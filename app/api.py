@@ -17,9 +17,10 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from app import decode_upload, form_limit_message, get_batcher, get_predictor
 from app.images import ImageError
+from app.inference import get_batcher, get_predictor
 from app.openapi import openapi_document
+from app.uploads import decode_upload, form_limit_message
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def parse_top_k(value: str | None, default: int, num_classes: int) -> int:
 def decode_uploads(uploads: list[FileStorage], *, max_images: int) -> list[Image.Image]:
     """Decode the files of one request, in order, stopping at the first that cannot be classified.
 
-    Each image is shrunk right after decoding to what the model needs (see :func:`app.decode_upload`), so a
+    Each image is shrunk right after decoding to what the model needs (see :func:`app.uploads.decode_upload`), so a
     request holds at most one full-size image in memory at a time.
 
     Args:

@@ -23,8 +23,9 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import decode_upload, form_limit_message, get_batcher, get_predictor
 from app.images import SUPPORTED_FORMATS_TEXT, ImageError
+from app.inference import get_batcher, get_predictor
+from app.uploads import decode_upload, form_limit_message
 from model.network import arch_library
 from model.predictor import Prediction, pretty_label
 from model.results import csv_header, csv_row

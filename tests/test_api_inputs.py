@@ -504,21 +504,21 @@ def test_decodes_running_at_once_are_bounded_and_a_request_that_cannot_get_a_slo
     is refused with 503 (and a JSON message), and the slot is free again afterwards."""
     import threading
 
-    import app as app_package
+    from app import uploads
     from app import create_app
 
     flask_app = create_app(
         {"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), "MAX_CONCURRENT_DECODES": 1, "DECODE_WAIT_S": 0.2}
     )
     started, release = threading.Event(), threading.Event()
-    real_decode = app_package.decode_image
+    real_decode = uploads.decode_image
 
     def slow_decode(*args, **kwargs):
         started.set()
         assert release.wait(10)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(app_package, "decode_image", slow_decode)
+    monkeypatch.setattr(uploads, "decode_image", slow_decode)
     first: dict = {}
     worker = threading.Thread(
         target=lambda: first.update(
@@ -532,7 +532,7 @@ def test_decodes_running_at_once_are_bounded_and_a_request_that_cannot_get_a_slo
     worker.join(10)
     assert busy.status_code == 503 and "busy" in busy.get_json()["error"]
     assert first["response"].status_code == 200
-    monkeypatch.setattr(app_package, "decode_image", real_decode)
+    monkeypatch.setattr(uploads, "decode_image", real_decode)
     again = flask_app.test_client().post("/api/predict", data={"image": (io.BytesIO(jpeg_bytes()), "c.jpg")})
     assert again.status_code == 200
 
@@ -542,22 +542,22 @@ def test_a_request_past_its_deadline_decodes_no_more_photos(tiny_checkpoint, jpe
     request gets 503 (here the first decode of two is made slow, past a 0.3 s deadline)."""
     import time as time_module
 
-    import app as app_package
+    from app import uploads
     from app import create_app
 
     flask_app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), "REQUEST_DEADLINE_S": 0.3})
-    real_decode, calls = app_package.decode_image, []
+    real_decode, calls = uploads.decode_image, []
 
     def slow_decode(*args, **kwargs):
         calls.append(1)
         time_module.sleep(0.5)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(app_package, "decode_image", slow_decode)
+    monkeypatch.setattr(uploads, "decode_image", slow_decode)
     files = [(io.BytesIO(jpeg_bytes()), "a.jpg"), (io.BytesIO(jpeg_bytes()), "b.jpg")]
     response = flask_app.test_client().post("/api/predict", data={"image": files})
     assert response.status_code == 503 and "took too long" in response.get_json()["error"]
     assert len(calls) == 1  # the second photo was never decoded
-    monkeypatch.setattr(app_package, "decode_image", real_decode)
+    monkeypatch.setattr(uploads, "decode_image", real_decode)
     again = flask_app.test_client().post("/api/predict", data={"image": (io.BytesIO(jpeg_bytes()), "c.jpg")})
     assert again.status_code == 200
