@@ -1,4 +1,6 @@
-"""The HTML pages: the upload page (``GET /``, ``POST /``) and the model page (``GET /model``).
+"""The HTML pages' blueprint: the upload page (``GET /``, ``POST /``) and the model page (``GET /model``, whose
+view-model is :mod:`app.model_page`), with what the upload page shows of a prediction (verdict headline, thumbnails,
+the results table's CSV download).
 
 The upload page works as a plain HTML form: one or several files in the field ``image``, posted to ``/``, give
 a result card (one file) or a results table with a CSV download (several). ``static/app.js`` enhances the same
@@ -12,7 +14,6 @@ import base64
 import csv
 import io
 import logging
-import math
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.images import SUPPORTED_FORMATS_TEXT, ImageError
 from app.inference import get_batcher, get_predictor
+from app.model_page import model_page_context, model_subject
 from app.uploads import decode_upload, form_limit_message
-from model.network import arch_library
-from model.predictor import Prediction, pretty_label
+from model.predictor import Prediction
 from model.results import csv_header, csv_row
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ THUMBNAIL_SIZE = 320
 TABLE_THUMBNAIL_SIZE = 96
 #: Name of the CSV file that the results table downloads as.
 CSV_FILENAME = "fish-species.csv"
-#: Confusion-matrix cells are shaded in this many steps of their share of the row (the true class).
-SHADE_LEVELS = 5
 
 
 @dataclass(frozen=True)
@@ -99,13 +98,6 @@ def csv_data_url(text: str) -> str:
 def with_article(noun: str) -> str:
     """``"fish"`` -> ``"a fish"``, ``"eel"`` -> ``"an eel"`` (by the first letter only)."""
     return ("an " if noun[:1].lower() in ("a", "e", "i", "o", "u") else "a ") + noun
-
-
-def model_subject(info: dict[str, Any]) -> str | None:
-    """The noun for what the model's photos show (``"fish"``), from ``Predictor.summary()["subject"]``, or None
-    when the checkpoint does not record one (the page then words its answers generically)."""
-    subject = info.get("subject")
-    return (subject.strip() or None) if isinstance(subject, str) else None
 
 
 def verdict_headline(prediction: Prediction, subject: str | None = None) -> str:
@@ -231,202 +223,9 @@ def too_large(error: RequestEntityTooLarge) -> tuple[str, int]:
     return render_page(413, error=message)
 
 
-# --- the model page ----------------------------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a float, or None when it is missing or not a number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def training_facts(config: dict[str, Any], metrics: dict[str, Any], epoch: Any) -> list[tuple[str, str]]:
-    """How the model was trained, as ``(term, description)`` pairs, from the checkpoint's training ``config``.
-
-    Only settings that describe the model are listed: file-system paths (data, output, resume, local weights)
-    and machine settings (workers, device) are left out. Missing settings are skipped.
-    """
-    facts: list[tuple[str, str]] = []
-    if config.get("arch"):
-        facts.append(("Architecture", str(config["arch"])))
-    weights = config.get("weights")
-    if weights is not None:
-        try:
-            library = arch_library(str(config.get("arch")))
-        except ValueError:
-            library = "an unknown library"
-        described = {"none": "none: trained from scratch", "imagenet": f"ImageNet-pretrained ({library})"}
-        facts.append(("Initial weights", described.get(str(weights), "a local pretrained state dict")))
-    if (epochs := config.get("epochs")) is not None:
-        text = f"{epochs}"
-        best = _number(metrics.get("best_epoch"))
-        best = best if best is not None else _number(epoch)
-        if best is not None:
-            text += f" (the weights served are from epoch {int(best) + 1}, the best by validation macro-F1)"
-        facts.append(("Epochs", text))
-    if (size := config.get("image_size")) is not None:
-        text = f"{size} × {size} pixels"
-        if (crop := _number(config.get("crop_pct"))) is not None:
-            text += f" (evaluation: short side resized to {round(size / crop)} px, centre crop)"
-        facts.append(("Input size", text))
-    if (batch := config.get("batch_size")) is not None:
-        facts.append(("Batch size", str(batch)))
-    if (lr := config.get("lr")) is not None:
-        parts = [str(config.get("optimizer", "SGD")), f"learning rate {lr:g}"]
-        if (momentum := _number(config.get("momentum"))) is not None:
-            parts.append(f"momentum {momentum:g}")
-        if (decay := _number(config.get("weight_decay"))) is not None:
-            parts.append(f"weight decay {decay:g}")
-        facts.append(("Optimizer", ", ".join(parts)))
-    if scheduler := config.get("scheduler"):
-        text = str(scheduler)
-        if scheduler == "step" and config.get("lr_step_size"):
-            text += f": learning rate × {config.get('lr_gamma', 0.1):g} every {config['lr_step_size']} epochs"
-        if warmup := _number(config.get("warmup_epochs")):
-            text += f", after {warmup:g} epochs of linear warm-up"
-        facts.append(("Learning-rate schedule", text))
-    if (smoothing := _number(config.get("label_smoothing"))) is not None:
-        facts.append(("Label smoothing", f"{smoothing:g}"))
-    if config.get("val_data"):
-        facts.append(("Data split", "a separate validation folder"))
-    elif (fraction := _number(config.get("val_fraction"))) is not None:
-        text = f"{fraction:.0%} of the images held out for validation, stratified by species"
-        if config.get("group_pattern"):
-            text += (
-                f"; files whose names share the group of the pattern {config['group_pattern']} (e.g. frames of "
-                "one video track) stay on one side, so validation images are not near-copies of training images"
-            )
-        facts.append(("Data split", text))
-    if (seed := config.get("seed")) is not None:
-        facts.append(("Random seed", str(seed)))
-    if config.get("release_dtype"):
-        facts.append(("Weights stored as", str(config["release_dtype"])))
-    return facts
-
-
-def class_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
-    """One dict per class: ``label, display_name, common_name, scientific_name`` and, where the checkpoint has
-    them, its validation ``precision, recall, f1, support``."""
-    names = info.get("class_info") or {}
-    per_class = (info.get("metrics") or {}).get("per_class") or {}
-    rows = []
-    for label in info["classes"]:
-        known = names.get(label) or {}
-        scores = per_class.get(label) if isinstance(per_class.get(label), dict) else {}
-        rows.append(
-            {
-                "label": label,
-                "display_name": known.get("display_name") or pretty_label(label),
-                "common_name": known.get("common_name"),
-                "scientific_name": known.get("scientific_name"),
-                "precision": _number(scores.get("precision")),
-                "recall": _number(scores.get("recall")),
-                "f1": _number(scores.get("f1")),
-                "support": _number(scores.get("support")),
-            }
-        )
-    return rows
-
-
-def shade_level(count: int, total: int, levels: int = SHADE_LEVELS) -> int:
-    """Shade step of a confusion-matrix cell: 0 for no images, else 1 to ``levels`` by its share of ``total``
-    (with 5 levels: up to 20% is 1, up to 40% is 2, ..., above 80% is 5)."""
-    if count <= 0 or total <= 0:
-        return 0
-    return max(1, min(levels, math.ceil(levels * count / total - 1e-9)))
-
-
-def confusion_rows(matrix: Any, classes: Sequence[str]) -> list[dict[str, Any]] | None:
-    """The confusion matrix as table rows with shading classes, or None when absent or not C x C of counts.
-
-    Each row: ``{"label", "total", "cells": [{"count", "share", "css"}]}`` for one true class; cells are the
-    predicted classes in the order of ``classes``. ``css`` is ``cm-hit`` (diagonal) or ``cm-miss`` plus
-    ``cm-N``, N the :func:`shade_level` of the cell's share of its row.
-    """
-    n = len(classes)
-    if not isinstance(matrix, list) or len(matrix) != n:
-        return None
-    if not all(isinstance(row, list) and len(row) == n for row in matrix):
-        logger.warning("ignoring a confusion matrix that is not %d x %d", n, n)
-        return None
-    rows = []
-    for i, row in enumerate(matrix):
-        counts = [int(c) if _number(c) is not None else 0 for c in row]
-        total = sum(counts)
-        cells = [
-            {
-                "count": count,
-                "share": count / total if total else 0.0,
-                "css": f"{'cm-hit' if i == j else 'cm-miss'} cm-{shade_level(count, total)}",
-            }
-            for j, count in enumerate(counts)
-        ]
-        rows.append({"label": classes[i], "total": total, "cells": cells})
-    return rows
-
-
-def verdict_thresholds(info: dict[str, Any]) -> dict[str, float]:
-    """The thresholds behind this model's verdicts, ``{"not_sure": confidence, "unknown_species": novelty,
-    "not_a_fish": subject score}``, from ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold
-    alone where the summary has none). Checks the model does not have (None) are left out, as is a ``not_sure``
-    threshold of 0 (never "not sure")."""
-    recorded = info.get("verdict_thresholds")
-    if not isinstance(recorded, dict):
-        recorded = {"not_sure": info.get("confidence_threshold")}
-    thresholds = {name: _number(recorded.get(name)) for name in ("not_sure", "unknown_species", "not_a_fish")}
-    return {
-        name: value
-        for name, value in thresholds.items()
-        if value is not None and not (name == "not_sure" and value <= 0)
-    }
-
-
-#: Rows of the model page's real-photo table: ``metrics["open_set"]`` key and what it holds.
-OPEN_SET_SETS = (
-    ("val", "Validation photos (video crops of its species)"),
-    ("known_photos", "Photographs of species it knows"),
-    ("unknown_photos", "Photographs of species it does not know"),
-    ("not_subject", "Pictures of something else"),
-)
-
-
-def open_set_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The verdicts measured when the model was trained (``metrics["open_set"]``, see ``training.open_set``), one
-    row per set it was measured on: ``{"name", "images", "species", "not_sure", "unknown_species", "not_a_fish",
-    "top1", "confidently_wrong"}`` (fractions, None where the set has no such number)."""
-    report = metrics.get("open_set")
-    if not isinstance(report, dict):
-        return []
-    rows = []
-    for key, name in OPEN_SET_SETS:
-        values = report.get(key)
-        if isinstance(values, dict):
-            fields = ("images", "species", "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong")
-            rows.append({"name": name, **{f: _number(values.get(f)) for f in fields}})
-    return rows
-
-
 @bp.get("/model")
 def model_page() -> tuple[str, int]:
     """What the model knows and how well: its classes, how it was trained, validation metrics (with the
     calibration error and softmax temperature where the checkpoint records them), the thresholds of its
-    verdicts, confusion matrix."""
-    info = get_predictor().describe()
-    metrics = info.get("metrics") or {}
-    classes = class_rows(info)
-    html = render_template(
-        "model.html",
-        model=info,
-        metrics=metrics,
-        serving=info.get("serving") or {},
-        subject=model_subject(info),
-        thresholds=verdict_thresholds(info),
-        open_set=open_set_rows(metrics),
-        classes=classes,
-        has_per_class=any(row["f1"] is not None for row in classes),
-        training=training_facts(info.get("config") or {}, metrics, info.get("epoch")),
-        confusion=confusion_rows(metrics.get("confusion_matrix"), info["classes"]),
-        short_names={row["label"]: row["common_name"] or row["display_name"] for row in classes},
-    )
-    return html, 200
+    verdicts, confusion matrix (see :func:`app.model_page.model_page_context`)."""
+    return render_template("model.html", **model_page_context(get_predictor().describe())), 200

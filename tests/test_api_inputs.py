@@ -504,8 +504,7 @@ def test_decodes_running_at_once_are_bounded_and_a_request_that_cannot_get_a_slo
     is refused with 503 (and a JSON message), and the slot is free again afterwards."""
     import threading
 
-    from app import uploads
-    from app import create_app
+    from app import create_app, uploads
 
     flask_app = create_app(
         {"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), "MAX_CONCURRENT_DECODES": 1, "DECODE_WAIT_S": 0.2}
@@ -542,8 +541,7 @@ def test_a_request_past_its_deadline_decodes_no_more_photos(tiny_checkpoint, jpe
     request gets 503 (here the first decode of two is made slow, past a 0.3 s deadline)."""
     import time as time_module
 
-    from app import uploads
-    from app import create_app
+    from app import create_app, uploads
 
     flask_app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), "REQUEST_DEADLINE_S": 0.3})
     real_decode, calls = uploads.decode_image, []

@@ -518,7 +518,7 @@ def test_model_page_leaves_out_the_checks_a_model_lacks(
 
 
 def test_confusion_rows_shading_and_bad_matrices() -> None:
-    from app.web import confusion_rows, shade_level
+    from app.model_page import confusion_rows, shade_level
 
     assert [shade_level(c, 10) for c in (0, 1, 2, 3, 5, 9, 10)] == [0, 1, 1, 2, 3, 5, 5]
     assert shade_level(0, 0) == 0
