@@ -39,7 +39,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MODEL_PATH: checkpoint written by ``train.py`` (default ``weights/fish4knowledge_lite0.pt``).
         MAX_CONTENT_LENGTH: largest request body, in bytes (default 16 MiB; bigger requests get 413).
         MAX_IMAGE_PIXELS: largest decoded image, in pixels (width x height, default 50 million).
-        MAX_IMAGES_PER_REQUEST: most images (``image`` fields) in one API request (default 16; 413 above).
+        MAX_IMAGES_PER_REQUEST: most images (``image`` fields) in one request, to the page or the API (default
+            16; 413 above).
         TOP_K: how many classes to list by default (clipped to the number of classes).
         DEVICE: torch device for inference (default ``"cpu"``).
         PRECISION: ``"auto"`` (default: OpenVINO keeps the faster of fp32 and bf16, measured at start-up; torch

@@ -12,74 +12,17 @@ import logging
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
-from PIL import Image
-from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from app.images import ImageError
 from app.inference import get_batcher, get_predictor
 from app.openapi import openapi_document
-from app.uploads import decode_upload, form_limit_message
+from app.uploads import check_uploads, decode_uploads, form_limit_message
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
-
-
-def parse_top_k(value: str | None, default: int, num_classes: int) -> int:
-    """The ``top_k`` request parameter as an int in ``[1, num_classes]``.
-
-    Args:
-        value: the raw parameter, or None when absent (then ``default``, clipped to ``num_classes``, is used).
-        default: the configured TOP_K.
-        num_classes: how many classes the model has.
-
-    Raises:
-        ImageError: 400 when ``value`` is not an integer in range.
-    """
-    if value is None or value.strip() == "":
-        return max(1, min(default, num_classes))
-    try:
-        top_k = int(value)
-    except ValueError:
-        top_k = 0
-    if not 1 <= top_k <= num_classes:
-        raise ImageError(f"top_k must be an integer from 1 to {num_classes}, got {value[:20]!r}", 400)
-    return top_k
-
-
-def decode_uploads(uploads: list[FileStorage], *, max_images: int) -> list[Image.Image]:
-    """Decode the files of one request, in order, stopping at the first that cannot be classified.
-
-    Each image is shrunk right after decoding to what the model needs (see :func:`app.uploads.decode_upload`), so a
-    request holds at most one full-size image in memory at a time.
-
-    Args:
-        uploads: the request's ``image`` fields.
-        max_images: most files allowed in one request.
-
-    Returns:
-        One RGB image per upload.
-
-    Raises:
-        ImageError: 400 without any file; 413 with more than ``max_images`` files; otherwise the error of the
-            first bad file (see :func:`app.images.decode_image`), its message prefixed with ``image N of M:``
-            (N counted from 1) and its ``index`` (from 0) set when the request has several files.
-    """
-    if not uploads:
-        raise ImageError("no image uploaded: send the file(s) in the multipart form field 'image'", 400)
-    if len(uploads) > max_images:
-        raise ImageError(f"too many images: {len(uploads)} in one request, the limit is {max_images}", 413)
-    images = []
-    for index, upload in enumerate(uploads):
-        try:
-            images.append(decode_upload(upload))
-        except ImageError as exc:
-            if len(uploads) == 1:
-                raise
-            raise ImageError(f"image {index + 1} of {len(uploads)}: {exc.message}", exc.status, index=index) from exc
-    return images
 
 
 @bp.post("/api/predict")
@@ -93,12 +36,9 @@ def predict() -> Response:
         position (from 0) of the file among the ``image`` fields. Errors are ``{"error": message}`` (plus
         ``"index"`` for a bad file among several) with status 400, 413 or 415.
     """
-    predictor = get_predictor()
-    top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.class_names))
-    uploads = request.files.getlist("image")
-    images = decode_uploads(uploads, max_images=current_app.config["MAX_IMAGES_PER_REQUEST"])
-    predictions = get_batcher().predict(images, top_k=top_k)
-    model = predictor.summary()
+    uploads = check_uploads(request.files, request.values.get("top_k"))
+    predictions = get_batcher().predict(decode_uploads(uploads.files), top_k=uploads.top_k)
+    model = get_predictor().summary()
     if len(predictions) == 1:
         return jsonify({**predictions[0].to_dict(), "model": model})
     return jsonify(predictions=[{**p.to_dict(), "index": i} for i, p in enumerate(predictions)], model=model)

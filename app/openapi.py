@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from app.images import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
+from app.uploads import default_top_k
 from model.predictor import BACKENDS, PRECISIONS, VERDICTS, Predictor
 
 #: Version of the API described (not of the app): 2 added several images per request and the OpenAPI document.
@@ -216,8 +217,7 @@ def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[st
     max_images = config["MAX_IMAGES_PER_REQUEST"]
     max_bytes = config["MAX_CONTENT_LENGTH"]
     max_megapixels = f"{config['MAX_IMAGE_PIXELS'] / 1e6:g}"
-    default_top_k = max(1, min(config["TOP_K"], num_classes))
-    top_k = {"type": "integer", "minimum": 1, "maximum": num_classes, "default": default_top_k}
+    top_k = {"type": "integer", "minimum": 1, "maximum": num_classes, "default": default_top_k(config, num_classes)}
     media_types = supported_media_types()
     return {
         "openapi": "3.1.0",

@@ -1,5 +1,7 @@
-"""Uploads under the current app's limits, for both blueprints: decoding one file within the app's decode slots,
-the request's deadline and the model's size, and the message for a form that Werkzeug refused.
+"""Uploads under the current app's limits, the one check for both blueprints (the page and the API): which files
+a request sends and how many (:func:`check_uploads`), its ``top_k`` (:func:`default_top_k` clips TOP_K once),
+decoding each file within the app's decode slots, the request's deadline and the model's size
+(:func:`decode_upload`, :func:`decode_uploads`), and the message for a form that Werkzeug refused.
 
 :mod:`app.images` decodes bytes with no app around; this module adds what needs the app (its config, its
 predictor, its decode slots), so the page and the API treat an upload the same way and give the same answer.
@@ -9,13 +11,97 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app, g, request
 from PIL import Image
-from werkzeug.datastructures import FileStorage
+from werkzeug.datastructures import FileStorage, MultiDict
 
 from app.images import ImageError, decode_image
 from app.inference import decode_slots, get_predictor
+
+#: The multipart field of the images, on the page's form and in the API.
+IMAGE_FIELD = "image"
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """A request's checked uploads.
+
+    Attributes:
+        files: the ``image`` fields, in order: at least one, at most ``MAX_IMAGES_PER_REQUEST``.
+        top_k: how many classes to list per image, in ``[1, number of classes]``.
+    """
+
+    files: list[FileStorage]
+    top_k: int
+
+
+def default_top_k(config: Mapping[str, Any], num_classes: int) -> int:
+    """The configured ``TOP_K`` clipped to ``[1, num_classes]``: what the page lists, the API's default and the
+    OpenAPI document's ``top_k`` default."""
+    return max(1, min(config["TOP_K"], num_classes))
+
+
+def parse_top_k(value: str | None, default: int, num_classes: int) -> int:
+    """The ``top_k`` request parameter as an int in ``[1, num_classes]``.
+
+    Args:
+        value: the raw parameter, or None when absent (then ``default`` is used).
+        default: :func:`default_top_k`.
+        num_classes: how many classes the model has.
+
+    Raises:
+        ImageError: 400 when ``value`` is not an integer in range.
+    """
+    if value is None or value.strip() == "":
+        return default
+    try:
+        top_k = int(value)
+    except ValueError:
+        top_k = 0
+    if not 1 <= top_k <= num_classes:
+        raise ImageError(f"top_k must be an integer from 1 to {num_classes}, got {value[:20]!r}", 400)
+    return top_k
+
+
+def _left_empty(upload: FileStorage) -> bool:
+    """Whether ``upload`` is what a browser sends for a file input with no file chosen: no file name, no bytes."""
+    if upload.filename:
+        return False
+    start = upload.stream.tell()
+    empty = not upload.stream.read(1)
+    upload.stream.seek(start)
+    return empty
+
+
+def check_uploads(files: MultiDict[str, FileStorage], top_k: str | None = None) -> Uploads:
+    """The one check of what a request uploads, for the page and the API alike (before any decoding).
+
+    Args:
+        files: the request's files (``request.files``); the images are its :data:`IMAGE_FIELD` fields.
+        top_k: the raw ``top_k`` parameter, or None for :func:`default_top_k`.
+
+    Returns:
+        The files, in order, and ``top_k``.
+
+    Raises:
+        ImageError: 400 for a bad ``top_k`` (see :func:`parse_top_k`), for no ``image`` field, or for only the
+            empty part a browser sends when no file was chosen; 413 for more than ``MAX_IMAGES_PER_REQUEST`` files.
+    """
+    num_classes = len(get_predictor().class_names)
+    checked_top_k = parse_top_k(top_k, default_top_k(current_app.config, num_classes), num_classes)
+    uploads = files.getlist(IMAGE_FIELD)
+    if not uploads:
+        raise ImageError(f"no image uploaded: send the file(s) in the multipart form field '{IMAGE_FIELD}'", 400)
+    if all(_left_empty(upload) for upload in uploads):
+        raise ImageError("choose an image file to upload first", 400)
+    limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
+    if len(uploads) > limit:
+        raise ImageError(f"too many images: {len(uploads)} in one request, the limit is {limit}", 413)
+    return Uploads(uploads, checked_top_k)
 
 
 def start_deadline() -> None:
@@ -48,6 +134,34 @@ def decode_upload(upload: FileStorage | None) -> Image.Image:
         )
     finally:
         slots.release()
+
+
+def decode_uploads(uploads: list[FileStorage]) -> list[Image.Image]:
+    """Decode the files of one request, in order, stopping at the first that cannot be classified.
+
+    Each image is shrunk right after decoding to what the model needs (see :func:`decode_upload`), so a request
+    holds at most one full-size image in memory at a time.
+
+    Args:
+        uploads: the request's checked files (:attr:`Uploads.files`).
+
+    Returns:
+        One RGB image per upload.
+
+    Raises:
+        ImageError: the error of the first bad file (see :func:`app.images.decode_image`), its message prefixed
+            with ``image N of M:`` (N counted from 1) and its ``index`` (from 0) set when the request has several
+            files.
+    """
+    images = []
+    for index, upload in enumerate(uploads):
+        try:
+            images.append(decode_upload(upload))
+        except ImageError as exc:
+            if len(uploads) == 1:
+                raise
+            raise ImageError(f"image {index + 1} of {len(uploads)}: {exc.message}", exc.status, index=index) from exc
+    return images
 
 
 def form_limit_message() -> str | None:

@@ -27,7 +27,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.images import SUPPORTED_FORMATS_TEXT, ImageError
 from app.inference import get_batcher, get_predictor
 from app.model_page import model_page_context, model_subject
-from app.uploads import decode_upload, form_limit_message
+from app.uploads import check_uploads, decode_upload, default_top_k, form_limit_message
 from model.predictor import Prediction
 from model.results import csv_header, csv_row
 
@@ -133,7 +133,7 @@ def render_page(status: int = 200, **context: Any) -> tuple[str, int]:
         formats=SUPPORTED_FORMATS_TEXT,
         max_upload=max_upload,
         max_files=current_app.config["MAX_IMAGES_PER_REQUEST"],
-        top_k=min(current_app.config["TOP_K"], len(info["classes"])),
+        top_k=default_top_k(current_app.config, len(info["classes"])),
         **context,
     )
     return html, status
@@ -151,38 +151,20 @@ def index() -> tuple[str, int]:
     return render_page()
 
 
-def chosen_files() -> list[FileStorage]:
-    """The files of the form's ``image`` field, without the empty part a browser sends when none was chosen.
-
-    Raises:
-        ImageError: 400 when no file was chosen, 413 with more than ``MAX_IMAGES_PER_REQUEST`` files (the API's
-            limit too).
-    """
-    uploads = [f for f in request.files.getlist("image") if f.filename or f.content_length]
-    if not uploads:
-        if "image" in request.files:
-            raise ImageError("choose an image file to upload first", 400)
-        raise ImageError("no image uploaded: send the file in the multipart form field 'image'", 400)
-    limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
-    if len(uploads) > limit:
-        raise ImageError(f"too many photos: {len(uploads)} at once, choose at most {limit}", 413)
-    return uploads
-
-
 def display_filename(upload: FileStorage) -> str:
     """The uploaded file's base name as the browser sent it, shortened, for display only."""
     name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
     return (name[:97] + "...") if len(name) > 100 else (name or "photo")
 
 
-def classify_upload(upload: FileStorage, thumbnail_size: int) -> FileResult:
+def classify_upload(upload: FileStorage, top_k: int, thumbnail_size: int) -> FileResult:
     """Decode and classify one upload, shrunk on decoding as the API does (so both give the same answer).
 
     Raises:
         ImageError: the file is not a usable image (see :func:`app.images.decode_image`).
     """
     image = decode_upload(upload)
-    prediction = get_batcher().predict([image], top_k=current_app.config["TOP_K"])[0]
+    prediction = get_batcher().predict([image], top_k=top_k)[0]
     return FileResult(display_filename(upload), prediction, thumbnail_data_url(image, thumbnail_size))
 
 
@@ -194,14 +176,14 @@ def classify() -> tuple[str, int]:
     results table with a CSV download; files that cannot be classified get their error in their row. Files are
     decoded and classified one after the other, so only one decoded image is in memory at a time.
     """
-    uploads = chosen_files()
-    if len(uploads) == 1:
-        result = classify_upload(uploads[0], THUMBNAIL_SIZE)  # an ImageError re-renders the page with its status
+    uploads = check_uploads(request.files)  # an ImageError re-renders the page with its status
+    if len(uploads.files) == 1:
+        result = classify_upload(uploads.files[0], uploads.top_k, THUMBNAIL_SIZE)
         return render_page(result=result.prediction, thumbnail=result.thumbnail)
     results = []
-    for upload in uploads:
+    for upload in uploads.files:
         try:
-            results.append(classify_upload(upload, TABLE_THUMBNAIL_SIZE))
+            results.append(classify_upload(upload, uploads.top_k, TABLE_THUMBNAIL_SIZE))
         except ImageError as exc:
             results.append(FileResult(display_filename(upload), error=exc.message))
     failed = sum(r.prediction is None for r in results)

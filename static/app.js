@@ -78,6 +78,11 @@
     errorBox.replaceChildren();
   }
 
+  /** The server's words for too many photos (app/uploads.py check_uploads), said before sending them. */
+  function tooMany(count) {
+    return "too many images: " + count + " in one request, the limit is " + maxFiles;
+  }
+
   function setBusy(busy) {
     submit.disabled = busy;
     form.setAttribute("aria-busy", busy ? "true" : "false");
@@ -118,7 +123,7 @@
     renderPreview();
     clearError();
     if (files.length > maxFiles) {
-      showError("too many photos: " + files.length + " at once, choose at most " + maxFiles);
+      showError(tooMany(files.length));
     }
     if (files.length === 0) {
       setStatus("");
@@ -241,7 +246,7 @@
       return;
     }
     if (files.length > maxFiles) {
-      showError("too many photos: " + files.length + " at once, choose at most " + maxFiles);
+      showError(tooMany(files.length));
       return;
     }
     clearError();
