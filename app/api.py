@@ -2,7 +2,8 @@
 model, ``GET /api/openapi.json`` describes both (OpenAPI 3.1, see :mod:`app.openapi`).
 
 One ``image`` field gives one prediction object (``{"label", "confidence", ..., "model"}``); several give
-``{"predictions": [{..., "index": i}, ...], "model"}``, in the order of the fields. All images of a request are
+``{"predictions": [{..., "index": i}, ...], "model"}``, in the order of the fields (both declared in
+:mod:`model.results`). All images of a request are
 classified in one batch; if any of them cannot be, the whole request fails with the error of the first bad one.
 """
 
@@ -19,6 +20,7 @@ from app.images import ImageError
 from app.inference import get_batcher, get_predictor
 from app.openapi import openapi_document
 from app.uploads import check_uploads, decode_uploads, form_limit_message
+from model.results import api_answer
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +33,14 @@ def predict() -> Response:
     as a form field or query parameter.
 
     Returns:
-        One image: ``Prediction.to_dict()`` plus ``"model"`` (``Predictor.summary()``). Several images:
-        ``{"predictions": [Prediction.to_dict() + {"index": i}, ...], "model": {...}}``, ``index`` being the
-        position (from 0) of the file among the ``image`` fields. Errors are ``{"error": message}`` (plus
-        ``"index"`` for a bad file among several) with status 400, 413 or 415.
+        :func:`model.results.api_answer`: one image gives a ``PredictionResponse`` (the prediction plus
+        ``"model"``, ``Predictor.summary()``), several a ``BatchResponse`` (``{"predictions": [... + "index"],
+        "model"}``, ``index`` being the position, from 0, of the file among the ``image`` fields). Errors are
+        ``{"error": message}`` (plus ``"index"`` for a bad file among several) with status 400, 413, 415 or 503.
     """
     uploads = check_uploads(request.files, request.values.get("top_k"))
     predictions = get_batcher().predict(decode_uploads(uploads.files), top_k=uploads.top_k)
-    model = get_predictor().summary()
-    if len(predictions) == 1:
-        return jsonify({**predictions[0].to_dict(), "model": model})
-    return jsonify(predictions=[{**p.to_dict(), "index": i} for i, p in enumerate(predictions)], model=model)
+    return jsonify(api_answer(predictions, get_predictor().summary()))
 
 
 @bp.get("/healthz")

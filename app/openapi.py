@@ -2,8 +2,9 @@
 
 A plain dict built from the running app's settings (body size, pixel and image-count limits, default ``top_k``),
 the decoder's supported formats and the loaded model's classes, so the document never drifts from what the
-server enforces. Its JSON Schemas (draft 2020-12, as OpenAPI 3.1 uses) describe every response body;
-``tests/test_api_inputs.py`` validates live responses against them.
+server enforces. Its JSON Schemas (draft 2020-12, as OpenAPI 3.1 uses) describe every response body: those of
+the predictions come from the pydantic models of :mod:`model.results` (``model_json_schema``), which also make
+the answers; ``tests/test_openapi.py`` validates live responses against them.
 """
 
 from __future__ import annotations
@@ -15,23 +16,13 @@ from PIL import Image
 
 from app.images import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
 from app.uploads import default_top_k
-from model.predictor import BACKENDS, PRECISIONS, VERDICTS, Predictor
+from model.predictor import BACKENDS, PRECISIONS, Predictor
+from model.results import response_schemas
 
 #: Version of the API described (not of the app): 2 added several images per request and the OpenAPI document.
 API_VERSION = "2.0.0"
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
-_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
-_NULLABLE_PROBABILITY = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-
-#: What each verdict means, for the document (``model.predictor.VERDICTS``, most specific first).
-VERDICT_DESCRIPTIONS: dict[str, str] = {
-    "species": "confident: `label` is the species (say its name)",
-    "not_sure": "probably one of the model's species, but `confidence` is below `threshold`: offer the first "
-    "classes of `top_k` ('not sure: maybe X or Y')",
-    "unknown_species": "looks like the model's subject (e.g. a fish) but probably none of its species",
-    "not_a_fish": "not the kind of picture the model was trained on at all",
-}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -45,133 +36,24 @@ def supported_media_types() -> list[str]:
 
 
 def _schemas(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
+    """The component schemas: the answers' as :mod:`model.results` declares them, with this app's class names
+    (``label``), class count (``top_k``), image-count limit and inference settings filled in, plus the error
+    and health answers."""
     classes = list(predictor.class_names)
     max_images = config["MAX_IMAGES_PER_REQUEST"]
-    class_score = {
-        "label": {"type": "string", "enum": classes, "description": "class name (its training folder name)"},
-        "confidence": {**_PROBABILITY, "description": "softmax probability of the class"},
-        "display_name": {"type": "string", "description": "'Common name (Scientific name)', or the label"},
-        "common_name": _NULLABLE_STRING,
-        "scientific_name": _NULLABLE_STRING,
-    }
-    prediction = {
-        **class_score,
-        "confidence": {**_PROBABILITY, "description": "softmax probability of `label`, the most probable class"},
-        "confident": {
-            "type": "boolean",
-            "description": "true exactly when `verdict` is `species`: name the species; otherwise say what "
-            "`verdict` says",
-        },
-        "verdict": {
-            "type": "string",
-            "enum": list(VERDICTS),
-            "description": "what to tell the user: "
-            + "; ".join(f"`{name}`: {VERDICT_DESCRIPTIONS[name]}" for name in VERDICTS),
-        },
-        "threshold": {**_PROBABILITY, "description": "confidence below which the model is not sure"},
-        "subject_score": {
-            **_NULLABLE_PROBABILITY,
-            "description": "how much the picture looks like the model's subject (probability of the subject's "
-            "ImageNet classes); null when the model has no such score",
-        },
-        "novelty": {
-            "type": ["number", "null"],
-            "description": "distance of the picture's features to the nearest known class (squared Mahalanobis "
-            "distance; larger is more unlike the training photos); null when the model has no such score",
-        },
-        "top_k": {
-            "type": "array",
-            "items": _ref("ClassScore"),
-            "minItems": 1,
-            "maxItems": len(classes),
-            "description": "the `top_k` most probable classes, most probable first",
-        },
-    }
+    schemas = response_schemas(ref_template="#/components/schemas/{model}")
+    for schema in schemas.values():
+        properties = schema["properties"]
+        if "label" in properties:
+            properties["label"]["enum"] = classes
+        if "top_k" in properties:
+            properties["top_k"]["maxItems"] = len(classes)
+    schemas["IndexedPrediction"]["properties"]["index"]["maximum"] = max_images - 1
+    schemas["BatchResponse"]["properties"]["predictions"]["maxItems"] = max_images
+    schemas["ModelSummary"]["properties"]["precision"]["enum"] = list(PRECISIONS)
+    schemas["ModelSummary"]["properties"]["backend"]["enum"] = list(BACKENDS)
     return {
-        "ClassScore": {"type": "object", "properties": class_score, "required": list(class_score)},
-        "Prediction": {"type": "object", "properties": prediction, "required": list(prediction)},
-        "ModelSummary": {
-            "type": "object",
-            "description": "the model that answered (`Predictor.summary()`)",
-            "properties": {
-                "arch": {"type": "string"},
-                "checkpoint": _NULLABLE_STRING,
-                "created": _NULLABLE_STRING,
-                "num_classes": {"type": "integer", "minimum": 1},
-                "image_size": {"type": "integer", "minimum": 1, "description": "input side, in pixels"},
-                "precision": {"type": "string", "enum": list(PRECISIONS)},
-                "backend": {"type": "string", "enum": list(BACKENDS), "description": "inference engine"},
-                "confidence_threshold": _PROBABILITY,
-                "temperature": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "description": "softmax temperature: confidences are softmax(logits / temperature)",
-                },
-                "val_accuracy": _NULLABLE_PROBABILITY,
-                "val_macro_f1": _NULLABLE_PROBABILITY,
-                "subject": {
-                    **_NULLABLE_STRING,
-                    "description": "what the model's pictures show (e.g. 'fish'), or null when not recorded",
-                },
-                "verdict_thresholds": {
-                    "type": "object",
-                    "description": "the thresholds behind `verdict`; null where the model lacks that check",
-                    "properties": {
-                        "not_sure": {**_PROBABILITY, "description": "`not_sure` below this confidence"},
-                        "unknown_species": {
-                            "type": ["number", "null"],
-                            "description": "`unknown_species` above this `novelty`",
-                        },
-                        "not_a_fish": {
-                            **_NULLABLE_PROBABILITY,
-                            "description": "`not_a_fish` below this `subject_score`",
-                        },
-                    },
-                },
-            },
-            "required": [
-                "arch",
-                "num_classes",
-                "image_size",
-                "precision",
-                "backend",
-                "confidence_threshold",
-                "temperature",
-            ],
-        },
-        "PredictionResponse": {
-            "type": "object",
-            "description": "the answer for one image: its prediction and the model",
-            "properties": {**prediction, "model": _ref("ModelSummary")},
-            "required": [*prediction, "model"],
-        },
-        "IndexedPrediction": {
-            "type": "object",
-            "properties": {
-                **prediction,
-                "index": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": max_images - 1,
-                    "description": "position (from 0) of the file among the request's `image` fields",
-                },
-            },
-            "required": [*prediction, "index"],
-        },
-        "BatchResponse": {
-            "type": "object",
-            "description": "the answer for several images: one prediction per file, in request order",
-            "properties": {
-                "predictions": {
-                    "type": "array",
-                    "items": _ref("IndexedPrediction"),
-                    "minItems": 2,
-                    "maxItems": max_images,
-                },
-                "model": _ref("ModelSummary"),
-            },
-            "required": ["predictions", "model"],
-        },
+        **schemas,
         "Error": {
             "type": "object",
             "properties": {

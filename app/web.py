@@ -29,7 +29,7 @@ from app.inference import get_batcher, get_predictor
 from app.model_page import model_page_context, model_subject
 from app.uploads import check_uploads, decode_upload, default_top_k, form_limit_message
 from model.predictor import Prediction
-from model.results import csv_header, csv_row
+from model.results import CSV_LAYOUT, csv_header, csv_row
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ THUMBNAIL_SIZE = 320
 TABLE_THUMBNAIL_SIZE = 96
 #: Name of the CSV file that the results table downloads as.
 CSV_FILENAME = "fish-species.csv"
+#: The CSV's file column (``predict.py`` calls its own ``path``).
+CSV_FILE_COLUMN = "file_name"
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,11 @@ def format_bytes(size: int) -> str:
 
 def results_csv(results: Sequence[FileResult]) -> str:
     """The results table as CSV, one row per file, in the layout of :mod:`model.results` (file column
-    ``file_name``), with Windows line ends for spreadsheets."""
+    :data:`CSV_FILE_COLUMN`), with Windows line ends for spreadsheets."""
     k = max((len(r.prediction.top_k) for r in results if r.prediction), default=0)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(csv_header("file_name", k))
+    writer.writerow(csv_header(CSV_FILE_COLUMN, k))
     for r in results:
         writer.writerow(csv_row(r.filename, r.prediction, r.error or "", k))
     return buf.getvalue()
@@ -122,7 +124,9 @@ def verdict_headline(prediction: Prediction, subject: str | None = None) -> str:
 
 
 def render_page(status: int = 200, **context: Any) -> tuple[str, int]:
-    """Render ``index.html`` with the model summary plus ``context`` (result, results, error, thumbnail...)."""
+    """Render ``index.html`` with the model summary, the limits, the CSV layout (for ``static/app.js``: the file
+    column, :data:`model.results.CSV_LAYOUT` and the download's name) plus ``context`` (result, results, error,
+    thumbnail...)."""
     info = get_predictor().describe()
     max_upload = format_bytes(current_app.config["MAX_CONTENT_LENGTH"])
     html = render_template(
@@ -134,6 +138,8 @@ def render_page(status: int = 200, **context: Any) -> tuple[str, int]:
         max_upload=max_upload,
         max_files=current_app.config["MAX_IMAGES_PER_REQUEST"],
         top_k=default_top_k(current_app.config, len(info["classes"])),
+        csv_layout={"file": CSV_FILE_COLUMN, **CSV_LAYOUT},
+        csv_filename=CSV_FILENAME,
         **context,
     )
     return html, status
@@ -188,7 +194,7 @@ def classify() -> tuple[str, int]:
             results.append(FileResult(display_filename(upload), error=exc.message))
     failed = sum(r.prediction is None for r in results)
     logger.info("classified %d of %d uploaded files", len(results) - failed, len(results))
-    return render_page(results=results, csv_url=csv_data_url(results_csv(results)), csv_filename=CSV_FILENAME)
+    return render_page(results=results, csv_url=csv_data_url(results_csv(results)))
 
 
 @bp.errorhandler(ImageError)

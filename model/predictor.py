@@ -2,6 +2,7 @@
 
 A :class:`Predictor` is built once (per web-app instance, per evaluation run) from a checkpoint; it owns the
 network in eval mode, the class names, the eval transform and the softmax temperature that the checkpoint records.
+Its answers are :class:`Prediction` objects, whose JSON form is declared in :mod:`model.results`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image
 from model import quantization
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, subject_score
+from model.results import VERDICTS, ClassScoreResult, prediction_result
 from model.runtime import autocast, cpu_threads, resolve_backend, resolve_inference_precision
 from model.transforms import Preprocessing, eval_transform, to_rgb
 
@@ -168,18 +170,9 @@ class ClassScore:
         return self.common_name or self.scientific_name or pretty_label(self.label)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``label, confidence, display_name, common_name, scientific_name``."""
-        return {
-            "label": self.label,
-            "confidence": self.confidence,
-            "display_name": self.display_name,
-            "common_name": self.common_name,
-            "scientific_name": self.scientific_name,
-        }
-
-
-#: The four kinds of answer, most specific first (see :class:`Prediction`'s ``verdict``).
-VERDICTS: tuple[str, ...] = ("species", "not_sure", "unknown_species", "not_a_fish")
+        """JSON-ready, as declared by :class:`model.results.ClassScoreResult`: ``label, confidence, display_name,
+        common_name, scientific_name``."""
+        return ClassScoreResult.model_validate(self, from_attributes=True).model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -190,11 +183,12 @@ class Prediction:
         top_k: at least one :class:`ClassScore`, sorted by descending confidence.
         threshold: confidence below which the prediction is reported as "not sure" (0 disables it); chosen on
             validation data when the model was trained (see ``training.metrics.selective_threshold``).
-        verdict: one of :data:`VERDICTS`: ``"species"`` (confident: name the class), ``"not_sure"`` (a known
-            class, but below ``threshold``: offer the candidates), ``"unknown_species"`` (the right kind of
-            subject, probably none of the model's classes), ``"not_a_fish"`` (not the kind of picture the model
-            was trained on). Decided by :class:`model.open_set.OpenSetRule` where the checkpoint records one;
-            otherwise from ``threshold`` alone.
+        verdict: one of :data:`VERDICTS` (declared with the result in :mod:`model.results`): ``"species"``
+            (confident: name the class), ``"not_sure"`` (a known class, but below ``threshold``: offer the
+            candidates), ``"unknown_species"`` (the right kind of subject, probably none of the model's classes),
+            ``"not_a_fish"`` (not the kind of picture the model was trained on). Decided by
+            :class:`model.open_set.OpenSetRule` where the checkpoint records one; otherwise from ``threshold``
+            alone.
         subject_score: how much the picture looks like the training data's subject, in [0, 1] (probability mass
             of the subject's ImageNet classes), or None when the model has no such score.
         novelty: distance of the image's features to the nearest known class (squared Mahalanobis distance),
@@ -249,21 +243,10 @@ class Prediction:
         return self.best.scientific_name
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``label, confidence, confident, verdict, threshold, subject_score, novelty, display_name,
-        common_name, scientific_name, top_k: [ClassScore.to_dict(), ...]``."""
-        return {
-            "label": self.label,
-            "confidence": self.confidence,
-            "confident": self.confident,
-            "verdict": self.verdict,
-            "threshold": self.threshold,
-            "subject_score": self.subject_score,
-            "novelty": self.novelty,
-            "display_name": self.display_name,
-            "common_name": self.common_name,
-            "scientific_name": self.scientific_name,
-            "top_k": [score.to_dict() for score in self.top_k],
-        }
+        """JSON-ready, as declared by :class:`model.results.PredictionResult`: ``label, confidence, confident,
+        verdict, threshold, subject_score, novelty, display_name, common_name, scientific_name, top_k:
+        [ClassScore.to_dict(), ...]``."""
+        return prediction_result(self).model_dump(mode="json")
 
 
 class Predictor:

@@ -1,19 +1,237 @@
-"""The results table of predictions as CSV: one layout for the web page's download (``app.web``), ``predict.py``
-and ``static/app.js`` (which writes the same columns from the API's answers in the browser).
+"""The prediction result declared once, as pydantic models, and everything written from it: the JSON of the API
+(:func:`api_answer`), the JSON Schemas of its OpenAPI document (:func:`response_schemas`, completed with the
+running app's limits by ``app.openapi``) and the one CSV layout of the results table (:data:`CSV_LAYOUT`), which
+the web page's download (``app.web``), ``predict.py`` and ``static/app.js`` (given the layout by the page) write.
 
-Columns: the file (``file_name`` on the page, ``path`` in ``predict.py``), then ``species, label, confidence,
+The models describe the :class:`model.predictor.Prediction` and :class:`model.predictor.ClassScore` objects that
+the predictor makes (read through their attributes) and ``Predictor.summary()``; their field names are the JSON
+keys. The four verdicts (:data:`VERDICTS`) are part of the result, so they are declared here too.
+
+CSV columns: the file (``file_name`` on the page, ``path`` in ``predict.py``), then ``species, label, confidence,
 verdict, confident, error``, then ``top_1, top_1_confidence`` to ``top_K, top_K_confidence``. ``species`` is the
 most probable class's display name, ``label`` its class name, ``confidence`` its calibrated probability (4
-decimals), whatever the ``verdict`` (one of :data:`model.predictor.VERDICTS`); ``confident`` is ``true`` only for
-the ``species`` verdict. A file that could not be classified has only its ``error``.
+decimals), whatever the ``verdict``; ``confident`` is ``true`` only for the ``species`` verdict. A file that could
+not be classified has only its ``error``.
 """
 
 from __future__ import annotations
 
-from model.predictor import Prediction
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
+if TYPE_CHECKING:
+    from model.predictor import Prediction
+
+#: The four kinds of answer, most specific first (see :class:`model.predictor.Prediction`'s ``verdict``).
+Verdict = Literal["species", "not_sure", "unknown_species", "not_a_fish"]
+VERDICTS: tuple[str, ...] = get_args(Verdict)
+
+#: What each verdict means, for the API's documentation.
+VERDICT_DESCRIPTIONS: dict[str, str] = {
+    "species": "confident: `label` is the species (say its name)",
+    "not_sure": "probably one of the model's species, but `confidence` is below `threshold`: offer the first "
+    "classes of `top_k` ('not sure: maybe X or Y')",
+    "unknown_species": "looks like the model's subject (e.g. a fish) but probably none of its species",
+    "not_a_fish": "not the kind of picture the model was trained on at all",
+}
+
+
+def _probability(description: str | None = None, **kwargs: Any) -> Any:
+    """A field documented as a probability in [0, 1]. The bounds are in the schema only: the numbers come from
+    the model, and a float32 sum a hair over 1 must not fail an answer."""
+    return Field(description=description, json_schema_extra={"minimum": 0, "maximum": 1}, **kwargs)
+
+
+class ClassScoreResult(BaseModel):
+    """One class and its probability, with the names people know it by."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    label: str = Field(description="class name (its training folder name)")
+    confidence: float = _probability("softmax probability of the class")
+    display_name: str = Field(description="'Common name (Scientific name)', or the label")
+    common_name: str | None
+    scientific_name: str | None
+
+
+class PredictionResult(ClassScoreResult):
+    """The classification of one image: its most probable class, what to tell the user, and the top classes."""
+
+    confidence: float = _probability("softmax probability of `label`, the most probable class")
+    confident: bool = Field(
+        description="true exactly when `verdict` is `species`: name the species; otherwise say what `verdict` says"
+    )
+    verdict: Verdict = Field(
+        description="what to tell the user: "
+        + "; ".join(f"`{name}`: {VERDICT_DESCRIPTIONS[name]}" for name in VERDICTS)
+    )
+    threshold: float = _probability("confidence below which the model is not sure")
+    subject_score: float | None = _probability(
+        "how much the picture looks like the model's subject (probability of the subject's ImageNet classes); "
+        "null when the model has no such score"
+    )
+    novelty: float | None = Field(
+        description="distance of the picture's features to the nearest known class (squared Mahalanobis "
+        "distance; larger is more unlike the training photos); null when the model has no such score"
+    )
+    top_k: list[ClassScoreResult] = Field(
+        min_length=1, description="the `top_k` most probable classes, most probable first"
+    )
+
+
+class VerdictThresholds(BaseModel):
+    """The thresholds behind `verdict`; null where the model lacks that check."""
+
+    not_sure: float = _probability("`not_sure` below this confidence")
+    unknown_species: float | None = Field(None, description="`unknown_species` above this `novelty`")
+    not_a_fish: float | None = _probability("`not_a_fish` below this `subject_score`", default=None)
+
+
+class ModelSummary(BaseModel):
+    """The model that answered (`Predictor.summary()`)."""
+
+    arch: str
+    checkpoint: str | None = None
+    created: str | None = None
+    num_classes: int = Field(ge=1)
+    image_size: int = Field(ge=1, description="input side, in pixels")
+    precision: str
+    backend: str = Field(description="inference engine")
+    confidence_threshold: float = _probability()
+    temperature: float = Field(gt=0, description="softmax temperature: confidences are softmax(logits / temperature)")
+    val_accuracy: float | None = _probability(default=None)
+    val_macro_f1: float | None = _probability(default=None)
+    subject: str | None = Field(
+        None, description="what the model's pictures show (e.g. 'fish'), or null when not recorded"
+    )
+    verdict_thresholds: VerdictThresholds | None = None
+
+
+class PredictionResponse(PredictionResult):
+    """The answer for one image: its prediction and the model."""
+
+    model: ModelSummary
+
+
+class IndexedPrediction(PredictionResult):
+    """The prediction of one of several images."""
+
+    index: int = Field(ge=0, description="position (from 0) of the file among the request's `image` fields")
+
+
+class BatchResponse(BaseModel):
+    """The answer for several images: one prediction per file, in request order."""
+
+    predictions: list[IndexedPrediction] = Field(min_length=2)
+    model: ModelSummary
+
+
+#: The models of the API's answers that its OpenAPI document names (its ``components.schemas``), by name.
+RESPONSE_MODELS: dict[str, type[BaseModel]] = {
+    "ClassScore": ClassScoreResult,
+    "Prediction": PredictionResult,
+    "VerdictThresholds": VerdictThresholds,
+    "ModelSummary": ModelSummary,
+    "PredictionResponse": PredictionResponse,
+    "IndexedPrediction": IndexedPrediction,
+    "BatchResponse": BatchResponse,
+}
+
+
+def prediction_result(prediction: Prediction) -> PredictionResult:
+    """The declared result of a :class:`model.predictor.Prediction` (its fields read from its attributes)."""
+    return PredictionResult.model_validate(prediction, from_attributes=True)
+
+
+def api_answer(predictions: Sequence[Prediction], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON of ``POST /api/predict``: a :class:`PredictionResponse` for one image, a :class:`BatchResponse`
+    (``index`` = position of the file, from 0) for several.
+
+    Args:
+        predictions: one per image, in request order; at least one.
+        summary: ``Predictor.summary()``; its keys are passed on as they are (none added).
+
+    Returns:
+        A JSON-ready dict (``model_dump(mode="json")``).
+
+    Raises:
+        pydantic.ValidationError: ``summary`` or a prediction does not fit the declared result (a bug, not input).
+    """
+    model = ModelSummary.model_validate(summary)
+    results = [dict(prediction_result(p)) for p in predictions]
+    if len(results) == 1:
+        answer: BaseModel = PredictionResponse(**results[0], model=model)
+    else:
+        answer = BatchResponse(
+            predictions=[IndexedPrediction(**result, index=i) for i, result in enumerate(results)], model=model
+        )
+    # exclude_unset: the model summary keeps exactly the keys that summary() gives
+    return answer.model_dump(mode="json", exclude_unset=True)
+
+
+class _PlainSchema(GenerateJsonSchema):
+    """JSON Schema without the titles pydantic makes up from class and field names."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def generate(self, schema: Any, mode: Any = "validation") -> Any:
+        out = super().generate(schema, mode)
+        out.pop("title", None)
+        return out
+
+    def model_schema(self, schema: Any) -> Any:
+        out = super().model_schema(schema)
+        out.pop("title", None)
+        return out
+
+
+def response_schemas(ref_template: str = "#/components/schemas/{model}") -> dict[str, dict[str, Any]]:
+    """JSON Schemas (draft 2020-12) of :data:`RESPONSE_MODELS`, by name, as answers are serialized; references
+    between them follow ``ref_template``. Run-time limits (class names, image counts) are left to the caller."""
+    names = {model: name for name, model in RESPONSE_MODELS.items()}
+    _, top = models_json_schema(
+        [(model, "serialization") for model in RESPONSE_MODELS.values()],
+        ref_template="{model}",
+        schema_generator=_PlainSchema,
+    )
+    defs: dict[str, Any] = top["$defs"]
+    by_class = {model.__name__: name for model, name in names.items()}
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: (ref_template.format(model=by_class[value]) if key == "$ref" else rename(value))
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [rename(item) for item in node]
+        return node
+
+    return {by_class[class_name]: rename(schema) for class_name, schema in defs.items()}
+
+
+# --- the CSV layout ----------------------------------------------------------------------------------------------
+
+#: The columns after the file's own, before the top-k pairs: ``(column, field of PredictionResult)``; the
+#: ``error`` column (field None) holds why a file could not be classified.
+CSV_FIELDS: tuple[tuple[str, str | None], ...] = (
+    ("species", "display_name"),
+    ("label", "label"),
+    ("confidence", "confidence"),
+    ("verdict", "verdict"),
+    ("confident", "confident"),
+    ("error", None),
+)
 #: The columns after the file's own, before the top-k pairs.
-COLUMNS: tuple[str, ...] = ("species", "label", "confidence", "verdict", "confident", "error")
+COLUMNS: tuple[str, ...] = tuple(column for column, _ in CSV_FIELDS)
+#: The names of the i-th top-k pair's columns, its class name and its probability (``{i}`` counts from 1).
+TOP_K_COLUMNS: tuple[str, str] = ("top_{i}", "top_{i}_confidence")
+#: The layout as plain data, for ``static/app.js`` (``data-csv-layout`` on the page's form).
+CSV_LAYOUT: dict[str, Any] = {"fields": [list(pair) for pair in CSV_FIELDS], "top_k": list(TOP_K_COLUMNS)}
 
 
 def csv_cell(value: object) -> str:
@@ -23,20 +241,28 @@ def csv_cell(value: object) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def _csv_text(value: object) -> str:
+    """A JSON value of the result as CSV text: numbers (probabilities) with 4 decimals, booleans as ``true`` or
+    ``false``, None empty."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
 def csv_header(file_column: str, k: int) -> list[str]:
-    """The header: ``file_column``, :data:`COLUMNS`, then ``top_i, top_i_confidence`` for i = 1..k."""
-    return [file_column, *COLUMNS, *(f"top_{i}{suffix}" for i in range(1, k + 1) for suffix in ("", "_confidence"))]
+    """The header: ``file_column``, :data:`COLUMNS`, then the :data:`TOP_K_COLUMNS` pairs for i = 1..k."""
+    return [file_column, *COLUMNS, *(name.format(i=i) for i in range(1, k + 1) for name in TOP_K_COLUMNS)]
 
 
 def csv_row(name: str, prediction: Prediction | None, error: str, k: int) -> list[str]:
     """One row under :func:`csv_header` with ``k`` top-k pairs (fewer classes leave the rest empty), every cell
-    escaped by :func:`csv_cell`; without a prediction, only ``name`` and ``error``."""
-    if prediction is None:
-        row = [name, "", "", "", "", "", error]
-    else:
-        p = prediction
-        row = [name, p.display_name, p.label, f"{p.confidence:.4f}", p.verdict, str(p.confident).lower(), error]
-        for score in p.top_k[:k]:
-            row += [score.label, f"{score.confidence:.4f}"]
-    row += [""] * (len(COLUMNS) + 1 + 2 * k - len(row))
-    return [csv_cell(cell) for cell in row]
+    escaped by :func:`csv_cell`, from the JSON fields of :func:`prediction_result`; without a prediction, only
+    ``name`` and ``error``."""
+    fields = prediction_result(prediction).model_dump(mode="json") if prediction is not None else {}
+    row: list[object] = [name, *(fields.get(field) if field else error for _, field in CSV_FIELDS)]
+    for score in fields.get("top_k", [])[:k]:
+        row += [score["label"], score["confidence"]]
+    row += [None] * (len(COLUMNS) + 1 + 2 * k - len(row))
+    return [csv_cell(_csv_text(cell)) for cell in row]

@@ -29,7 +29,10 @@
   const numClasses = Number(form.dataset.numClasses) || 0;
   const subject = (form.dataset.subject || "").trim() || null; // "fish", or null: word the verdicts generically
   const modelUrl = form.dataset.modelUrl || "/model";
-  const CSV_FILENAME = "fish-species.csv";
+  const csvFilename = form.dataset.csvFilename;
+  // The server's CSV layout (model/results.py): {file: column, fields: [[column, API field or null for the
+  // error]], top_k: [the i-th pair's column names, "{i}" counting from 1]}
+  const csvLayout = JSON.parse(form.dataset.csvLayout);
 
   let files = [];
   let previewUrls = [];
@@ -456,7 +459,7 @@
       el(
         "p",
         {},
-        el("a", { class: "button", id: "csv-download", href: csvUrl, download: CSV_FILENAME }, "Download the results (CSV)"),
+        el("a", { class: "button", id: "csv-download", href: csvUrl, download: csvFilename }, "Download the results (CSV)"),
       ),
       el("div", { class: "table-scroll", role: "region", "aria-labelledby": "results-heading", tabindex: "0" }, [
         el("table", { class: "results-table" }, [
@@ -488,7 +491,7 @@
     }
   }
 
-  // --- CSV: the same columns as the server's (model/results.py, used by app/web.py and predict.py) ---------
+  // --- CSV: the server's layout (data-csv-layout from model/results.py, used by app/web.py and predict.py) ------
 
   /** One CSV field: no formula prefixes for spreadsheets, quoted when it holds a comma, quote or line break. */
   function csvCell(value) {
@@ -499,30 +502,27 @@
     return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
 
+  /** A value of the API's JSON as CSV text, as the server writes it: numbers (probabilities) with 4 decimals. */
+  function csvText(value) {
+    return typeof value === "number" ? value.toFixed(4) : value;
+  }
+
   function resultsCsv(entries) {
     const k = Math.max(0, ...entries.map((entry) => (entry.prediction ? entry.prediction.top_k.length : 0)));
-    const header = ["file_name", "species", "label", "confidence", "verdict", "confident", "error"];
+    const header = [csvLayout.file, ...csvLayout.fields.map((pair) => pair[0])];
     for (let i = 1; i <= k; i += 1) {
-      header.push("top_" + i, "top_" + i + "_confidence");
+      header.push(...csvLayout.top_k.map((name) => name.replace("{i}", String(i))));
     }
     const lines = [header];
     entries.forEach((entry) => {
       const p = entry.prediction;
-      if (!p) {
-        lines.push([entry.file.name, "", "", "", "", "", entry.error]);
-        return;
+      const row = [entry.file.name];
+      csvLayout.fields.forEach(([, field]) => row.push(field === null ? entry.error : p ? p[field] : null));
+      (p ? p.top_k.slice(0, k) : []).forEach((score) => row.push(score.label, score.confidence));
+      while (row.length < header.length) {
+        row.push(null); // fewer classes than k, or no prediction: empty cells, as the server pads
       }
-      const row = [
-        entry.file.name,
-        p.display_name,
-        p.label,
-        p.confidence.toFixed(4),
-        verdictOf(p),
-        String(p.confident),
-        "",
-      ];
-      p.top_k.forEach((score) => row.push(score.label, score.confidence.toFixed(4)));
-      lines.push(row);
+      lines.push(row.map(csvText));
     });
     return lines.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
   }

@@ -397,6 +397,23 @@ def test_results_csv_and_data_url() -> None:
     assert csv_data_url("a,b\r\n") == "data:text/csv;charset=utf-8,a%2Cb%0D%0A"
 
 
+def test_the_page_gives_app_js_the_servers_csv_layout(client: FlaskClient) -> None:
+    """static/app.js writes the CSV from data-csv-layout: the columns of model.results, whose fields are the
+    declared result's, and the server's download name."""
+    from model.results import CSV_FIELDS, CSV_LAYOUT, PredictionResult, csv_header
+
+    page = client.get("/").get_data(as_text=True)
+    attribute = re.search(r"data-csv-layout='([^']+)'", page)
+    assert attribute, "the form has no data-csv-layout"
+    layout = json.loads(unescape(attribute.group(1)))
+    assert layout == {"file": "file_name", **json.loads(json.dumps(CSV_LAYOUT))}
+    header = [layout["file"], *(column for column, _ in layout["fields"])]
+    header += [name.replace("{i}", str(i)) for i in (1, 2) for name in layout["top_k"]]
+    assert header == csv_header("file_name", 2)
+    assert {field for _, field in CSV_FIELDS if field} <= set(PredictionResult.model_fields)
+    assert 'data-csv-filename="fish-species.csv"' in page
+
+
 # --- the model page ----------------------------------------------------------------------------------------------
 
 

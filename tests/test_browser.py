@@ -32,6 +32,7 @@ import pytest
 
 from app.web import verdict_headline
 from model.predictor import VERDICTS, ClassScore, Prediction
+from model.results import csv_header
 from tests.conftest import ROOT, SHARED_DATA, gunicorn_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-dev.txt")
@@ -292,6 +293,7 @@ def test_several_photos_give_a_table_and_a_csv(server: str, new_page: Any, conso
     assert download.suggested_filename == "fish-species.csv"
     table = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
     assert [r["file_name"] for r in table] == [pictures[0].name, pictures[1].name, notes.name, pictures[2].name]
+    assert table[2]["top_5_confidence"] == "" and "not a supported image" in table[2]["error"]  # padded as the server
     for row, prediction in zip([table[0], table[1], table[3]], expected, strict=True):
         assert row["label"] == prediction["label"] == row["top_1"]
         assert row["species"] == prediction["display_name"]
@@ -392,7 +394,7 @@ def test_the_script_words_each_verdict(server: str, new_page: Any) -> None:
         page.get_by_role("link", name="Download the results (CSV)").click()
     reader = csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text(encoding="utf-8")))
     table = list(reader)
-    assert reader.fieldnames[:7] == ["file_name", "species", "label", "confidence", "verdict", "confident", "error"]
+    assert reader.fieldnames == csv_header("file_name", 5)  # the server's layout (model/results.py)
     assert [(r["verdict"], r["confident"]) for r in table] == [(v, str(v == "species").lower()) for v in VERDICTS]
 
 

@@ -19,6 +19,15 @@ from referencing.jsonschema import DRAFT202012
 from app import create_app
 from app.images import SUPPORTED_FORMATS
 from model.predictor import VERDICTS
+from model.results import (
+    BatchResponse,
+    ClassScoreResult,
+    IndexedPrediction,
+    ModelSummary,
+    PredictionResponse,
+    PredictionResult,
+    response_schemas,
+)
 from tests.conftest import COLOURS
 from tests.test_app import answer_with_verdicts
 
@@ -109,6 +118,30 @@ def test_several_images_answer_matches_the_document(
     assert response.status_code == 200
     assert_matches(document, "/api/predict", "post", 200, response.get_json())
     assert [p["index"] for p in response.get_json()["predictions"]] == [0, 1, 2]
+
+
+def test_answers_have_exactly_the_keys_of_the_declared_result(
+    app: Flask, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
+) -> None:
+    """The JSON of both answers is made from the pydantic models of model.results: exactly their fields (the model
+    summary: exactly Predictor.summary()'s keys, all declared), and the document's schemas are theirs."""
+    one = post(app.test_client(), [jpeg_bytes()]).get_json()
+    several = post(app.test_client(), [jpeg_bytes(), jpeg_bytes()], top_k="2").get_json()
+    summary_keys = set(app.extensions["predictor"].summary())
+    assert set(one) == set(PredictionResponse.model_fields)
+    assert set(one["top_k"][0]) == set(ClassScoreResult.model_fields)
+    assert set(several) == set(BatchResponse.model_fields)
+    assert all(set(p) == set(IndexedPrediction.model_fields) for p in several["predictions"])
+    assert set(one["model"]) == set(several["model"]) == summary_keys == set(ModelSummary.model_fields)
+    assert (
+        set(one) - {"model"}
+        == set(PredictionResult.model_fields)
+        == set(document["components"]["schemas"]["Prediction"]["properties"])
+    )
+    for name, schema in response_schemas().items():
+        served = document["components"]["schemas"][name]
+        assert set(served["properties"]) == set(schema["properties"])  # (the served JSON has its keys sorted)
+        assert served.get("required") == schema.get("required")
 
 
 def test_verdicts_are_documented(document: dict[str, Any]) -> None:
