@@ -9,7 +9,6 @@ headers. Serve it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from app import api, inference, web
 from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest
 from app.uploads import start_deadline
 from model.checkpoint import CheckpointError
-
-logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Prefix of environment variables that override the defaults, e.g. ``FISH_MODEL_PATH``, ``FISH_TOP_K``.

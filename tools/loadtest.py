@@ -169,7 +169,7 @@ def start_server(model: Path, port: int, workers: int | None, log_path: Path) ->
 def serving_pids(log_path: Path) -> set[int]:
     """Workers whose app logged ``serving <model>`` (its model is loaded), from gunicorn's log."""
     text = log_path.read_text(errors="replace")
-    return {int(pid) for pid in re.findall(r"\[(\d+)\] \[INFO\] app: serving ", text)}
+    return {int(pid) for pid in re.findall(r"\[(\d+)\] \[INFO\] app[\w.]*: serving ", text)}
 
 
 def stop_server(server: subprocess.Popen[bytes], grace: float = 30.0) -> None:
