@@ -324,6 +324,8 @@ def test_train_rejects_bad_options(
     ("extra", "message"),
     [
         (("--epochs", "0"), "--epochs must be >= 1"),
+        (("--lr", "-1"), "--lr must be > 0"),
+        (("--val-fraction", "1.5"), "--val-fraction must be in (0, 1)"),
         (("--arch", "nonet"), "unknown arch 'nonet'"),
         (("--head", "transformer"), "invalid choice: 'transformer'"),
         (("--freeze-backbone", "--head-epochs", "2"), "not both"),
