@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from model.network import classifier_name
 from model.runtime import autocast
+from training.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -380,3 +381,31 @@ def predict_loader(
     if not all_logits:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(all_logits), torch.cat(all_targets)
+
+
+def evaluate(
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    device: torch.device,
+    class_names: Sequence[str],
+    *,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Validate ``model`` (put in eval mode) on a loader of ``(images, targets)``, under autocast at
+    ``precision``; under torch.distributed each process passes its shard and gets the whole set's numbers.
+
+    Returns:
+        :func:`training.metrics.classification_metrics` of the argmax predictions plus ``"loss"``: the mean
+        cross-entropy of the logits (NaN without a readable image).
+    """
+    model.eval()
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return model(images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+
+    logits, targets = gather_predictions(*predict_loader(forward, data_loader, desc="val"))
+    loss = float(nn.functional.cross_entropy(logits, targets)) if targets.numel() else float("nan")
+    metrics = classification_metrics(targets.tolist(), logits.argmax(1).tolist(), class_names)
+    metrics["loss"] = loss
+    return metrics
