@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from model.predictor import Predictor
 from training.data import ImageListDataset, Sample, collate_skip_none, read_split, scan_image_folder
 from training.metrics import (
+    calibrated_probabilities,
     classification_metrics,
     expected_calibration_error,
     format_report,
@@ -151,60 +152,80 @@ def evaluate_predictor(
     fit_temperature: bool = False,
 ) -> dict[str, Any]:
     """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``): the
-    images through :func:`collect_outputs`, then :func:`evaluate_logits`.
+    images through :func:`collect_outputs`, then :func:`evaluate_logits` at the predictor's temperature and
+    "not sure" threshold.
+
+    Args:
+        fit_temperature: fit the softmax temperature on these images instead (see :func:`evaluate_logits`) and
+            set ``predictor.temperature`` to it, so that the predictor then serves the calibrated probabilities.
 
     Raises:
         ValueError: no readable image.
     """
     outputs = collect_outputs(predictor, root, samples, batch_size=batch_size, workers=workers)
-    return evaluate_logits(
-        predictor, outputs.logits, outputs.targets, target_accuracy=target_accuracy, fit_temperature=fit_temperature
+    metrics = evaluate_logits(
+        outputs.logits,
+        outputs.targets,
+        predictor.class_names,
+        temperature=predictor.temperature,
+        confidence_threshold=predictor.confidence_threshold,
+        target_accuracy=target_accuracy,
+        fit_temperature=fit_temperature,
     )
+    if fit_temperature:
+        predictor.temperature = metrics["temperature"]
+    return metrics
 
 
 def evaluate_logits(
-    predictor: Predictor,
     logits: torch.Tensor,
     targets: torch.Tensor,
+    class_names: Sequence[str],
     *,
+    temperature: float = 1.0,
+    confidence_threshold: float = 0.0,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     fit_temperature: bool = False,
 ) -> dict[str, Any]:
-    """The metrics of ``predictor``'s logits ``(N, C)`` float32 for labelled images (``targets`` ``(N,)`` int64,
-    indexing ``predictor.class_names``).
+    """The metrics of logits ``(N, C)`` float32 for labelled images (``targets`` ``(N,)`` int64, indexing
+    ``class_names``), with the probabilities ``softmax(logits / temperature)`` a predictor at ``temperature``
+    serves (see :meth:`model.predictor.Predictor.calibrated`). A pure function of its arguments.
 
     Args:
-        fit_temperature: first fit the softmax temperature on these images (temperature scaling, see
-            :func:`training.metrics.fit_temperature`) and set ``predictor.temperature`` to it; the confidences,
-            the "not sure" threshold and the calibration numbers are then those of the calibrated probabilities.
+        temperature: the softmax temperature T > 0.
+        confidence_threshold: the "not sure" threshold to measure (``"at_model_threshold"``).
+        target_accuracy: the accuracy the chosen "not sure" threshold is to reach (``"selective"``).
+        fit_temperature: first fit the temperature on these images (temperature scaling, see
+            :func:`training.metrics.fit_temperature`), replacing ``temperature``; the confidences, the "not sure"
+            threshold and the calibration numbers are then those of the calibrated probabilities.
 
     Returns:
         :func:`training.metrics.classification_metrics` plus ``"images"`` (how many were classified),
         ``"mean_confidence"``, ``"selective"``: the "not sure" threshold for ``target_accuracy`` (see
-        :func:`training.metrics.selective_threshold`), ``"at_model_threshold"``: the accuracy above the
-        predictor's current threshold, ``"temperature"`` (the predictor's, after fitting), ``"ece"`` (15-bin
-        expected calibration error, :func:`training.metrics.expected_calibration_error`) and ``"nll"`` (mean
-        negative log-likelihood, nats) of the probabilities the predictor serves; with ``fit_temperature`` also
-        ``"ece_before"`` and ``"nll_before"`` at temperature 1.
+        :func:`training.metrics.selective_threshold`), ``"at_model_threshold"``: the accuracy above
+        ``confidence_threshold``, ``"temperature"`` (the one used, fitted or given), ``"ece"`` (15-bin expected
+        calibration error, :func:`training.metrics.expected_calibration_error`) and ``"nll"`` (mean negative
+        log-likelihood, nats) of the calibrated probabilities; with ``fit_temperature`` also ``"ece_before"`` and
+        ``"nll_before"`` at temperature 1.
     """
     calibration: dict[str, float] = {}
     if fit_temperature:
         calibration["ece_before"] = expected_calibration_error(torch.softmax(logits, dim=1), targets)
         calibration["nll_before"] = negative_log_likelihood(logits, targets)
-        predictor.temperature = fit_softmax_temperature(logits, targets)
-    probs = predictor.calibrated(logits)
-    calibration["temperature"] = predictor.temperature
+        temperature = fit_softmax_temperature(logits, targets)
+    probs = calibrated_probabilities(logits, temperature)
+    calibration["temperature"] = temperature
     calibration["ece"] = expected_calibration_error(probs, targets)
-    calibration["nll"] = negative_log_likelihood(logits, targets, predictor.temperature)
-    metrics = classification_metrics(targets.tolist(), probs.argmax(1).tolist(), predictor.class_names)
+    calibration["nll"] = negative_log_likelihood(logits, targets, temperature)
+    metrics = classification_metrics(targets.tolist(), probs.argmax(1).tolist(), class_names)
     metrics["images"] = int(targets.numel())
     confidences, predicted = probs.max(1)
     correct = (predicted == targets).numpy()
     metrics["mean_confidence"] = float(confidences.mean())
     metrics["selective"] = selective_threshold(confidences.numpy(), correct, target_accuracy)
-    accepted = (confidences >= predictor.confidence_threshold).numpy()
+    accepted = (confidences >= confidence_threshold).numpy()
     metrics["at_model_threshold"] = {
-        "confidence_threshold": predictor.confidence_threshold,
+        "confidence_threshold": confidence_threshold,
         "coverage": float(accepted.mean()),
         "selective_accuracy": float(correct[accepted].mean()) if accepted.any() else 0.0,
     }

@@ -28,10 +28,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, WeightedRandomSampler
 
-from model.checkpoint import load_checkpoint, make_checkpoint, release_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from model.network import WEIGHTS_IMAGENET, build_model, default_preprocessing, pretrained_head
 from model.open_set import OpenSetNetwork, distillation_loss
-from model.predictor import Predictor
 from model.runtime import autocast, resolve_device, resolve_precision
 from model.transforms import Preprocessing, eval_transform, train_transform
 from training.config import TrainConfig, save_config, validate
@@ -59,15 +58,8 @@ from training.engine import (
     set_backbone_trainable,
     train_one_epoch,
 )
-from training.evaluation import (
-    DEFAULT_TARGET_ACCURACY,
-    ClassMismatchError,
-    Outputs,
-    collect_outputs,
-    evaluate_logits,
-    report,
-)
-from training.open_set import choose_open_set, open_set_samples, verdict_report
+from training.evaluation import ClassMismatchError
+from training.release import OpenSetOptions, write_release
 
 logger = logging.getLogger(__name__)
 
@@ -631,149 +623,3 @@ def _build_distillation(
         return weight * distillation_loss(imagenet_logits, target)
 
     return distill
-
-
-#: ``train.py``'s open-set options (:class:`training.config.TrainConfig` fields); a release records the values it
-#: chose its thresholds with.
-OPEN_SET_OPTIONS = (
-    "subject",
-    "open_set_photos",
-    "not_subject",
-    "subject_rejection",
-    "novelty_rejection",
-    "max_confidently_wrong",
-)
-
-
-@dataclass
-class OpenSetOptions:
-    """What the release step needs to choose the open-set thresholds (see :mod:`training.open_set`): the training
-    images (to fit the scores on) and the run's configuration (its :data:`OPEN_SET_OPTIONS`)."""
-
-    train_root: Path
-    train_samples: list[Sample]
-    config: TrainConfig
-
-
-def _open_set_release(
-    predictor: Predictor, options: OpenSetOptions, val: Outputs, batch_size: int, workers: int
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
-    """Choose the open-set thresholds for ``predictor`` and measure the verdicts on every set; ``val`` holds the
-    outputs on the validation images, already computed for the evaluation.
-
-    Returns:
-        ``(checkpoint "open_set" record, serving fields, {set name: verdict report})``.
-    """
-    cfg = options.config
-    kwargs = {"batch_size": batch_size, "workers": workers}
-    train = collect_outputs(predictor, options.train_root, options.train_samples, **kwargs)
-    sets = {"val": val}
-    others = open_set_samples(cfg.open_set_photos, cfg.not_subject, predictor.class_names)
-    for name, (root, rows) in others.items():
-        if name != "not_subject":
-            sets[name] = collect_outputs(predictor, root, rows, **kwargs)
-    record, rule = choose_open_set(
-        predictor,
-        train,
-        sets,
-        subject=cfg.subject,
-        subject_rejection=cfg.subject_rejection,
-        novelty_rejection=cfg.novelty_rejection,
-        max_confidently_wrong=cfg.max_confidently_wrong,
-    )
-    if "not_subject" in others:
-        sets["not_subject"] = collect_outputs(predictor, *others["not_subject"], **kwargs)
-    reports = {name: verdict_report(predictor, outputs) for name, outputs in sets.items()}
-    for name, rep in reports.items():
-        logger.info("open set, %s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in rep.items()))
-    serving = {
-        "subject_threshold": rule.subject_threshold,
-        "novelty_threshold": rule.novelty_threshold,
-        "subject": rule.subject,
-        "confidence_threshold": rule.confidence_threshold,
-    }
-    return record, serving, reports
-
-
-def write_release(
-    out: Path,
-    val_root: Path,
-    val_samples: list[Sample],
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 64,
-    workers: int = 2,
-    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
-    class_info: dict[str, dict[str, str]] | None = None,
-    open_set: OpenSetOptions | None = None,
-) -> dict[str, Any]:
-    """Make ``out/release.pt`` from ``out/best.pt`` and evaluate it on the validation images.
-
-    The release copy holds fp16 weights and no optimizer state (see :func:`model.checkpoint.release_checkpoint`);
-    its ``metrics`` are replaced by this evaluation (through :class:`Predictor`, as served), so the numbers the
-    web app shows are the ones ``evaluate.py`` reproduces, and its ``serving`` record holds the softmax
-    temperature fitted on the validation images (temperature scaling, Guo et al. 2017) and the "not sure"
-    threshold chosen on the same, calibrated, probabilities for ``target_accuracy``. ``class_info`` replaces the
-    names recorded in ``best.pt`` when given. With ``open_set``, the "unknown species" and "not a fish" checks
-    are fitted and their thresholds chosen (:mod:`training.open_set`), and the verdicts on each set are reported
-    under ``"open_set"``. Writes the evaluation files into ``out``.
-
-    Returns:
-        The evaluation (see :func:`training.evaluation.evaluate_logits`) plus ``"best_epoch"``.
-    """
-    best = load_checkpoint(out / "best.pt")
-    release = release_checkpoint(best)
-    if class_info is not None:
-        release["class_info"] = class_info
-    save_checkpoint(release, out / "release.pt")
-    predictor = Predictor.from_checkpoint(out / "release.pt", device=device)
-    val = collect_outputs(predictor, val_root, val_samples, batch_size=batch_size, workers=workers)
-    final = evaluate_logits(predictor, val.logits, val.targets, target_accuracy=target_accuracy, fit_temperature=True)
-    logger.info(
-        "final evaluation of %s (epoch %d) on %d val images:\n%s",
-        out / "release.pt",
-        best["epoch"],
-        final["images"],
-        report(final, predictor.class_names, out),
-    )
-    release["metrics"] = {
-        "val_accuracy": final["accuracy"],
-        "val_macro_f1": final["macro_f1"],
-        "val_macro_precision": final["macro_precision"],
-        "val_macro_recall": final["macro_recall"],
-        "val_images": float(final["images"]),
-        "best_epoch": float(best["epoch"]),
-        "val_ece": float(final["ece"]),
-        "val_ece_before": float(final["ece_before"]),
-        "val_nll": float(final["nll"]),
-        "temperature": float(final["temperature"]),
-        "per_class": final["per_class"],
-        "confusion_matrix": final["confusion_matrix"],
-    }
-    release["serving"] = {**final["selective"], "temperature": float(final["temperature"])}
-    if open_set is not None:
-        predictor.confidence_threshold = final["selective"]["confidence_threshold"]
-        record, serving, reports = _open_set_release(predictor, open_set, val, batch_size, workers)
-        release["open_set"] = record
-        release["serving"].update(serving)
-        # the options that chose the thresholds, which a release re-made with --resume may have changed
-        release["config"].update({name: getattr(open_set.config, name) for name in OPEN_SET_OPTIONS})
-        # the "not sure" threshold may have risen: describe it by what it does on the validation images
-        release["serving"]["coverage"] = reports["val"]["species"]
-        release["serving"]["selective_accuracy"] = reports["val"]["species_accuracy"]
-        release["metrics"]["open_set"] = reports
-        final["open_set"] = reports
-    logger.info(
-        "temperature %.3f: ECE %.4f -> %.4f on the val images", final["temperature"], final["ece_before"], final["ece"]
-    )
-    serving = release["serving"]  # the selective threshold, or the open-set one where that rose above it
-    logger.info(
-        "'not sure' threshold %.3f: %.1f%% of val images named, %.1f%% of those right (target %.0f%%)",
-        serving["confidence_threshold"],
-        100 * serving["coverage"],
-        100 * serving["selective_accuracy"],
-        100 * target_accuracy,
-    )
-    save_checkpoint(release, out / "release.pt")
-    final["best_epoch"] = best["epoch"]
-    return final
