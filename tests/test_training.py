@@ -18,8 +18,8 @@ from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
 from tests.conftest import COLOURS, encode, make_imagefolder, synthetic_image
 from training.data import read_class_info, read_split, scan_image_folder, split_samples
-from training.engine import build_optimizer, build_scheduler
 from training.metrics import classification_metrics, selective_threshold
+from training.optim import build_optimizer, build_scheduler
 
 FISH_GROUPS = r"fish_(\d+)_"
 

@@ -1,17 +1,17 @@
-"""Evaluate a :class:`model.predictor.Predictor` on labelled images: shared by ``train.py`` and ``evaluate.py``.
+"""Evaluating a trained model on labelled images: the library of ``evaluate.py``, also used by the release step
+(:mod:`training.release`) and ``quantize.py``.
 
-The images go through ``predictor.transform`` (the checkpoint's eval preset) and ``predictor.outputs``, the same
-code path the web app serves with, and the probabilities are ``softmax(logits / predictor.temperature)`` as in
-``predictor.probabilities``, so the numbers printed here are the numbers users get.
+A :class:`model.predictor.Predictor` (the checkpoint as served) runs over the images (:func:`collect_outputs`): its
+eval transform and ``predictor.outputs``, the code path the web app serves with. The metrics are then a pure
+function of the logits (:func:`evaluate_logits`), with the probabilities ``softmax(logits / temperature)`` that
+``predictor.calibrated`` serves, so the numbers printed here are the numbers users get.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,15 +23,10 @@ from training.metrics import (
     calibrated_probabilities,
     classification_metrics,
     expected_calibration_error,
-    format_report,
     negative_log_likelihood,
     selective_threshold,
-    write_evaluation,
 )
 from training.metrics import fit_temperature as fit_softmax_temperature
-
-logger = logging.getLogger(__name__)
-
 
 #: Default accuracy wanted of the predictions shown as confident (the rest are "not sure"); a choice, not a measurement.
 DEFAULT_TARGET_ACCURACY = 0.95
@@ -256,14 +251,3 @@ def samples_for_checkpoint(
             + ("" if extra or missing else "; same names in a different order")
         )
     return samples
-
-
-def report(
-    metrics: dict[str, Any], class_names: Sequence[str], out_dir: str | os.PathLike[str] | None, prefix: str = ""
-) -> str:
-    """Format ``metrics`` as text and, when ``out_dir`` is given, write the evaluation files there."""
-    text = format_report(metrics)
-    if out_dir is not None:
-        paths = write_evaluation(metrics, class_names, Path(out_dir), prefix=prefix)
-        logger.info("wrote %s", ", ".join(str(p) for p in paths))
-    return text

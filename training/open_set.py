@@ -248,12 +248,6 @@ def open_set_samples(
     return sets
 
 
-def format_verdicts(name: str, root: str | os.PathLike[str], report: dict[str, float]) -> str:
-    """One line for a :func:`verdict_report`, e.g. ``known_photos (239 images of DIR): species 80.3 % ...``."""
-    parts = [f"{key.replace('_', ' ')} {100 * value:.1f} %" for key, value in report.items() if key != "images"]
-    return f"{name} ({int(report['images'])} images of {root}): " + ", ".join(parts)
-
-
 def confidence_threshold_for_known_photos(
     probabilities: torch.Tensor,
     targets: torch.Tensor,

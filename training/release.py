@@ -30,9 +30,10 @@ from model.predictor import Predictor
 from model.transforms import Preprocessing
 from training.config import TrainConfig
 from training.data import Sample
-from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits, report
+from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
 from training.metrics import calibrated_probabilities
 from training.open_set import OpenSetFit, choose_open_set, open_set_samples, verdict_counts
+from training.reports import report
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""``fit(config)``: the whole of a training run, from an ImageFolder to checkpoints and an evaluation.
+"""``fit(config)``: a training run as a list of named steps, from an ImageFolder to checkpoints and an evaluation.
+
+After torchvision's ``references/classification/train.py``: :func:`start_run`, :func:`build_data`,
+:func:`build_network`, :func:`build_optimization` and :func:`resume` set the run up; each epoch is
+:func:`train_epoch` (the loop in :mod:`training.engine`), :func:`training.engine.evaluate`, :func:`save_epoch`
+and :func:`should_stop`; the release step (:mod:`training.release`) ends it.
 
 Run folder contents: ``config.yaml`` (the resolved options; ``--config`` reads it back), ``split.csv``,
 ``metrics.csv`` (one row per epoch), ``best.pt`` (by validation macro-F1; with ``--ema-decay`` the averaged
@@ -10,8 +15,6 @@ evaluation of ``release.pt`` on the validation set: ``metrics.json``, ``per_clas
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import logging
 import math
 import random
@@ -47,33 +50,21 @@ from training.data import (
     write_split,
 )
 from training.distributed import DistributedContext, init_distributed
-from training.engine import (
+from training.engine import evaluate, train_one_epoch
+from training.evaluation import ClassMismatchError
+from training.optim import (
     LRSchedule,
     build_batch_mix,
     build_ema,
     build_optimizer,
     build_scheduler,
     class_weights,
-    evaluate,
     set_backbone_trainable,
-    train_one_epoch,
 )
-from training.evaluation import ClassMismatchError
 from training.release import OpenSetOptions, write_release
+from training.reports import append_metrics_row, write_json
 
 logger = logging.getLogger(__name__)
-
-METRICS_COLUMNS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_f1",
-    "train_images_per_s",
-    "epoch_seconds",
-]
 
 
 def seed_everything(seed: int) -> None:
@@ -120,17 +111,6 @@ def load_data(
         class_counts(train, class_names),
     )
     return class_names, Path(cfg.data), train, val_root, val
-
-
-def append_metrics_row(path: Path, row: dict[str, Any]) -> None:
-    """Append ``row`` to the ``metrics.csv`` at ``path`` (:data:`METRICS_COLUMNS`, floats to 6 significant
-    digits), writing the header first when the file is new."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def _train_sampler(
@@ -600,7 +580,7 @@ def _fit(cfg: TrainConfig, ctx: DistributedContext) -> dict[str, Any]:
             train_seconds=train_seconds,
             train_images_per_s=float(np.mean(speeds)) if speeds else 0.0,
         )
-        (out / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        write_json(out / "metrics.json", final)
     return ctx.broadcast(final)
 
 
