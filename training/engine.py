@@ -36,6 +36,32 @@ def train_mode(model: nn.Module) -> None:
         module.get_submodule(classifier_name(module)).train()
 
 
+def optimizer_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_grad_norm: float,
+) -> None:
+    """Backpropagate a scalar ``loss`` and take one step of ``optimizer``: through ``scaler`` where it is enabled
+    (fp16), after clipping the total L2 norm of ``model``'s gradients to ``clip_grad_norm`` when that is > 0."""
+    optimizer.zero_grad(set_to_none=True)
+    use_scaler = scaler is not None and scaler.is_enabled()
+    if use_scaler:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    if clip_grad_norm > 0:
+        if use_scaler:
+            scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip_grad_norm)
+    if use_scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -98,21 +124,7 @@ def train_one_epoch(
                 loss = criterion(logits, targets) + distill(images, imagenet_logits)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        use_scaler = scaler is not None and scaler.is_enabled()
-        if use_scaler:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        if clip_grad_norm > 0:
-            if use_scaler:
-                scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip_grad_norm)
-        if use_scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optimizer_step(loss, model, optimizer, scaler, clip_grad_norm)
         lr_scheduler.step()
         if ema is not None:
             ema.update_parameters(getattr(model, "module", model))

@@ -10,7 +10,7 @@ function of the logits (:func:`evaluate_logits`), with the probabilities ``softm
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,24 @@ class Outputs:
     targets: torch.Tensor
 
 
+def _readable_batches(
+    predictor: Predictor, root: str | os.PathLike[str], samples: Sequence[Sample], batch_size: int, workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``samples`` (paths under ``root``) in order, through ``predictor.transform`` (the checkpoint's eval preset),
+    in batches of ``(images (N,3,S,S) float32, targets (N,) int64)``; unreadable images are left out (a warning
+    each, see :class:`training.data.ImageListDataset`), and so are batches with none left."""
+    loader = DataLoader(
+        ImageListDataset(root, samples, predictor.transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skip_none,
+    )
+    for batch in loader:
+        if batch is not None:
+            yield batch
+
+
 def collect_outputs(
     predictor: Predictor,
     root: str | os.PathLike[str],
@@ -64,18 +82,8 @@ def collect_outputs(
     Raises:
         ValueError: no readable image.
     """
-    loader = DataLoader(
-        ImageListDataset(root, samples, predictor.transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_skip_none,
-    )
     parts: list[tuple[torch.Tensor, ...]] = []
-    for batch in loader:
-        if batch is None:
-            continue
-        images, targets = batch
+    for images, targets in _readable_batches(predictor, root, samples, batch_size, workers):
         parts.append((*predictor.outputs(images), targets))
     if not parts:
         raise ValueError(f"no readable image under {root}")
@@ -101,18 +109,9 @@ def compare_predictors(
     Raises:
         ValueError: no readable image.
     """
-    loader = DataLoader(
-        ImageListDataset(root, samples, reference.transform),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate_skip_none,
-    )
     stats = {name: {"agree": 0, "correct": 0, "max_diff": 0.0} for name in candidates}
     total = correct_reference = 0
-    for batch in loader:
-        if batch is None:
-            continue
-        images, targets = batch
+    for images, targets in _readable_batches(reference, root, samples, batch_size, workers):
         expected = reference.probabilities(images)
         correct_reference += int((expected.argmax(1) == targets).sum())
         total += len(targets)
@@ -141,10 +140,10 @@ def evaluate_predictor(
     root: str | os.PathLike[str],
     samples: Sequence[Sample],
     *,
-    batch_size: int = 64,
-    workers: int = 2,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     fit_temperature: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``): the
     images through :func:`collect_outputs`, then :func:`evaluate_logits` at the predictor's temperature and

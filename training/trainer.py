@@ -145,9 +145,9 @@ class RunData:
 
     Attributes:
         class_names: the C class folder names, sorted; index i is logit i.
-        class_info: ``--class-info``'s names per class, or None.
         train_root, val_root: the folders the samples' paths are relative to.
         train_samples, val_samples: the split (every process holds all of it).
+        class_info: ``--class-info``'s names per class, or None.
         preprocessing: the network's input (size, crop, normalisation), recorded in every checkpoint.
         sampler: the training sampler (see :func:`_train_sampler`), or None when the loader shuffles.
         train_loader: augmented batches of ``(images (N,3,S,S) float32, targets (N,) int64)``.
@@ -155,11 +155,11 @@ class RunData:
     """
 
     class_names: list[str]
-    class_info: dict[str, dict[str, str]] | None
     train_root: Path
     train_samples: list[Sample]
     val_root: Path
     val_samples: list[Sample]
+    class_info: dict[str, dict[str, str]] | None
     preprocessing: Preprocessing
     sampler: Sampler[int] | None
     train_loader: DataLoader[Any]
@@ -172,7 +172,8 @@ def build_data(cfg: TrainConfig, ctx: DistributedContext, out: Path) -> RunData:
     # rank 0 writes the split first; the others then compute the same one (same seed) or read it on --resume
     data = load_data(cfg, out, write=True) if ctx.is_main else None
     ctx.barrier()
-    class_names, train_root, train_samples, val_root, val_samples = data or load_data(cfg, out, write=False)
+    split = data or load_data(cfg, out, write=False)
+    class_names, train_root, train_samples, val_root, val_samples = split
     preprocessing = default_preprocessing(cfg.arch, cfg.weights, image_size=cfg.image_size, crop_pct=cfg.crop_pct)
     loader_kwargs: dict[str, Any] = {
         "num_workers": cfg.workers,
@@ -200,12 +201,8 @@ def build_data(cfg: TrainConfig, ctx: DistributedContext, out: Path) -> RunData:
         val_dataset = Subset(val_dataset, range(ctx.rank, len(val_samples), ctx.world_size))
     val_loader = DataLoader(val_dataset, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kwargs)
     return RunData(
-        class_names=class_names,
+        *split,
         class_info=read_class_info(cfg.class_info, class_names) if cfg.class_info else None,
-        train_root=train_root,
-        train_samples=train_samples,
-        val_root=val_root,
-        val_samples=val_samples,
         preprocessing=preprocessing,
         sampler=sampler,
         train_loader=train_loader,
