@@ -9,8 +9,9 @@ import sys
 from model.checkpoint import CheckpointError
 from model.predictor import BACKENDS, INT8, PRECISIONS, BackendUnavailableError, Predictor
 from model.quantization import QuantizationUnavailableError
-from training.evaluation import collect_outputs, evaluate_predictor, report, samples_for_checkpoint
-from training.open_set import format_verdicts, open_set_samples, verdict_report
+from training.evaluation import collect_outputs, evaluate_predictor, samples_for_checkpoint
+from training.open_set import open_set_samples, verdict_report
+from training.reports import format_verdicts, report
 
 
 def get_args_parser() -> argparse.ArgumentParser:

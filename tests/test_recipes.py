@@ -24,14 +24,14 @@ from model.predictor import Predictor
 from model.transforms import Preprocessing
 from tests.conftest import COLOURS, ROOT, make_imagefolder, synthetic_image
 from training.config import TrainConfig, config_from_dict, get_args_parser, parse_args, validate
-from training.engine import (
+from training.engine import train_one_epoch
+from training.optim import (
     build_batch_mix,
     build_ema,
     build_optimizer,
     build_scheduler,
     class_weights,
     set_backbone_trainable,
-    train_one_epoch,
 )
 
 FISH_GROUPS = r"fish_(\d+)_"

@@ -43,8 +43,9 @@ from model.runtime import cpu_threads, resolve_precision, set_torch_threads  # n
 from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform  # noqa: E402
 from tools import loadtest  # noqa: E402
 from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder  # noqa: E402
-from training.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from training.engine import train_one_epoch  # noqa: E402
 from training.evaluation import compare_predictors  # noqa: E402
+from training.optim import build_optimizer, build_scheduler  # noqa: E402
 
 logger = logging.getLogger("bench")
 
