@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic ImageFolder trees, a tiny checkpoint, the Flask app and its client."""
+"""Shared fixtures: tiny synthetic ImageFolder trees, a tiny trained checkpoint and a factory of checkpoints, the
+Flask app and its client, and real gunicorn."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -140,6 +141,58 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for (name, _, _), prediction in zip(held_out, predictor.predict(photos), strict=True):
         assert prediction.label == name and 0.8 < prediction.confidence < 0.9999, (name, prediction)
     return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: ``checkpoint_factory(name="model.pt", **fields) -> Path`` writes a release checkpoint (in a new
+    folder) like :func:`tiny_checkpoint` with the schema fields given (see :mod:`model.checkpoint`) in place of its
+    own, through the real ``make_checkpoint``, ``release_checkpoint`` and ``save_checkpoint``, e.g.
+    ``checkpoint_factory(class_info={...}, serving={"confidence_threshold": 0.5, "temperature": 2.5})``.
+
+    Fields: ``make_checkpoint``'s (``arch``, ``class_names``, ``preprocessing`` (a Preprocessing), ``epoch``,
+    ``config``, ``class_info``, ``head``), and those the release step writes afterwards (``metrics``, which may
+    nest per-class dicts and a confusion matrix, ``serving``, ``open_set``). The network is the trained tiny one,
+    unless ``arch``, ``head`` or the number of class names differ from it: then a seeded network with random
+    weights of that shape (the trained one has one output per colour of :data:`COLOURS`).
+
+    Raises:
+        TypeError: a field that is not one of those.
+    """
+    import torch
+
+    from model.checkpoint import (
+        load_checkpoint,
+        make_checkpoint,
+        model_from_checkpoint,
+        release_checkpoint,
+        save_checkpoint,
+    )
+    from model.network import build_model
+    from model.transforms import Preprocessing
+
+    tiny = load_checkpoint(tiny_checkpoint)
+    release_fields = ("metrics", "serving", "open_set")
+
+    def make(name: str = "model.pt", **fields: Any) -> Path:
+        written = {key: fields.pop(key) for key in release_fields if key in fields}
+        spec: dict[str, Any] = {
+            "arch": tiny["arch"],
+            "class_names": tiny["class_names"],
+            "preprocessing": Preprocessing.from_dict(tiny["preprocessing"]),
+            "epoch": tiny["epoch"],
+            "config": tiny["config"],
+            **fields,
+        }
+        if {"arch", "head"} & set(fields) or len(spec["class_names"]) != len(tiny["class_names"]):
+            torch.manual_seed(0)
+            network = build_model(spec["arch"], num_classes=len(spec["class_names"]), head=spec.get("head"))
+        else:
+            network = model_from_checkpoint(tiny)
+        ckpt = release_checkpoint(make_checkpoint(model=network, metrics=tiny["metrics"], **spec))
+        return save_checkpoint({**ckpt, **written}, tmp_path_factory.mktemp("checkpoint") / name)
+
+    return make
 
 
 @pytest.fixture

@@ -391,22 +391,11 @@ def test_model_page_renders_a_bare_checkpoint(client: FlaskClient) -> None:
 
 
 @pytest.fixture(scope="module")
-def described_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def described_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
     """A tiny checkpoint with everything the model page can show: names, config, per-class metrics, threshold."""
-    import torch
-
-    from model.checkpoint import make_checkpoint, save_checkpoint
-    from model.network import build_model
-    from model.transforms import Preprocessing
-
-    torch.manual_seed(0)
-    ckpt = make_checkpoint(
-        model=build_model("resnet18", num_classes=3),
-        arch="resnet18",
-        class_names=CLASS_NAMES,
-        preprocessing=Preprocessing.for_image_size(32),
+    return checkpoint_factory(
+        "described.pt",
         epoch=4,
-        metrics={},
         config={
             "data": "/secret/training/photos",
             "out": "runs/secret",
@@ -430,21 +419,20 @@ def described_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "blue_tang": {"common_name": "Palette surgeonfish", "scientific_name": "Paracanthurus hepatus"},
             "clownfish": {"common_name": "Clown anemonefish"},
         },
-    )
-    ckpt["metrics"] = {
-        "val_accuracy": 0.8,
-        "val_macro_f1": 0.75,
-        "val_images": 20.0,
-        "best_epoch": 3.0,
-        "per_class": {
-            "blue_tang": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "support": 10},
-            "clownfish": {"precision": 0.5, "recall": 0.6, "f1": 0.545, "support": 5},
-            "green_chromis": {"precision": 0.7, "recall": 0.8, "f1": 0.747, "support": 5},
+        metrics={
+            "val_accuracy": 0.8,
+            "val_macro_f1": 0.75,
+            "val_images": 20.0,
+            "best_epoch": 3.0,
+            "per_class": {
+                "blue_tang": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "support": 10},
+                "clownfish": {"precision": 0.5, "recall": 0.6, "f1": 0.545, "support": 5},
+                "green_chromis": {"precision": 0.7, "recall": 0.8, "f1": 0.747, "support": 5},
+            },
+            "confusion_matrix": [[9, 1, 0], [2, 3, 0], [0, 1, 4]],
         },
-        "confusion_matrix": [[9, 1, 0], [2, 3, 0], [0, 1, 4]],
-    }
-    ckpt["serving"] = {"confidence_threshold": 0.5, "coverage": 0.9, "selective_accuracy": 0.95}
-    return save_checkpoint(ckpt, tmp_path_factory.mktemp("described") / "described.pt")
+        serving={"confidence_threshold": 0.5, "coverage": 0.9, "selective_accuracy": 0.95},
+    )
 
 
 def test_model_page_shows_names_training_metrics_and_confusion(described_checkpoint: Path) -> None:
@@ -742,24 +730,9 @@ def test_threads_setting_reaches_the_backend(tiny_checkpoint: Path) -> None:
         torch.set_num_threads(before)
 
 
-def test_predictor_is_per_app(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from model.checkpoint import make_checkpoint, save_checkpoint
-    from model.network import build_model
-    from model.transforms import Preprocessing
-
+def test_predictor_is_per_app(tiny_checkpoint: Path, checkpoint_factory: Callable[..., Path]) -> None:
     other_classes = ["moorish_idol", "yellow_tang"]
-    other = save_checkpoint(
-        make_checkpoint(
-            model=build_model("resnet18", num_classes=2),
-            arch="resnet18",
-            class_names=other_classes,
-            preprocessing=Preprocessing.for_image_size(32),
-            epoch=0,
-            metrics={},
-            config={},
-        ),
-        tmp_path / "other.pt",
-    )
+    other = checkpoint_factory(class_names=other_classes)  # two classes: random weights (see checkpoint_factory)
     first, second = make_app(MODEL_PATH=str(tiny_checkpoint)), make_app(MODEL_PATH=str(other))
     assert first.extensions["predictor"] is not second.extensions["predictor"]
     assert first.test_client().get("/healthz").get_json()["classes"] == CLASS_NAMES

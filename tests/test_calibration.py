@@ -15,7 +15,6 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from app import create_app
-from model.checkpoint import load_checkpoint, save_checkpoint
 from model.network import build_model
 from model.predictor import Predictor
 from model.transforms import Preprocessing
@@ -140,19 +139,20 @@ def test_format_report_shows_ece_before_and_after() -> None:
 
 
 @pytest.fixture(scope="module")
-def warm_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def warm_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
     """The tiny checkpoint with a fitted temperature (2.5) and calibration metrics, as ``write_release`` makes."""
-    ckpt = load_checkpoint(tiny_checkpoint)
-    ckpt["serving"] = {"confidence_threshold": 0.4, "coverage": 0.8, "selective_accuracy": 0.9, "temperature": 2.5}
-    ckpt["metrics"] = {
-        **ckpt["metrics"],
-        "val_accuracy": 0.9,
-        "val_ece": 0.0234,
-        "val_ece_before": 0.1567,
-        "val_nll": 0.3,
-        "temperature": 2.5,
-    }
-    return save_checkpoint(ckpt, tmp_path_factory.mktemp("warm") / "warm.pt")
+    return checkpoint_factory(
+        "warm.pt",
+        serving={"confidence_threshold": 0.4, "coverage": 0.8, "selective_accuracy": 0.9, "temperature": 2.5},
+        metrics={
+            "val_accuracy": 0.9,
+            "val_macro_f1": 0.9,
+            "val_ece": 0.0234,
+            "val_ece_before": 0.1567,
+            "val_nll": 0.3,
+            "temperature": 2.5,
+        },
+    )
 
 
 def test_predictor_serves_the_checkpoint_temperature(tiny_checkpoint: Path, warm_checkpoint: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -256,11 +257,11 @@ def test_predictor_bf16_agrees_with_fp32(tiny_checkpoint: Path) -> None:
     assert (fp32.probabilities(batch) - bf16.probabilities(batch)).abs().max() < 0.05
 
 
-def test_predictor_flags_low_confidence_and_names_species(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    ckpt = load_checkpoint(tiny_checkpoint)
-    ckpt["class_info"] = {"clownfish": {"common_name": "Clownfish", "scientific_name": "Amphiprion ocellaris"}}
-    ckpt["serving"] = {"confidence_threshold": 0.99}
-    path = save_checkpoint(ckpt, tmp_path / "named.pt")
+def test_predictor_flags_low_confidence_and_names_species(checkpoint_factory: Callable[..., Path]) -> None:
+    path = checkpoint_factory(
+        class_info={"clownfish": {"common_name": "Clownfish", "scientific_name": "Amphiprion ocellaris"}},
+        serving={"confidence_threshold": 0.99},
+    )
     image = [Image.new("RGB", (40, 40), "orange")]
 
     strict = Predictor.from_checkpoint(path).predict(image, top_k=3)[0]
