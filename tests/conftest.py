@@ -21,6 +21,7 @@ from PIL import Image
 
 if TYPE_CHECKING:
     import torch
+    from flask import Flask
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -195,6 +196,19 @@ def checkpoint_factory(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathF
     return make
 
 
+def make_app(**settings: Any) -> Flask:
+    """``create_app`` in testing mode with the torch backend, then ``settings`` (e.g. ``MODEL_PATH``, limits).
+
+    The torch backend, not the default "auto" (OpenVINO on a CPU): what the app does with a request (routes,
+    limits, errors, pages, JSON) does not depend on the backend, and OpenVINO converts the model and times fp32
+    against bf16 at every start-up, seconds per app. The tests that exist for the OpenVINO or "auto" backend pass
+    ``BACKEND`` themselves and are marked ``slow``.
+    """
+    from app import create_app
+
+    return create_app({"TESTING": True, "BACKEND": "torch", **settings})
+
+
 @pytest.fixture
 def jpeg_bytes() -> Callable[..., bytes]:
     """Factory: ``jpeg_bytes(colour=(r, g, b), size=(w, h))`` gives a small JPEG file's bytes."""
@@ -207,10 +221,8 @@ def jpeg_bytes() -> Callable[..., bytes]:
 
 @pytest.fixture
 def app(tiny_checkpoint: Path):
-    """The Flask app serving :func:`tiny_checkpoint`, in testing mode."""
-    from app import create_app
-
-    return create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint)})
+    """The Flask app serving :func:`tiny_checkpoint`, in testing mode, with the torch backend (:func:`make_app`)."""
+    return make_app(MODEL_PATH=str(tiny_checkpoint))
 
 
 @pytest.fixture

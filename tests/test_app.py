@@ -33,7 +33,7 @@ from app import create_app
 from app.images import ImageError, decode_image
 from model.checkpoint import CheckpointError
 from model.predictor import VERDICTS, Prediction
-from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, synthetic_image
+from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, make_app, synthetic_image
 from tools.loadtest import multipart
 
 CLASS_NAMES = sorted(COLOURS)
@@ -97,10 +97,6 @@ def animated_gif(colours: list[tuple[int, int, int]]) -> bytes:
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return buf.getvalue()
-
-
-def make_app(**config: Any) -> Flask:
-    return create_app({"TESTING": True, **config})
 
 
 def answer_with_verdicts(monkeypatch: pytest.MonkeyPatch, app: Flask, verdicts: list[str], **summary: Any) -> None:
@@ -701,6 +697,7 @@ def test_environment_overrides_defaults_and_config_overrides_environment(
 ) -> None:
     monkeypatch.setenv("FISH_MODEL_PATH", str(tiny_checkpoint))
     monkeypatch.setenv("FISH_TOP_K", "2")
+    monkeypatch.setenv("FISH_BACKEND", "torch")  # see conftest.make_app
     app = create_app()
     assert app.config["MODEL_PATH"] == str(tiny_checkpoint) and app.config["TOP_K"] == 2
     assert len(post_image(app.test_client(), jpeg_bytes()).get_json()["top_k"]) == 2
@@ -713,6 +710,7 @@ def test_bad_settings_fail_at_start_up(tiny_checkpoint: Path, setting: dict[str,
         make_app(MODEL_PATH=str(tiny_checkpoint), **setting)
 
 
+@pytest.mark.slow  # converts the model for OpenVINO
 def test_threads_setting_reaches_the_backend(tiny_checkpoint: Path) -> None:
     import torch
 
@@ -773,6 +771,7 @@ def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.environ["FISH_THREADS"] == "7"
 
 
+@pytest.mark.slow
 def test_gunicorn_serves_predictions(tiny_checkpoint: Path, tmp_path: Path, jpeg_bytes: Callable[..., bytes]) -> None:
     with gunicorn_server(tiny_checkpoint, tmp_path) as base:
         with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
@@ -822,6 +821,7 @@ def test_model_page_reports_the_verdicts_measured_at_training(
     assert "Not a fish</th>" in table
 
 
+@pytest.mark.slow  # starts gunicorn
 @pytest.mark.parametrize(
     ("make", "reason"),
     [

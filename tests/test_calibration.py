@@ -14,11 +14,10 @@ import torch
 from flask.testing import FlaskClient
 from PIL import Image
 
-from app import create_app
 from model.network import build_model
 from model.predictor import Predictor
 from model.transforms import Preprocessing
-from tests.conftest import COLOURS
+from tests.conftest import COLOURS, make_app
 from training.data import scan_image_folder
 from training.evaluation import evaluate_predictor
 from training.metrics import (
@@ -199,6 +198,7 @@ def test_predictor_refuses_a_bad_temperature(temperature: float) -> None:
     assert predictor.temperature == 0.5
 
 
+@pytest.mark.slow  # converts the model for OpenVINO
 def test_openvino_backend_uses_the_temperature(warm_checkpoint: Path) -> None:
     pytest.importorskip("openvino", reason="optional backend: pip install openvino")
     torch_predictor = Predictor.from_checkpoint(warm_checkpoint)
@@ -244,7 +244,7 @@ def test_evaluate_predictor_fits_the_temperature(tiny_checkpoint: Path, image_fo
 @pytest.fixture(scope="module")
 def warm_client(warm_checkpoint: Path) -> FlaskClient:
     """The app serving :func:`warm_checkpoint` in fp32, like the predictors its answers are compared with."""
-    return create_app({"TESTING": True, "MODEL_PATH": str(warm_checkpoint), "PRECISION": "fp32"}).test_client()
+    return make_app(MODEL_PATH=str(warm_checkpoint), PRECISION="fp32").test_client()
 
 
 def test_model_page_shows_temperature_and_ece(warm_client: FlaskClient) -> None:

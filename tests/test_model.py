@@ -279,6 +279,7 @@ def test_predictor_flags_low_confidence_and_names_species(checkpoint_factory: Ca
         Predictor.from_checkpoint(path, confidence_threshold=1.5)
 
 
+@pytest.mark.slow  # converts the model for OpenVINO
 def test_openvino_backend_agrees_with_torch(tiny_checkpoint: Path) -> None:
     pytest.importorskip("openvino", reason="optional backend: pip install openvino")
     torch_predictor = Predictor.from_checkpoint(tiny_checkpoint, precision="fp32")
@@ -309,6 +310,7 @@ def test_auto_backend_is_openvino_on_the_cpu_and_torch_on_a_gpu() -> None:
     assert resolve_backend("torch", "cpu") == "torch" and resolve_backend("openvino") == "openvino"
 
 
+@pytest.mark.slow  # converts the model for OpenVINO and times two precisions
 def test_openvino_auto_precision_keeps_the_faster_measured(tiny_checkpoint: Path) -> None:
     ov = pytest.importorskip("openvino", reason="the openvino backend needs the openvino package")
     predictor = Predictor.from_checkpoint(tiny_checkpoint, precision="auto", backend="auto")

@@ -17,6 +17,7 @@ from model.quantization import QuantizationUnavailableError, int8_path, report_p
 from tests.conftest import COLOURS, make_imagefolder, synthetic_image
 from training.data import scan_image_folder, write_split
 
+pytestmark = pytest.mark.slow  # OpenVINO conversion and NNCF quantization
 pytest.importorskip("nncf", reason="int8 quantization needs nncf")
 pytest.importorskip("openvino", reason="int8 inference needs openvino")
 

@@ -199,6 +199,7 @@ def test_inverse_frequency_class_weights() -> None:
     torch.testing.assert_close(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
 
 
+@pytest.mark.slow  # trains
 def test_balanced_sampler_and_class_weights_on_an_imbalanced_folder(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", per_class=16, groups_per_class=8)
     for path in sorted((data / "clownfish").glob("*.jpg"))[4:]:
@@ -278,6 +279,7 @@ def test_validate_checks_a_config_changed_after_it_was_made() -> None:
 # --- whole runs --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains
 def test_config_file_sets_defaults_the_command_line_overrides_and_the_run_saves_it(data: Path, tmp_path: Path) -> None:
     config = tmp_path / "recipe.yaml"
     config.write_text(
@@ -325,6 +327,7 @@ def test_config_file_errors_are_clear(data: Path, tmp_path: Path, capsys: pytest
         config_from_dict({"data": "x", "out": "y", "nonsense": 1})
 
 
+@pytest.mark.slow  # trains
 def test_head_epochs_then_the_whole_network_with_a_lower_backbone_lr(
     data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -338,6 +341,7 @@ def test_head_epochs_then_the_whole_network_with_a_lower_backbone_lr(
     assert initial["backbone"] == pytest.approx(0.2 * initial["head"])
 
 
+@pytest.mark.slow  # trains
 def test_patience_stops_when_the_metric_stops_improving(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     # a frozen backbone and a negligible LR: the validation macro-F1 cannot change after the first epoch
@@ -348,6 +352,7 @@ def test_patience_stops_when_the_metric_stops_improving(data: Path, tmp_path: Pa
     assert final["epochs_run"] == 3 and final["stopped_early"] is True and final["best_epoch"] == 0
 
 
+@pytest.mark.slow  # trains
 def test_classes_option_trains_on_a_subset_of_the_folders(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train.main(_args(data, out, "--classes", "clownfish,blue_tang", epochs=1)) == 0
@@ -355,6 +360,7 @@ def test_classes_option_trains_on_a_subset_of_the_folders(data: Path, tmp_path: 
     assert train.main(_args(data, tmp_path / "bad", "--classes", "clownfish,tulip", epochs=1)) == 2
 
 
+@pytest.mark.slow  # torchrun: two processes train
 def test_torchrun_two_cpu_processes_train_and_write_one_checkpoint(data: Path, tmp_path: Path) -> None:
     """``torchrun --nproc_per_node 2`` with gloo on the CPU: DDP, a distributed sampler, rank-0 files."""
     out = tmp_path / "ddp"

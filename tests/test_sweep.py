@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -66,6 +67,7 @@ class FakeFit:
 def fake_fit(monkeypatch: pytest.MonkeyPatch) -> FakeFit:
     fake = FakeFit()
     monkeypatch.setattr(sweep, "fit", fake)
+    monkeypatch.setattr(sweep, "gc", SimpleNamespace(collect=lambda: 0))  # nothing to free (gc.collect: ~0.5 s)
     return fake
 
 
@@ -262,6 +264,7 @@ def test_a_failed_run_is_reported_and_the_others_go_on(
 ) -> None:
     fake = FakeFit(fail=(0.2,))
     monkeypatch.setattr(sweep, "fit", fake)
+    monkeypatch.setattr(sweep, "gc", SimpleNamespace(collect=lambda: 0))  # as fake_fit does
     path = _experiment(tmp_path, grid={"lr": [0.1, 0.2, 0.3]})
     assert sweep.main([str(path)]) == 1
     assert [c.lr for c in fake.calls] == [0.1, 0.2, 0.3]

