@@ -21,14 +21,14 @@ from model.predictor import Predictor
 from model.transforms import Preprocessing
 from tests.conftest import COLOURS
 from training.data import scan_image_folder
-from training.evaluation import evaluate_predictor, report
+from training.evaluation import evaluate_predictor
 from training.metrics import (
     TEMPERATURE_RANGE,
     expected_calibration_error,
     fit_temperature,
-    format_report,
     negative_log_likelihood,
 )
+from training.reports import format_report, report
 
 CLASS_NAMES = sorted(COLOURS)
 

@@ -4,8 +4,8 @@
 Each ``*_main(argv)`` parses its arguments, logs to stderr, prints its report to stdout and returns the exit code:
 0 on success, 2 on a user's mistake (a bad file, option or class mismatch, logged as one line, no traceback). The
 work itself lives in the modules they call (:func:`training.trainer.fit`, :mod:`training.evaluation`,
-:mod:`training.open_set`, :mod:`model.quantization`); the options they share with ``fish-predict`` come from
-:mod:`model.cli`.
+:mod:`training.open_set`, :mod:`training.reports`, :mod:`model.quantization`); the options they share with
+``fish-predict`` come from :mod:`model.cli`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,9 @@ from model.predictor import Predictor
 from model.runtime import resolve_device
 from training.config import parse_args
 from training.data import ImageListDataset, read_split, scan_image_folder
-from training.evaluation import (
-    collect_outputs,
-    compare_predictors,
-    evaluate_predictor,
-    report,
-    samples_for_checkpoint,
-)
-from training.open_set import format_verdicts, open_set_samples, verdict_report
+from training.evaluation import collect_outputs, compare_predictors, evaluate_predictor, samples_for_checkpoint
+from training.open_set import open_set_samples, verdict_report
+from training.reports import format_verdicts, report
 from training.trainer import fit
 
 
