@@ -7,14 +7,16 @@ DATA   ?= ../shared/data/fish4knowledge
 
 .PHONY: install install-dev run proxy nginx test test-fast lint browser train-default evaluate-default quantize-default experiments loadtest abench bench clean
 
-$(VENV)/.installed: requirements.txt
+# The project installs editable (pyproject.toml): its packages import from anywhere, its commands (fish-train,
+# fish-evaluate, fish-predict, fish-quantize) land in $(VENV)/bin, and edits here take effect without reinstalling.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from flask import Flask
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 #: Real photos shared beside the repository (absent on a bare clone).
 SHARED_DATA = Path(os.environ.get("FISH_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -31,24 +31,22 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from werkzeug.datastructures import FileStorage
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from app.images import decode_image  # noqa: E402
-from model.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from model.network import build_model  # noqa: E402
-from model.predictor import BackendUnavailableError, Predictor  # noqa: E402
-from model.quantization import QuantizationUnavailableError  # noqa: E402
-from model.runtime import cpu_threads, resolve_precision, set_torch_threads  # noqa: E402
-from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform  # noqa: E402
-from tools import loadtest  # noqa: E402
-from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder  # noqa: E402
-from training.engine import train_one_epoch  # noqa: E402
-from training.evaluation import compare_predictors  # noqa: E402
-from training.optim import build_optimizer, build_scheduler  # noqa: E402
+from app.images import decode_image
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.network import build_model
+from model.predictor import BackendUnavailableError, Predictor
+from model.quantization import QuantizationUnavailableError
+from model.runtime import cpu_threads, resolve_precision, set_torch_threads
+from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform
+from tools import loadtest
+from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder
+from training.engine import train_one_epoch
+from training.evaluation import compare_predictors
+from training.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger("bench")
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite0.pt"
 DEFAULT_SPLIT = ROOT / "weights" / "fish4knowledge_split.csv"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fish4knowledge"
