@@ -5,16 +5,18 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run proxy nginx test lint browser train-default evaluate-default quantize-default experiments loadtest abench bench clean
+.PHONY: install install-dev run proxy nginx test test-fast lint browser train-default evaluate-default quantize-default experiments loadtest abench bench clean
 
-$(VENV)/.installed: requirements.txt
+# The project installs editable (pyproject.toml): its packages import from anywhere, its commands (fish-train,
+# fish-evaluate, fish-predict, fish-quantize) land in $(VENV)/bin, and edits here take effect without reinstalling.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,6 +44,10 @@ proxy: nginx
 
 test: install-dev lint browser nginx
 	$(PY) -m pytest
+
+# The inner loop (well under 30 s): every test but those marked slow, browser or real_data; stops at the first failure.
+test-fast: install-dev
+	$(PY) -m pytest -x -q -m "not slow and not browser and not real_data"
 
 # The exact recipe of weights/fish4knowledge_lite0.pt (see weights/README.md): EfficientNet-Lite0 from its ImageNet
 # weights (a pip package, no network), about 20 minutes on 2 CPU cores. The clownfish photos only choose and report

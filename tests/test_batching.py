@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from model.batching import MicroBatcher
 from model.predictor import Predictor
@@ -44,7 +43,7 @@ def test_errors_reach_the_caller_and_the_batcher_keeps_working(tiny_checkpoint: 
     with pytest.raises(AttributeError):
         batcher.predict([object()])  # type: ignore[list-item]
     assert batcher.batches == 0  # a bad image fails in its caller's preprocessing, before the network's queue
-    assert batcher.predict([Image.new("RGB", (8, 8))])[0].label in COLOURS
+    assert batcher.predict([synthetic_image(COLOURS["blue_tang"])])[0].label == "blue_tang"
     assert batcher.predict([]) == []
     with pytest.raises(ValueError):
         MicroBatcher(batcher.predictor, max_batch=0)

@@ -14,21 +14,19 @@ import torch
 from flask.testing import FlaskClient
 from PIL import Image
 
-from app import create_app
-from model.checkpoint import load_checkpoint, save_checkpoint
 from model.network import build_model
 from model.predictor import Predictor
 from model.transforms import Preprocessing
-from tests.conftest import COLOURS
+from tests.conftest import COLOURS, make_app
 from training.data import scan_image_folder
-from training.evaluation import evaluate_predictor, report
+from training.evaluation import evaluate_predictor
 from training.metrics import (
     TEMPERATURE_RANGE,
     expected_calibration_error,
     fit_temperature,
-    format_report,
     negative_log_likelihood,
 )
+from training.reports import format_report, report
 
 CLASS_NAMES = sorted(COLOURS)
 
@@ -140,19 +138,20 @@ def test_format_report_shows_ece_before_and_after() -> None:
 
 
 @pytest.fixture(scope="module")
-def warm_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def warm_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
     """The tiny checkpoint with a fitted temperature (2.5) and calibration metrics, as ``write_release`` makes."""
-    ckpt = load_checkpoint(tiny_checkpoint)
-    ckpt["serving"] = {"confidence_threshold": 0.4, "coverage": 0.8, "selective_accuracy": 0.9, "temperature": 2.5}
-    ckpt["metrics"] = {
-        **ckpt["metrics"],
-        "val_accuracy": 0.9,
-        "val_ece": 0.0234,
-        "val_ece_before": 0.1567,
-        "val_nll": 0.3,
-        "temperature": 2.5,
-    }
-    return save_checkpoint(ckpt, tmp_path_factory.mktemp("warm") / "warm.pt")
+    return checkpoint_factory(
+        "warm.pt",
+        serving={"confidence_threshold": 0.4, "coverage": 0.8, "selective_accuracy": 0.9, "temperature": 2.5},
+        metrics={
+            "val_accuracy": 0.9,
+            "val_macro_f1": 0.9,
+            "val_ece": 0.0234,
+            "val_ece_before": 0.1567,
+            "val_nll": 0.3,
+            "temperature": 2.5,
+        },
+    )
 
 
 def test_predictor_serves_the_checkpoint_temperature(tiny_checkpoint: Path, warm_checkpoint: Path) -> None:
@@ -199,6 +198,7 @@ def test_predictor_refuses_a_bad_temperature(temperature: float) -> None:
     assert predictor.temperature == 0.5
 
 
+@pytest.mark.slow  # converts the model for OpenVINO
 def test_openvino_backend_uses_the_temperature(warm_checkpoint: Path) -> None:
     pytest.importorskip("openvino", reason="optional backend: pip install openvino")
     torch_predictor = Predictor.from_checkpoint(warm_checkpoint)
@@ -243,7 +243,8 @@ def test_evaluate_predictor_fits_the_temperature(tiny_checkpoint: Path, image_fo
 
 @pytest.fixture(scope="module")
 def warm_client(warm_checkpoint: Path) -> FlaskClient:
-    return create_app({"TESTING": True, "MODEL_PATH": str(warm_checkpoint)}).test_client()
+    """The app serving :func:`warm_checkpoint` in fp32, like the predictors its answers are compared with."""
+    return make_app(MODEL_PATH=str(warm_checkpoint), PRECISION="fp32").test_client()
 
 
 def test_model_page_shows_temperature_and_ece(warm_client: FlaskClient) -> None:
@@ -272,6 +273,6 @@ def test_api_reports_the_temperature(
     decoded = Image.open(io.BytesIO(image)).convert("RGB")
     warm = Predictor.from_checkpoint(warm_checkpoint).predict([decoded])[0]
     plain = Predictor.from_checkpoint(tiny_checkpoint).predict([decoded])[0]
-    assert warm.confidence < plain.confidence and warm.label == plain.label
+    assert warm.confidence < plain.confidence and warm.label == plain.label == body["label"] == "clownfish"
     # (the API decodes JPEGs at a reduced size, so its probabilities differ from these in the 4th decimal)
     assert abs(body["confidence"] - warm.confidence) < 1e-3 < abs(body["confidence"] - plain.confidence) / 5

@@ -18,16 +18,15 @@ from flask.testing import FlaskClient
 from PIL import Image, ImageFile
 from werkzeug.datastructures import FileStorage
 
-from app import create_app
 from app import images as images_module
 from app.images import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, ImageError, decode_image
-from tests.conftest import COLOURS, encode, synthetic_image
+from tests.conftest import COLOURS, encode, make_app, synthetic_image
 from tests.test_api_inputs import animation, assert_json_error, confidences, png_chunk, post
 
 
 @pytest.fixture(scope="module")
 def app(tiny_checkpoint: Path) -> Flask:
-    return create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint)})
+    return make_app(MODEL_PATH=str(tiny_checkpoint))
 
 
 def noise(size: tuple[int, int] = (64, 64)) -> Image.Image:

@@ -167,28 +167,27 @@ def test_a_model_from_scratch_has_no_subject_check(tiny_checkpoint: Path) -> Non
     assert prediction.subject_score is None and prediction.verdict in ("species", "not_sure")
 
 
-class _Scores:
-    """Stands in for a Predictor in the threshold search: calibrated = softmax, fixed novelty, no subject."""
-
-    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits, dim=1)
-
-    def open_set_scores(self, features: torch.Tensor, imagenet_logits: torch.Tensor):
-        return None, features[:, 0]
-
-
 def test_not_sure_threshold_rises_until_few_known_photos_are_confidently_wrong() -> None:
-    from training.evaluation import Outputs
-    from training.open_set import _confidence_for_known_photos
+    from training.open_set import confidence_threshold_for_known_photos
 
     # 10 photos of class 0: confidences of the best class rise with i; the 4 most confident ones are wrong
     confidence = torch.linspace(0.5, 0.95, 10)
-    logits = torch.stack([torch.log(confidence), torch.log(1 - confidence)], 1)
+    probabilities = torch.stack([confidence, 1 - confidence], 1)
     wrong = torch.arange(10) >= 6
-    logits[wrong] = logits[wrong].flip(1)
-    photos = Outputs(logits, torch.zeros(10, 1), torch.zeros(10, 0), torch.zeros(10, dtype=torch.long))
-    threshold = _confidence_for_known_photos(_Scores(), photos, None, novelty_threshold=1.0, max_confidently_wrong=0.1)
-    assert float(confidence[8]) < threshold <= float(confidence[9]) + 1e-6  # one wrong answer (10 %) stays above
-    assert _confidence_for_known_photos(_Scores(), photos, None, 1.0, 0.5) == 0.0  # 4 of 10 wrong is within 50 %
-    far = Outputs(logits, torch.full((10, 1), 5.0), torch.zeros(10, 0), torch.zeros(10, dtype=torch.long))
-    assert _confidence_for_known_photos(_Scores(), far, None, 1.0, 0.0) == 0.0  # all are "unknown species" anyway
+    probabilities[wrong] = probabilities[wrong].flip(1)
+    targets = torch.zeros(10, dtype=torch.long)
+
+    def threshold(novelty: float, max_confidently_wrong: float) -> float:
+        return confidence_threshold_for_known_photos(
+            probabilities,
+            targets,
+            None,
+            torch.full((10,), novelty),
+            subject_threshold=None,
+            novelty_threshold=1.0,
+            max_confidently_wrong=max_confidently_wrong,
+        )
+
+    assert float(confidence[8]) < threshold(0.0, 0.1) <= float(confidence[9]) + 1e-6  # one wrong answer (10 %) stays
+    assert threshold(0.0, 0.5) == 0.0  # 4 of 10 wrong is within 50 %
+    assert threshold(5.0, 0.0) == 0.0  # all are "unknown species" anyway

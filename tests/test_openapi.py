@@ -16,7 +16,6 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from app import create_app
 from app.images import SUPPORTED_FORMATS
 from model.predictor import VERDICTS
 from model.results import (
@@ -28,7 +27,7 @@ from model.results import (
     PredictionResult,
     response_schemas,
 )
-from tests.conftest import COLOURS
+from tests.conftest import COLOURS, make_app
 from tests.test_app import answer_with_verdicts
 
 CLASS_NAMES = sorted(COLOURS)
@@ -38,7 +37,7 @@ DOC_URI = "urn:fish-api:openapi"
 @pytest.fixture(scope="module")
 def app(tiny_checkpoint: Path) -> Flask:
     """One app for the module (no test changes it)."""
-    return create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint)})
+    return make_app(MODEL_PATH=str(tiny_checkpoint))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def test_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
 
 def test_document_is_built_from_the_real_limits(tiny_checkpoint: Path) -> None:
     config = {"MAX_IMAGES_PER_REQUEST": 4, "MAX_CONTENT_LENGTH": 12345, "MAX_IMAGE_PIXELS": 2_000_000, "TOP_K": 2}
-    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), **config})
+    app = make_app(MODEL_PATH=str(tiny_checkpoint), **config)
     doc = app.test_client().get("/api/openapi.json").get_json()
     operation = doc["paths"]["/api/predict"]["post"]
     body = operation["requestBody"]["content"]["multipart/form-data"]
@@ -195,9 +194,7 @@ def test_error_answers_match_the_document(
 def test_too_many_images_and_too_large_bodies_match_the_document(
     tiny_checkpoint: Path, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
 ) -> None:
-    app = create_app(
-        {"TESTING": True, "MODEL_PATH": str(tiny_checkpoint), "MAX_IMAGES_PER_REQUEST": 2, "MAX_CONTENT_LENGTH": 4096}
-    )
+    app = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_IMAGES_PER_REQUEST=2, MAX_CONTENT_LENGTH=4096)
     for response in (post(app.test_client(), [jpeg_bytes()] * 3), post(app.test_client(), [b"x" * 5000])):
         assert response.status_code == 413
         assert_matches(document, "/api/predict", "post", 413, response.get_json())

@@ -30,7 +30,7 @@ from model.network import (
 from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform, to_rgb
 from tests.conftest import SHARED_DATA, make_imagefolder
 from training.config import TrainConfig, config_from_dict, parse_args
-from training.engine import set_backbone_trainable
+from training.optim import set_backbone_trainable
 
 DAISIES = SHARED_DATA / "flowers" / "daisy"
 #: ImageNet-1k class index of "daisy" (the label torchvision's ``weights.meta["categories"]`` gives it).

@@ -14,9 +14,10 @@ import evaluate
 import quantize
 from model.predictor import Predictor
 from model.quantization import QuantizationUnavailableError, int8_path, report_path
-from tests.conftest import make_imagefolder
+from tests.conftest import COLOURS, make_imagefolder, synthetic_image
 from training.data import scan_image_folder, write_split
 
+pytestmark = pytest.mark.slow  # OpenVINO conversion and NNCF quantization
 pytest.importorskip("nncf", reason="int8 quantization needs nncf")
 pytest.importorskip("openvino", reason="int8 inference needs openvino")
 
@@ -57,6 +58,7 @@ def test_int8_predictor_follows_fp32(quantized: tuple[Path, Path, Path]) -> None
     correlation = torch.corrcoef(torch.stack([reference, quantized_logits]))[0, 1]
     assert correlation > 0.9, correlation  # quantization noise, not another network
     assert int8.predict([Image.new("RGB", (20, 20), "red")])[0].label in fp32.class_names
+    assert [p.label for p in int8.predict([synthetic_image(colour) for colour in COLOURS.values()])] == list(COLOURS)
 
 
 def test_int8_needs_its_network_and_openvino(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -22,15 +23,15 @@ from model.network import MLPHead, build_model, classifier_name
 from model.predictor import Predictor
 from model.transforms import Preprocessing
 from tests.conftest import COLOURS, ROOT, make_imagefolder, synthetic_image
-from training.config import TrainConfig, config_from_dict, parse_args
-from training.engine import (
+from training.config import TrainConfig, config_from_dict, get_args_parser, parse_args, validate
+from training.engine import train_one_epoch
+from training.optim import (
     build_batch_mix,
     build_ema,
     build_optimizer,
     build_scheduler,
     class_weights,
     set_backbone_trainable,
-    train_one_epoch,
 )
 
 FISH_GROUPS = r"fish_(\d+)_"
@@ -198,6 +199,7 @@ def test_inverse_frequency_class_weights() -> None:
     torch.testing.assert_close(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
 
 
+@pytest.mark.slow  # trains
 def test_balanced_sampler_and_class_weights_on_an_imbalanced_folder(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", per_class=16, groups_per_class=8)
     for path in sorted((data / "clownfish").glob("*.jpg"))[4:]:
@@ -218,9 +220,66 @@ def test_balanced_sampler_and_class_weights_on_an_imbalanced_folder(tmp_path: Pa
     assert (out / "release.pt").is_file()
 
 
+# --- the config: one declaration, parsed from the command line, YAML and mappings -------------------------------
+
+
+def test_the_parser_has_one_flag_per_option_with_its_default() -> None:
+    parsed = vars(get_args_parser().parse_args([]))
+    assert set(parsed) == {"config", *TrainConfig.model_fields}
+    assert parsed["data"] is None and parsed["out"] is None  # required: parse_args checks them
+    defaults = TrainConfig().to_dict()
+    assert {k: v for k, v in parsed.items() if k not in ("config", "data", "out")} == {
+        k: v for k, v in defaults.items() if k not in ("data", "out")
+    }
+
+
+def test_mappings_are_converted_like_the_command_line() -> None:
+    """YAML 1.1 reads ``3e-3`` as a string; lists may be written as on the command line."""
+    values = {"lr": "3e-3", "epochs": 2.0, "classes": "daisy, rose", "head-hidden": "64,32", "cache_images": "yes"}
+    assert config_from_dict(values) == TrainConfig(
+        lr=0.003, epochs=2, classes=["daisy", "rose"], head_hidden=[64, 32], cache_images=True
+    )
+    argv = ["--data", "d", "--out", "o", "--lr", "3e-3", "--epochs", "2", "--classes", "daisy,rose"]
+    assert parse_args([*argv, "--head-hidden", "64,32", "--cache-images"]) == config_from_dict(
+        {**values, "data": "d", "out": "o"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": 0}, "--lr must be > 0"),
+        ({"val_fraction": 1}, "--val-fraction must be in (0, 1)"),
+        ({"crop-pct": 1.5}, "--crop-pct must be in (0, 1]"),
+        ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw"),
+        ({"head_hidden": [64, 0]}, "--head-hidden needs one or more widths >= 1"),
+        ({"classes": "daisy"}, "--classes needs at least two class names"),
+        ({"epochs": "ten"}, "--epochs: Input should be a valid integer"),
+        ({"epochs": 1.5}, "--epochs: Input should be a valid integer"),
+        ({"ema_decay": 0.2}, "--ema-decay must be 0 (off) or in [0.5, 1)"),
+        ({"freeze_backbone": True, "head_epochs": 2}, "use --freeze-backbone or --head-epochs, not both"),
+        ({"arch": "resnet81"}, "unknown arch 'resnet81'"),
+        ({"lr": -1, "epochs": 0}, "--epochs must be >= 1; --lr must be > 0"),
+        ({"learning-rate": 0.1}, "unknown option(s) learning_rate"),
+    ],
+)
+def test_bad_values_are_rejected_with_a_message_naming_the_option(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_dict({"data": "d", "out": "o", **values})
+
+
+def test_validate_checks_a_config_changed_after_it_was_made() -> None:
+    cfg = TrainConfig(data="d", out="o")
+    validate(cfg)
+    cfg.lr = -1.0
+    with pytest.raises(ValueError, match="--lr must be > 0"):
+        validate(cfg)
+
+
 # --- whole runs --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains
 def test_config_file_sets_defaults_the_command_line_overrides_and_the_run_saves_it(data: Path, tmp_path: Path) -> None:
     config = tmp_path / "recipe.yaml"
     config.write_text(
@@ -268,6 +327,7 @@ def test_config_file_errors_are_clear(data: Path, tmp_path: Path, capsys: pytest
         config_from_dict({"data": "x", "out": "y", "nonsense": 1})
 
 
+@pytest.mark.slow  # trains
 def test_head_epochs_then_the_whole_network_with_a_lower_backbone_lr(
     data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -281,6 +341,7 @@ def test_head_epochs_then_the_whole_network_with_a_lower_backbone_lr(
     assert initial["backbone"] == pytest.approx(0.2 * initial["head"])
 
 
+@pytest.mark.slow  # trains
 def test_patience_stops_when_the_metric_stops_improving(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     # a frozen backbone and a negligible LR: the validation macro-F1 cannot change after the first epoch
@@ -291,6 +352,7 @@ def test_patience_stops_when_the_metric_stops_improving(data: Path, tmp_path: Pa
     assert final["epochs_run"] == 3 and final["stopped_early"] is True and final["best_epoch"] == 0
 
 
+@pytest.mark.slow  # trains
 def test_classes_option_trains_on_a_subset_of_the_folders(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train.main(_args(data, out, "--classes", "clownfish,blue_tang", epochs=1)) == 0
@@ -298,6 +360,7 @@ def test_classes_option_trains_on_a_subset_of_the_folders(data: Path, tmp_path: 
     assert train.main(_args(data, tmp_path / "bad", "--classes", "clownfish,tulip", epochs=1)) == 2
 
 
+@pytest.mark.slow  # torchrun: two processes train
 def test_torchrun_two_cpu_processes_train_and_write_one_checkpoint(data: Path, tmp_path: Path) -> None:
     """``torchrun --nproc_per_node 2`` with gloo on the CPU: DDP, a distributed sampler, rank-0 files."""
     out = tmp_path / "ddp"

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,9 +15,10 @@ import yaml
 
 from tests.conftest import make_imagefolder
 from training import sweep
-from training.config import TrainConfig
+from training.config import TrainConfig, config_from_dict, save_config
 from training.sweep import (
-    RunResult,
+    Experiment,
+    Run,
     expand_grid,
     parse_experiment,
     parse_sets,
@@ -37,7 +39,7 @@ def _experiment(tmp_path: Path, **values: Any) -> Path:
 
 
 class FakeFit:
-    """Stands in for ``training.trainer.fit``: writes ``config.json`` and ``metrics.json`` and scores a run by its
+    """Stands in for ``training.trainer.fit``: writes ``config.yaml`` and ``metrics.json`` and scores a run by its
     lr (macro-F1 = lr), or raises for the lr values in ``fail``."""
 
     def __init__(self, fail: tuple[float, ...] = ()) -> None:
@@ -49,7 +51,7 @@ class FakeFit:
         if cfg.lr in self.fail:
             raise RuntimeError(f"boom at lr {cfg.lr}")
         out = Path(cfg.out)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+        save_config(cfg, out / "config.yaml")
         metrics = {
             "accuracy": 0.5 + cfg.lr,
             "macro_f1": cfg.lr,
@@ -65,6 +67,7 @@ class FakeFit:
 def fake_fit(monkeypatch: pytest.MonkeyPatch) -> FakeFit:
     fake = FakeFit()
     monkeypatch.setattr(sweep, "fit", fake)
+    monkeypatch.setattr(sweep, "gc", SimpleNamespace(collect=lambda: 0))  # nothing to free (gc.collect: ~0.5 s)
     return fake
 
 
@@ -261,6 +264,7 @@ def test_a_failed_run_is_reported_and_the_others_go_on(
 ) -> None:
     fake = FakeFit(fail=(0.2,))
     monkeypatch.setattr(sweep, "fit", fake)
+    monkeypatch.setattr(sweep, "gc", SimpleNamespace(collect=lambda: 0))  # as fake_fit does
     path = _experiment(tmp_path, grid={"lr": [0.1, 0.2, 0.3]})
     assert sweep.main([str(path)]) == 1
     assert [c.lr for c in fake.calls] == [0.1, 0.2, 0.3]
@@ -280,9 +284,18 @@ def test_a_failed_run_is_reported_and_the_others_go_on(
     assert [r["status"] for r in _rows(tmp_path / "out" / "leaderboard.csv")] == ["reused", "trained", "reused"]
 
 
+def _run(experiment: Experiment, name: str, overrides: dict[str, Any], status: str, **metrics: Any) -> Run:
+    """A run of ``experiment`` that sets ``overrides``, with this status and these metrics."""
+    cfg = config_from_dict({**experiment.base, **overrides, "out": str(experiment.out / name)})
+    return Run(name, overrides, cfg, status, metrics)
+
+
 def test_leaderboard_is_sorted_by_macro_f1_with_failures_last(tmp_path: Path) -> None:
-    def result(name: str, lr: float, status: str = "trained", **metrics: Any) -> RunResult:
-        return RunResult(name, {"arch": "resnet18", "lr": lr, "epochs": 10, "out": f"o/{name}"}, status, metrics)
+    base = {"data": "d", "arch": "resnet18", "weights": "none", "epochs": 10}
+    experiment = Experiment("t", tmp_path, description="Which lr?", base=base)
+
+    def result(name: str, lr: float, status: str = "trained", **metrics: Any) -> Run:
+        return _run(experiment, name, {"lr": lr}, status, **metrics)
 
     full = {"accuracy": 0.9375, "macro_f1": 0.91234, "ece_before": 0.08, "ece": 0.021, "epochs_run": 7}
     results = [
@@ -292,9 +305,8 @@ def test_leaderboard_is_sorted_by_macro_f1_with_failures_last(tmp_path: Path) ->
         result("d", 0.4, "pending"),
     ]
     results[0].error = "RuntimeError: CUDA out of memory | really"
-    csv_path, md_path = write_leaderboard(
-        results, tmp_path, title="Sweep t", description="Which lr?", fixed={"arch": "resnet18", "weights": "none"}
-    )
+    csv_path, md_path = write_leaderboard(experiment, results)
+    assert (csv_path, md_path) == (tmp_path / "leaderboard.csv", tmp_path / "leaderboard.md")
     rows = _rows(csv_path)
     assert list(rows[0]) == [
         "rank",
@@ -329,7 +341,9 @@ def test_leaderboard_is_sorted_by_macro_f1_with_failures_last(tmp_path: Path) ->
     assert rows[2]["status"] == "failed: RuntimeError: CUDA out of memory | really"
 
     md = md_path.read_text()
-    assert md.startswith("# Sweep t\n\nWhich lr?\n\nFixed settings: `arch=resnet18`, `weights=none`\n")
+    assert md.startswith(
+        "# Sweep t\n\nWhich lr?\n\nFixed settings: `data=d`, `arch=resnet18`, `weights=none`, `epochs=10`\n"
+    )
     assert "0-based" in md
     table = [line for line in md.splitlines() if line.startswith("|")]
     assert table[0] == (
@@ -392,13 +406,12 @@ def test_leaderboard_adds_the_real_photo_columns_when_runs_have_them(tmp_path: P
         "unknown_photos": {"species": 0.085},
         "not_subject": {"species": 0.025},
     }
+    experiment = Experiment("photos", tmp_path, base={"data": "d"})
     results = [
-        RunResult(
-            "p", {"arch": "tf_efficientnet_lite0", "out": "o/p"}, "trained", {"macro_f1": 0.95, "open_set": report}
-        ),
-        RunResult("q", {"arch": "resnet50", "out": "o/q"}, "trained", {"macro_f1": 0.89}),
+        _run(experiment, "p", {"arch": "tf_efficientnet_lite0"}, "trained", macro_f1=0.95, open_set=report),
+        _run(experiment, "q", {"arch": "resnet50"}, "trained", macro_f1=0.89),
     ]
-    csv_path, md_path = write_leaderboard(results, tmp_path)
+    csv_path, md_path = write_leaderboard(experiment, results)
     rows = _rows(csv_path)
     assert list(rows[0])[list(rows[0]).index("ece") + 1 : list(rows[0]).index("epochs")] == [
         "photo_top1",

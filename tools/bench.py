@@ -31,23 +31,22 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from werkzeug.datastructures import FileStorage
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from app.images import decode_image  # noqa: E402
-from model.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from model.network import build_model  # noqa: E402
-from model.predictor import BackendUnavailableError, Predictor  # noqa: E402
-from model.quantization import QuantizationUnavailableError  # noqa: E402
-from model.runtime import cpu_threads, resolve_precision, set_torch_threads  # noqa: E402
-from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform  # noqa: E402
-from tools import loadtest  # noqa: E402
-from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder  # noqa: E402
-from training.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
-from training.evaluation import compare_predictors  # noqa: E402
+from app.images import decode_image
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.network import build_model
+from model.predictor import BackendUnavailableError, Predictor
+from model.quantization import QuantizationUnavailableError
+from model.runtime import cpu_threads, resolve_precision, set_torch_threads
+from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform
+from tools import loadtest
+from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder
+from training.engine import train_one_epoch
+from training.evaluation import compare_predictors
+from training.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger("bench")
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite0.pt"
 DEFAULT_SPLIT = ROOT / "weights" / "fish4knowledge_split.csv"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fish4knowledge"
@@ -457,6 +456,20 @@ def machine() -> dict[str, str]:
     }
 
 
+def table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
+    """A Markdown table's lines: ``header``, then ``rows`` (cells already formatted). ``align`` has one letter per
+    column, ``l`` left or ``-`` right (numbers); by default the first column is left and the others right."""
+    align = align or "l" + "-" * (len(header) - 1)
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def section(title: str, *text: str) -> list[str]:
+    """A Markdown section's opening lines: ``## title`` and a blank line, then the paragraph ``text`` (its lines,
+    if any) and a blank line."""
+    return [f"## {title}", "", *text, ""] if text else [f"## {title}", ""]
+
+
 def render(results: dict[str, Any]) -> str:
     """BENCHMARKS.md from the results."""
     m = results["machine"]
@@ -475,21 +488,20 @@ def render(results: dict[str, Any]) -> str:
     if "predict" in results:
         r = results["predict"]
         lat = r["latency"]
-        out += [
-            "## 1. Predict one photo (decode, preprocess, network, verdict)",
-            "",
+        out += section(
+            "1. Predict one photo (decode, preprocess, network, verdict)",
             f"20 small Fish4Knowledge JPEGs, cycled; the big photo is a {r['big_photo']}. Every path has all the",
             "cores (OpenVINO's threads, or torch's).",
-            "",
-            "| path | p50 ms | p90 ms | 12 MP photo p50 ms | vs naive 224 px |",
-            "|---|---:|---:|---:|---:|",
-        ]
+        )
         base = next(iter(lat.values()))["p50_ms"]
-        for name, row in lat.items():
-            out.append(
-                f"| {name} | {row['p50_ms']:.1f} | {row['p90_ms']:.1f} | {row['big_p50_ms']:.1f} | "
-                f"{base / row['p50_ms']:.1f}x |"
-            )
+        out += table(
+            ["path", "p50 ms", "p90 ms", "12 MP photo p50 ms", "vs naive 224 px"],
+            [
+                [name, f"{row['p50_ms']:.1f}", f"{row['p90_ms']:.1f}", f"{row['big_p50_ms']:.1f}",
+                 f"{base / row['p50_ms']:.1f}x"]
+                for name, row in lat.items()
+            ],
+        )
         app_rows = {k: v for k, v in lat.items() if k.startswith("app predictor")}
         fastest = min(app_rows, key=lambda k: app_rows[k]["p50_ms"])
         default = f"app predictor, {r['default']}"
@@ -504,46 +516,42 @@ def render(results: dict[str, Any]) -> str:
         out += [
             "Batched throughput of the app's predictor (decoded images in memory: preprocessing, network, verdicts):",
             "",
-            "| predictor, batch | images/s |",
-            "|---|---:|",
         ]
-        out += [f"| {k} | {v:.1f} |" for k, v in r["batched_images_per_s"].items()]
+        out += table(["predictor, batch", "images/s"], [[k, f"{v:.1f}"] for k, v in r["batched_images_per_s"].items()])
         out.append("")
     if "fidelity" in results:
         rows = results["fidelity"]
-        out += [
-            "## 2. Fidelity of the fast paths against torch fp32",
-            "",
+        out += section(
+            "2. Fidelity of the fast paths against torch fp32",
             f"On the {rows[0]['images']} validation photos of the model card's split "
             f"(fp32 accuracy {100 * rows[0]['accuracy_fp32']:.2f} %). int8 may be the default only with top-1",
             "agreement >= 99 % and >= 1.5x the bf16 throughput.",
-            "",
-            "| path | top-1 agreement with fp32 | largest probability difference | accuracy |",
-            "|---|---:|---:|---:|",
-        ]
-        for f in rows:
-            out.append(
-                f"| {f['path']} | {100 * f['top1_agreement']:.2f} % | {f['max_probability_difference']:.4f} | "
-                f"{100 * f['accuracy']:.2f} % |"
-            )
+        )
+        out += table(
+            ["path", "top-1 agreement with fp32", "largest probability difference", "accuracy"],
+            [
+                [f["path"], f"{100 * f['top1_agreement']:.2f} %", f"{f['max_probability_difference']:.4f}",
+                 f"{100 * f['accuracy']:.2f} %"]
+                for f in rows
+            ],
+        )
         out.append("")
     if "http" in results:
         rows = results["http"]
-        out += [
-            "## 3. Serving over HTTP: gunicorn, measured with ApacheBench",
-            "",
+        out += section(
+            "3. Serving over HTTP: gunicorn, measured with ApacheBench",
             "`ab` (apache2-utils) on the same machine, the same 271 x 202 JPEG in every request: 1 client, then 16.",
-            "",
-            "| configuration | 1 client: p50 ms | 1 client: req/s | 16 clients: req/s | 16 clients: p50 / p99 ms "
-            "| errors |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for row in rows:
-            out.append(
-                f"| {row['config']} | {row['p50_ms_1_client']:.0f} | {row['requests_per_s_1_client']:.1f} | "
-                f"{row['requests_per_s_16_clients']:.1f} | {row['p50_ms_16_clients']:.0f} / "
-                f"{row['p99_ms_16_clients']:.0f} | {row['errors']} |"
-            )
+        )
+        out += table(
+            ["configuration", "1 client: p50 ms", "1 client: req/s", "16 clients: req/s", "16 clients: p50 / p99 ms",
+             "errors"],
+            [
+                [row["config"], f"{row['p50_ms_1_client']:.0f}", f"{row['requests_per_s_1_client']:.1f}",
+                 f"{row['requests_per_s_16_clients']:.1f}",
+                 f"{row['p50_ms_16_clients']:.0f} / {row['p99_ms_16_clients']:.0f}", str(row["errors"])]
+                for row in rows
+            ],
+        )
         if "predict" in results:
             r, default = results["predict"], rows[0]
             ratio = default["requests_per_s_16_clients"] / r["default_batch16_images_per_s"]
@@ -552,37 +560,40 @@ def render(results: dict[str, Any]) -> str:
                 "",
                 "Serving overhead of the default deployment against its own predictor in this run:",
                 "",
-                "| measure | HTTP | predictor | ratio or margin | target |",
-                "|---|---:|---:|---:|---|",
-                "| 16 clients: requests/s vs batched images/s (batch 16) | "
-                f"{default['requests_per_s_16_clients']:.1f} | "
-                f"{r['default_batch16_images_per_s']:.1f} | {100 * ratio:.0f} % | >= 85 % "
-                f"{'met' if ratio >= 0.85 else 'not met'} |",
-                f"| 1 client: p50 ms vs one photo's p50 ms | {default['p50_ms_1_client']:.0f} | "
-                f"{r['default_p50_ms']:.1f} | "
-                f"{default['p50_ms_1_client'] - r['default_p50_ms']:+.1f} ms | <= +5 ms "
-                f"{'met' if default['p50_ms_1_client'] <= budget else 'not met'} |",
             ]
+            out += table(
+                ["measure", "HTTP", "predictor", "ratio or margin", "target"],
+                [
+                    ["16 clients: requests/s vs batched images/s (batch 16)",
+                     f"{default['requests_per_s_16_clients']:.1f}", f"{r['default_batch16_images_per_s']:.1f}",
+                     f"{100 * ratio:.0f} %", f">= 85 % {'met' if ratio >= 0.85 else 'not met'}"],
+                    ["1 client: p50 ms vs one photo's p50 ms", f"{default['p50_ms_1_client']:.0f}",
+                     f"{r['default_p50_ms']:.1f}", f"{default['p50_ms_1_client'] - r['default_p50_ms']:+.1f} ms",
+                     f"<= +5 ms {'met' if default['p50_ms_1_client'] <= budget else 'not met'}"],
+                ],
+                align="l---l",
+            )
         out.append("")
     if "training" in results:
-        out += [
-            "## 4. Training on the CPU",
-            "",
+        out += section(
+            "4. Training on the CPU",
             "`train.py`'s loop (2 DataLoader workers, 2nd epoch) against the model alone on batches already in memory:",
-            "",
-            "| recipe | precision | end to end | model only | end to end / model only |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for row in results["training"]:
-            out.append(
-                f"| {row['recipe']} | {row['precision']} | {row['end_to_end_images_per_s']:.1f} img/s "
-                f"({row['images']:.0f} images) | {row['model_only_images_per_s']:.1f} img/s | "
-                f"{100 * row['end_to_end_images_per_s'] / row['model_only_images_per_s']:.0f} % |"
-            )
+        )
+        out += table(
+            ["recipe", "precision", "end to end", "model only", "end to end / model only"],
+            [
+                [row["recipe"], row["precision"],
+                 f"{row['end_to_end_images_per_s']:.1f} img/s ({row['images']:.0f} images)",
+                 f"{row['model_only_images_per_s']:.1f} img/s",
+                 f"{100 * row['end_to_end_images_per_s'] / row['model_only_images_per_s']:.0f} %"]
+                for row in results["training"]
+            ],
+            align="ll---",
+        )
         out += ["", results.get("gpu_note", "GPU training was not measured: no GPU was available to this run."), ""]
     if "predict_cli" in results:
-        out += ["## 5. Batch prediction: `predict.py DIR`", "", "| configuration | images/s |", "|---|---:|"]
-        out += [f"| {k} | {v:.1f} |" for k, v in results["predict_cli"].items()]
+        out += section("5. Batch prediction: `predict.py DIR`")
+        out += table(["configuration", "images/s"], [[k, f"{v:.1f}"] for k, v in results["predict_cli"].items()])
         out.append("")
     return "\n".join(out)
 

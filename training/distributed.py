@@ -1,4 +1,5 @@
-"""Running ``train.py`` under ``torchrun``: one process per GPU (or CPU worker), DistributedDataParallel.
+"""Running ``train.py`` under ``torchrun``: one process per GPU (or CPU worker), DistributedDataParallel; the
+process group, and the collectives training needs (summing statistics, gathering validation predictions).
 
 torchrun sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (and the rendezvous address) for every process; without
 them, or with ``WORLD_SIZE=1``, training runs as a single process and nothing here does anything. Follows the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,3 +95,31 @@ def init_distributed(device: torch.device) -> DistributedContext:
         dist.init_process_group(backend=backend)
     logger.info("process %d of %d (local rank %d) on %s, backend %s", rank, world_size, local_rank, device, backend)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def is_distributed() -> bool:
+    """True inside a ``torch.distributed`` process group of more than one process (e.g. under torchrun)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_over_processes(values: Sequence[float], device: torch.device) -> list[float]:
+    """Each of ``values`` summed over every process under torch.distributed (float64, on ``device``, which must
+    suit the backend: a CUDA device under NCCL); the values unchanged otherwise."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    totals = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def gather_predictions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate every process's ``(logits (M_r, C), targets (M_r,))`` under torch.distributed (identity
+    otherwise), so each rank computes the metrics of the whole validation set."""
+    if not is_distributed():
+        return logits, targets
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (logits.cpu(), targets.cpu()))
+    parts = [(lg, tg) for lg, tg in gathered if tg.numel()]
+    if not parts:
+        return logits, targets
+    return torch.cat([lg for lg, _ in parts]), torch.cat([tg for _, tg in parts])

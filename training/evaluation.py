@@ -1,17 +1,17 @@
-"""Evaluate a :class:`model.predictor.Predictor` on labelled images: shared by ``train.py`` and ``evaluate.py``.
+"""Evaluating a trained model on labelled images: the library of ``evaluate.py``, also used by the release step
+(:mod:`training.release`) and ``quantize.py``.
 
-The images go through ``predictor.transform`` (the checkpoint's eval preset) and ``predictor.outputs``, the same
-code path the web app serves with, and the probabilities are ``softmax(logits / predictor.temperature)`` as in
-``predictor.probabilities``, so the numbers printed here are the numbers users get.
+A :class:`model.predictor.Predictor` (the checkpoint as served) runs over the images (:func:`collect_outputs`): its
+eval transform and ``predictor.outputs``, the code path the web app serves with. The metrics are then a pure
+function of the logits (:func:`evaluate_logits`), with the probabilities ``softmax(logits / temperature)`` that
+``predictor.calibrated`` serves, so the numbers printed here are the numbers users get.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,17 +20,13 @@ from torch.utils.data import DataLoader
 from model.predictor import Predictor
 from training.data import ImageListDataset, Sample, collate_skip_none, read_split, scan_image_folder
 from training.metrics import (
+    calibrated_probabilities,
     classification_metrics,
     expected_calibration_error,
-    format_report,
     negative_log_likelihood,
     selective_threshold,
-    write_evaluation,
 )
 from training.metrics import fit_temperature as fit_softmax_temperature
-
-logger = logging.getLogger(__name__)
-
 
 #: Default accuracy wanted of the predictions shown as confident (the rest are "not sure"); a choice, not a measurement.
 DEFAULT_TARGET_ACCURACY = 0.95
@@ -55,6 +51,24 @@ class Outputs:
     targets: torch.Tensor
 
 
+def _readable_batches(
+    predictor: Predictor, root: str | os.PathLike[str], samples: Sequence[Sample], batch_size: int, workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``samples`` (paths under ``root``) in order, through ``predictor.transform`` (the checkpoint's eval preset),
+    in batches of ``(images (N,3,S,S) float32, targets (N,) int64)``; unreadable images are left out (a warning
+    each, see :class:`training.data.ImageListDataset`), and so are batches with none left."""
+    loader = DataLoader(
+        ImageListDataset(root, samples, predictor.transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skip_none,
+    )
+    for batch in loader:
+        if batch is not None:
+            yield batch
+
+
 def collect_outputs(
     predictor: Predictor,
     root: str | os.PathLike[str],
@@ -68,18 +82,8 @@ def collect_outputs(
     Raises:
         ValueError: no readable image.
     """
-    loader = DataLoader(
-        ImageListDataset(root, samples, predictor.transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_skip_none,
-    )
     parts: list[tuple[torch.Tensor, ...]] = []
-    for batch in loader:
-        if batch is None:
-            continue
-        images, targets = batch
+    for images, targets in _readable_batches(predictor, root, samples, batch_size, workers):
         parts.append((*predictor.outputs(images), targets))
     if not parts:
         raise ValueError(f"no readable image under {root}")
@@ -105,18 +109,9 @@ def compare_predictors(
     Raises:
         ValueError: no readable image.
     """
-    loader = DataLoader(
-        ImageListDataset(root, samples, reference.transform),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate_skip_none,
-    )
     stats = {name: {"agree": 0, "correct": 0, "max_diff": 0.0} for name in candidates}
     total = correct_reference = 0
-    for batch in loader:
-        if batch is None:
-            continue
-        images, targets = batch
+    for images, targets in _readable_batches(reference, root, samples, batch_size, workers):
         expected = reference.probabilities(images)
         correct_reference += int((expected.argmax(1) == targets).sum())
         total += len(targets)
@@ -145,66 +140,86 @@ def evaluate_predictor(
     root: str | os.PathLike[str],
     samples: Sequence[Sample],
     *,
-    batch_size: int = 64,
-    workers: int = 2,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     fit_temperature: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """Classify ``samples`` (paths relative to ``root``, targets indexing ``predictor.class_names``): the
-    images through :func:`collect_outputs`, then :func:`evaluate_logits`.
+    images through :func:`collect_outputs`, then :func:`evaluate_logits` at the predictor's temperature and
+    "not sure" threshold.
+
+    Args:
+        fit_temperature: fit the softmax temperature on these images instead (see :func:`evaluate_logits`) and
+            set ``predictor.temperature`` to it, so that the predictor then serves the calibrated probabilities.
 
     Raises:
         ValueError: no readable image.
     """
     outputs = collect_outputs(predictor, root, samples, batch_size=batch_size, workers=workers)
-    return evaluate_logits(
-        predictor, outputs.logits, outputs.targets, target_accuracy=target_accuracy, fit_temperature=fit_temperature
+    metrics = evaluate_logits(
+        outputs.logits,
+        outputs.targets,
+        predictor.class_names,
+        temperature=predictor.temperature,
+        confidence_threshold=predictor.confidence_threshold,
+        target_accuracy=target_accuracy,
+        fit_temperature=fit_temperature,
     )
+    if fit_temperature:
+        predictor.temperature = metrics["temperature"]
+    return metrics
 
 
 def evaluate_logits(
-    predictor: Predictor,
     logits: torch.Tensor,
     targets: torch.Tensor,
+    class_names: Sequence[str],
     *,
+    temperature: float = 1.0,
+    confidence_threshold: float = 0.0,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     fit_temperature: bool = False,
 ) -> dict[str, Any]:
-    """The metrics of ``predictor``'s logits ``(N, C)`` float32 for labelled images (``targets`` ``(N,)`` int64,
-    indexing ``predictor.class_names``).
+    """The metrics of logits ``(N, C)`` float32 for labelled images (``targets`` ``(N,)`` int64, indexing
+    ``class_names``), with the probabilities ``softmax(logits / temperature)`` a predictor at ``temperature``
+    serves (see :meth:`model.predictor.Predictor.calibrated`). A pure function of its arguments.
 
     Args:
-        fit_temperature: first fit the softmax temperature on these images (temperature scaling, see
-            :func:`training.metrics.fit_temperature`) and set ``predictor.temperature`` to it; the confidences,
-            the "not sure" threshold and the calibration numbers are then those of the calibrated probabilities.
+        temperature: the softmax temperature T > 0.
+        confidence_threshold: the "not sure" threshold to measure (``"at_model_threshold"``).
+        target_accuracy: the accuracy the chosen "not sure" threshold is to reach (``"selective"``).
+        fit_temperature: first fit the temperature on these images (temperature scaling, see
+            :func:`training.metrics.fit_temperature`), replacing ``temperature``; the confidences, the "not sure"
+            threshold and the calibration numbers are then those of the calibrated probabilities.
 
     Returns:
         :func:`training.metrics.classification_metrics` plus ``"images"`` (how many were classified),
         ``"mean_confidence"``, ``"selective"``: the "not sure" threshold for ``target_accuracy`` (see
-        :func:`training.metrics.selective_threshold`), ``"at_model_threshold"``: the accuracy above the
-        predictor's current threshold, ``"temperature"`` (the predictor's, after fitting), ``"ece"`` (15-bin
-        expected calibration error, :func:`training.metrics.expected_calibration_error`) and ``"nll"`` (mean
-        negative log-likelihood, nats) of the probabilities the predictor serves; with ``fit_temperature`` also
-        ``"ece_before"`` and ``"nll_before"`` at temperature 1.
+        :func:`training.metrics.selective_threshold`), ``"at_model_threshold"``: the accuracy above
+        ``confidence_threshold``, ``"temperature"`` (the one used, fitted or given), ``"ece"`` (15-bin expected
+        calibration error, :func:`training.metrics.expected_calibration_error`) and ``"nll"`` (mean negative
+        log-likelihood, nats) of the calibrated probabilities; with ``fit_temperature`` also ``"ece_before"`` and
+        ``"nll_before"`` at temperature 1.
     """
     calibration: dict[str, float] = {}
     if fit_temperature:
         calibration["ece_before"] = expected_calibration_error(torch.softmax(logits, dim=1), targets)
         calibration["nll_before"] = negative_log_likelihood(logits, targets)
-        predictor.temperature = fit_softmax_temperature(logits, targets)
-    probs = predictor.calibrated(logits)
-    calibration["temperature"] = predictor.temperature
+        temperature = fit_softmax_temperature(logits, targets)
+    probs = calibrated_probabilities(logits, temperature)
+    calibration["temperature"] = temperature
     calibration["ece"] = expected_calibration_error(probs, targets)
-    calibration["nll"] = negative_log_likelihood(logits, targets, predictor.temperature)
-    metrics = classification_metrics(targets.tolist(), probs.argmax(1).tolist(), predictor.class_names)
+    calibration["nll"] = negative_log_likelihood(logits, targets, temperature)
+    metrics = classification_metrics(targets.tolist(), probs.argmax(1).tolist(), class_names)
     metrics["images"] = int(targets.numel())
     confidences, predicted = probs.max(1)
     correct = (predicted == targets).numpy()
     metrics["mean_confidence"] = float(confidences.mean())
     metrics["selective"] = selective_threshold(confidences.numpy(), correct, target_accuracy)
-    accepted = (confidences >= predictor.confidence_threshold).numpy()
+    accepted = (confidences >= confidence_threshold).numpy()
     metrics["at_model_threshold"] = {
-        "confidence_threshold": predictor.confidence_threshold,
+        "confidence_threshold": confidence_threshold,
         "coverage": float(accepted.mean()),
         "selective_accuracy": float(correct[accepted].mean()) if accepted.any() else 0.0,
     }
@@ -235,14 +250,3 @@ def samples_for_checkpoint(
             + ("" if extra or missing else "; same names in a different order")
         )
     return samples
-
-
-def report(
-    metrics: dict[str, Any], class_names: Sequence[str], out_dir: str | os.PathLike[str] | None, prefix: str = ""
-) -> str:
-    """Format ``metrics`` as text and, when ``out_dir`` is given, write the evaluation files there."""
-    text = format_report(metrics)
-    if out_dir is not None:
-        paths = write_evaluation(metrics, class_names, Path(out_dir), prefix=prefix)
-        logger.info("wrote %s", ", ".join(str(p) for p in paths))
-    return text

@@ -1,14 +1,12 @@
-"""Classification metrics with scikit-learn, calibration (ECE, temperature scaling), and the files a run writes."""
+"""Metrics of a classifier's predictions, as pure functions of labels, predictions, logits or probabilities:
+accuracy, precision/recall/F1 and the confusion matrix (scikit-learn), the selective "not sure" threshold, and
+calibration (ECE, NLL, temperature scaling). Text and files made of them: :mod:`training.reports`."""
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,79 +49,6 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_n
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
-
-
-def format_report(metrics: dict[str, Any]) -> str:
-    """A plain-text table of per-class metrics with the headline numbers, for logs and terminals."""
-    width = max(12, *(len(n) for n in metrics["per_class"]))
-    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
-    for name, m in metrics["per_class"].items():
-        lines.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
-    total = sum(m["support"] for m in metrics["per_class"].values())
-    lines.append(
-        f"{'macro avg':<{width}}  {metrics['macro_precision']:9.3f}  {metrics['macro_recall']:6.3f}  "
-        f"{metrics['macro_f1']:5.3f}  {total:7d}"
-    )
-    lines.append(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}")
-    if "ece" in metrics:
-        temperature = metrics.get("temperature", 1.0)
-        line = f"ECE {metrics['ece']:.4f}   NLL {metrics['nll']:.4f}   temperature {temperature:.3f}"
-        if "ece_before" in metrics:
-            line += (
-                f"   (temperature scaling: ECE {metrics['ece_before']:.4f} -> {metrics['ece']:.4f}, "
-                f"NLL {metrics['nll_before']:.4f} -> {metrics['nll']:.4f})"
-            )
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def write_evaluation(
-    metrics: dict[str, Any], class_names: Sequence[str], out_dir: str | os.PathLike[str], prefix: str = ""
-) -> list[Path]:
-    """Write ``{prefix}metrics.json``, ``{prefix}per_class.csv``, ``{prefix}confusion_matrix.csv`` and ``.png``.
-
-    Returns:
-        The paths written.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{prefix}metrics.json", out / f"{prefix}per_class.csv", out / f"{prefix}confusion_matrix.csv"]
-    paths[0].write_text(json.dumps(metrics, indent=2) + "\n")
-    with open(paths[1], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for name, m in metrics["per_class"].items():
-            writer.writerow([name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]])
-    with open(paths[2], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *class_names])
-        for name, row in zip(class_names, metrics["confusion_matrix"], strict=True):
-            writer.writerow([name, *row])
-    paths.append(
-        plot_confusion_matrix(np.array(metrics["confusion_matrix"]), class_names, out / f"{prefix}confusion_matrix.png")
-    )
-    return paths
-
-
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
-    """Save a row-normalised confusion matrix (recall per true class) with counts, via scikit-learn's display."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    size = max(5.0, 0.55 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
-    display = ConfusionMatrixDisplay(normalised, display_labels=list(class_names))
-    display.plot(ax=ax, cmap="Blues", xticks_rotation=60, values_format=".2f", colorbar=False)
-    ax.set_title("Confusion matrix (rows: true class, normalised)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def selective_threshold(
@@ -224,6 +149,12 @@ def negative_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, tempera
     """
     z = logits.detach().to(torch.float64).cpu()
     return float(torch.nn.functional.cross_entropy(z / temperature, targets.detach().long().cpu()))
+
+
+def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1: the probabilities a
+    :class:`model.predictor.Predictor` at that temperature serves (its ``calibrated``, the same formula)."""
+    return torch.softmax(logits / temperature, dim=1)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: int = 100) -> float:

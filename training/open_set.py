@@ -1,16 +1,19 @@
-"""Choose and report the open-set thresholds of a trained model (see :mod:`model.open_set` for the verdicts).
+"""Choosing and measuring the open-set thresholds of a trained model (see :mod:`model.open_set` for the verdicts).
 
-At release, ``train.py`` runs the served :class:`model.predictor.Predictor` over the training images (un-augmented)
-to fit what the scores need (the subject's ImageNet classes, the class Gaussians), then over the validation images
-and, when given, real photos of known and unknown species (``--open-set-photos``) and pictures of something else
-(``--not-subject``), and chooses:
+Every choice here is a pure function of the network's outputs (:class:`training.evaluation.Outputs`) and numbers.
+At release (:mod:`training.release`) the outputs come from the training images (un-augmented), to fit what the
+scores need (the subject's ImageNet classes, the class Gaussians), from the validation images and, when given, from
+real photos of known and unknown species (``--open-set-photos``) and pictures of something else
+(``--not-subject``); :func:`choose_open_set` then chooses:
 
 - the ``not_a_fish`` threshold: the highest subject score that calls at most ``subject_rejection`` of each set of
   the subject's pictures (validation, known photos, unknown-species photos) "not a fish";
 - the ``unknown_species`` threshold: the novelty that at most ``novelty_rejection`` of the known photos (the
-  validation images when there are none) exceed.
+  validation images when there are none) exceed;
+- a higher "not sure" threshold, where known photos would otherwise be confidently wrong too often.
 
-The ``--not-subject`` pictures are never used to choose anything: they only measure the result.
+The ``--not-subject`` pictures are never used to choose anything: they only measure the result
+(:func:`verdict_counts`). Also here: the photo folders' samples and the one-line report ``evaluate.py`` prints.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from model.open_set import DEFAULT_SUBJECT_COVERAGE, ClassGaussians, OpenSetRule, subject_classes
+from model.open_set import DEFAULT_SUBJECT_COVERAGE, ClassGaussians, OpenSetRule, subject_classes, subject_score
 from model.predictor import VERDICTS, Predictor
 from training.data import Sample, is_image_file
 from training.evaluation import Outputs
+from training.metrics import calibrated_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +71,47 @@ def all_images(folder: str | os.PathLike[str]) -> list[Sample]:
 
 
 def verdict_report(predictor: Predictor, outputs: Outputs) -> dict[str, float]:
-    """How the predictor answers a set: ``images``, the fraction of each verdict (``species``, ``not_sure``,
-    ``unknown_species``, ``not_a_fish``), and for images of known classes ``top1`` (the best class is right,
-    whatever the verdict), ``species_accuracy`` (right among the ``species`` answers) and ``confidently_wrong``
-    (a ``species`` answer naming the wrong class, as a fraction of all images)."""
-    predictions = predictor.predictions(outputs.logits, outputs.features, outputs.imagenet_logits, top_k=1)
-    verdicts = np.array([p.verdict for p in predictions])
-    report: dict[str, float] = {"images": float(len(predictions))}
+    """How ``predictor`` answers a set (its temperature, open-set statistics and thresholds): see
+    :func:`verdict_counts`."""
+    subject, novelty = predictor.open_set_scores(outputs.features, outputs.imagenet_logits)
+    return verdict_counts(predictor.calibrated(outputs.logits), outputs.targets, subject, novelty, predictor.open_set)
+
+
+def verdict_counts(
+    probabilities: torch.Tensor,
+    targets: torch.Tensor,
+    subject: torch.Tensor | None,
+    novelty: torch.Tensor | None,
+    rule: OpenSetRule,
+) -> dict[str, float]:
+    """How ``rule`` answers a set, from its calibrated ``probabilities`` float ``(N, C)``, ``targets`` int64
+    ``(N,)`` (-1 for images of none of the classes) and scores ``(N,)`` (None where the model has none); each
+    image's verdict is :meth:`model.open_set.OpenSetRule.verdict` of its top-1 probability and scores, as
+    :meth:`model.predictor.Predictor.predictions` serves it.
+
+    Returns:
+        ``images``, the fraction of each verdict (``species``, ``not_sure``, ``unknown_species``,
+        ``not_a_fish``), and where every image is of a known class ``top1`` (the best class is right, whatever
+        the verdict), ``species_accuracy`` (right among the ``species`` answers) and ``confidently_wrong`` (a
+        ``species`` answer naming the wrong class, as a fraction of all images).
+    """
+    values, indices = probabilities.topk(1, dim=1)
+    verdicts = np.array(
+        [
+            rule.verdict(
+                confidence,
+                float(subject[row]) if subject is not None else None,
+                float(novelty[row]) if novelty is not None else None,
+            )
+            for row, confidence in enumerate(values[:, 0].tolist())
+        ]
+    )
+    report: dict[str, float] = {"images": float(len(verdicts))}
     for verdict in VERDICTS:
         report[verdict] = float((verdicts == verdict).mean())
-    targets = outputs.targets.numpy()
-    if (targets >= 0).all():
-        right = np.array([predictor.class_names.index(p.label) for p in predictions]) == targets
+    labels = targets.numpy()
+    if (labels >= 0).all():
+        right = indices[:, 0].numpy() == labels
         asserted = verdicts == "species"
         report["top1"] = float(right.mean())
         report["species_accuracy"] = float(right[asserted].mean()) if asserted.any() else 0.0
@@ -85,48 +119,74 @@ def verdict_report(predictor: Predictor, outputs: Outputs) -> dict[str, float]:
     return report
 
 
+@dataclass(frozen=True)
+class OpenSetFit:
+    """What :func:`choose_open_set` chooses for a release.
+
+    Attributes:
+        subject_classes: the subject's ImageNet classes (:func:`model.open_set.subject_classes`), or None
+            without a kept ImageNet head.
+        gaussians: the class means and shared covariance of the training features.
+        rule: the thresholds of the four verdicts.
+    """
+
+    subject_classes: list[int] | None
+    gaussians: ClassGaussians
+    rule: OpenSetRule
+
+    def record(self) -> dict[str, Any]:
+        """The checkpoint's ``open_set`` record: ``{"subject_classes": [...] (absent without an ImageNet head),
+        "gaussians": {...}}`` (see :mod:`model.checkpoint`)."""
+        record: dict[str, Any] = {}
+        if self.subject_classes is not None:
+            record["subject_classes"] = self.subject_classes
+        record["gaussians"] = self.gaussians.to_dict()
+        return record
+
+    def scores(self, outputs: Outputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(subject_score (N,), novelty (N,))`` of a set's outputs; subject None without subject classes (as
+        :meth:`model.predictor.Predictor.open_set_scores` computes them when serving)."""
+        subject = subject_score(outputs.imagenet_logits, self.subject_classes) if self.subject_classes else None
+        return subject, self.gaussians.novelty(outputs.features)
+
+
 def choose_open_set(
-    predictor: Predictor,
     train: Outputs,
     calibration: dict[str, Outputs],
     *,
+    temperature: float,
+    confidence_threshold: float,
     subject: str | None = None,
     subject_rejection: float = 0.02,
     novelty_rejection: float = 0.05,
     max_confidently_wrong: float = 0.05,
     coverage: float = DEFAULT_SUBJECT_COVERAGE,
-) -> tuple[dict[str, Any], OpenSetRule]:
-    """Fit the scores on ``train`` and choose thresholds on ``calibration``; set them on ``predictor``.
+) -> OpenSetFit:
+    """Fit the scores on ``train`` and choose the thresholds on ``calibration``: a pure function of the network's
+    outputs and the options.
 
     Args:
-        predictor: the model as served; its ``subject_classes``, ``gaussians`` and ``open_set`` are replaced.
         train: outputs on the un-augmented training images (targets are class indices).
         calibration: ``"val"`` (required), and optionally ``"known_photos"`` and ``"unknown_photos"``: pictures
             of the subject used to choose the thresholds.
+        temperature: the softmax temperature fitted on the validation images.
+        confidence_threshold: the "not sure" threshold chosen on the validation images.
         subject: noun for messages (e.g. ``"fish"``).
         subject_rejection: fraction of each calibration set allowed below the subject threshold.
         novelty_rejection: fraction of the known photos (else validation images) allowed above the novelty
             threshold.
-        max_confidently_wrong: with known photos, the "not sure" threshold is raised (never lowered below the
-            predictor's, chosen on validation) until at most this fraction of them get a ``species`` answer that
-            names the wrong class.
+        max_confidently_wrong: with known photos, the "not sure" threshold is raised (never lowered below
+            ``confidence_threshold``) until at most this fraction of them get a ``species`` answer that names the
+            wrong class (:func:`confidence_threshold_for_known_photos`).
         coverage: see :func:`model.open_set.subject_classes`.
-
-    Returns:
-        ``(open_set record for the checkpoint, the rule)``; the record is ``{"subject_classes": [...] (absent
-        without an ImageNet head), "gaussians": {...}}``.
     """
-    record: dict[str, Any] = {}
-    subject_threshold = None
+    classes, subject_threshold = None, None
     if train.imagenet_logits.shape[1]:
         classes = subject_classes(torch.softmax(train.imagenet_logits, dim=1), coverage)
-        record["subject_classes"] = classes
-        predictor.subject_classes = classes
-        quantiles = []
-        for outputs in calibration.values():
-            scores, _ = predictor.open_set_scores(outputs.features, outputs.imagenet_logits)
-            assert scores is not None
-            quantiles.append(float(torch.quantile(scores.double(), subject_rejection)))
+        quantiles = [
+            float(torch.quantile(subject_score(outputs.imagenet_logits, classes).double(), subject_rejection))
+            for outputs in calibration.values()
+        ]
         subject_threshold = max(0.0, min(quantiles))
         logger.info(
             "subject: %d ImageNet classes (first: %s); 'not a fish' below subject score %.4f",
@@ -136,20 +196,22 @@ def choose_open_set(
         )
     else:
         logger.info("the model keeps no ImageNet head: no 'not a fish' check")
-    gaussians = ClassGaussians.fit(train.features, train.targets, len(predictor.class_names))
-    record["gaussians"] = gaussians.to_dict()
-    predictor.gaussians = gaussians
+    gaussians = ClassGaussians.fit(train.features, train.targets, train.logits.shape[1])
     reference = calibration.get("known_photos", calibration["val"])
-    _, novelty = predictor.open_set_scores(reference.features, reference.imagenet_logits)
-    assert novelty is not None
-    novelty_threshold = float(torch.quantile(novelty.double(), 1.0 - novelty_rejection))
+    novelty_threshold = float(torch.quantile(gaussians.novelty(reference.features).double(), 1.0 - novelty_rejection))
     logger.info("'unknown species' above novelty %.1f", novelty_threshold)
-    confidence_threshold = predictor.confidence_threshold
     if "known_photos" in calibration:
+        known = calibration["known_photos"]
         confidence_threshold = max(
             confidence_threshold,
-            _confidence_for_known_photos(
-                predictor, calibration["known_photos"], subject_threshold, novelty_threshold, max_confidently_wrong
+            confidence_threshold_for_known_photos(
+                calibrated_probabilities(known.logits, temperature),
+                known.targets,
+                subject_score(known.imagenet_logits, classes) if classes else None,
+                gaussians.novelty(known.features),
+                subject_threshold=subject_threshold,
+                novelty_threshold=novelty_threshold,
+                max_confidently_wrong=max_confidently_wrong,
             ),
         )
         logger.info(
@@ -163,8 +225,7 @@ def choose_open_set(
         novelty_threshold=novelty_threshold,
         subject=subject,
     )
-    predictor.open_set = rule
-    return record, rule
+    return OpenSetFit(classes, gaussians, rule)
 
 
 def open_set_samples(
@@ -187,28 +248,33 @@ def open_set_samples(
     return sets
 
 
-def format_verdicts(name: str, root: str | os.PathLike[str], report: dict[str, float]) -> str:
-    """One line for a :func:`verdict_report`, e.g. ``known_photos (239 images of DIR): species 80.3 % ...``."""
-    parts = [f"{key.replace('_', ' ')} {100 * value:.1f} %" for key, value in report.items() if key != "images"]
-    return f"{name} ({int(report['images'])} images of {root}): " + ", ".join(parts)
-
-
-def _confidence_for_known_photos(
-    predictor: Predictor,
-    known: Outputs,
+def confidence_threshold_for_known_photos(
+    probabilities: torch.Tensor,
+    targets: torch.Tensor,
+    subject: torch.Tensor | None,
+    novelty: torch.Tensor,
+    *,
     subject_threshold: float | None,
     novelty_threshold: float,
     max_confidently_wrong: float,
 ) -> float:
-    """The lowest calibrated confidence threshold at which at most ``max_confidently_wrong`` of the ``known``
-    photos pass every check and name the wrong class."""
-    probs = predictor.calibrated(known.logits)
-    confidence, predicted = probs.max(1)
-    subject, novelty = predictor.open_set_scores(known.features, known.imagenet_logits)
+    """The lowest calibrated confidence threshold at which at most ``max_confidently_wrong`` of the known photos
+    pass every check and name the wrong class.
+
+    Args:
+        probabilities: calibrated float ``(N, C)``; targets: int64 ``(N,)`` class indices.
+        subject, novelty: the photos' scores ``(N,)``; subject None where the model has none.
+        subject_threshold, novelty_threshold: the open-set thresholds chosen (subject None: no check).
+        max_confidently_wrong: the fraction of the photos allowed to be confidently wrong, in [0, 1].
+
+    Returns:
+        A threshold in [0, 1]: 0 when few enough are wrong at any confidence.
+    """
+    confidence, predicted = probabilities.max(1)
     passes = novelty <= novelty_threshold
     if subject is not None and subject_threshold is not None:
         passes &= subject >= subject_threshold
-    wrong = (passes & (predicted != known.targets)).numpy()
+    wrong = (passes & (predicted != targets)).numpy()
     confidence = confidence.numpy()
     allowed = int(np.floor(max_confidently_wrong * len(confidence)))
     wrong_confidences = np.sort(confidence[wrong])[::-1]

@@ -1,0 +1,214 @@
+"""The release step of a training run: ``release.pt``, the checkpoint the app serves, written once.
+
+:func:`write_release` takes the run's ``best.pt``, makes its slim fp16 copy
+(:func:`model.checkpoint.release_checkpoint`) and runs that copy as served (a :class:`model.predictor.Predictor`
+over its weights and eval transform) once over each set it needs: the validation images and, for the open-set
+checks, the un-augmented training images and the ``--open-set-photos`` / ``--not-subject`` folders. Every number
+the release records is then a pure function of those outputs:
+
+- the softmax temperature, fitted on the validation logits (temperature scaling, Guo et al. 2017;
+  :func:`training.metrics.fit_temperature`), and the evaluation at it
+  (:func:`training.evaluation.evaluate_logits`);
+- the "not sure" threshold for ``--target-accuracy`` (:func:`training.metrics.selective_threshold`);
+- the open-set statistics and thresholds (:func:`training.open_set.choose_open_set`), and the verdicts they give
+  on each set (:func:`training.open_set.verdict_counts`).
+
+It writes the evaluation files and saves ``release.pt`` once, with all of it (schema: :mod:`model.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import load_checkpoint, model_from_checkpoint, release_checkpoint, save_checkpoint
+from model.predictor import Predictor
+from model.transforms import Preprocessing
+from training.config import TrainConfig
+from training.data import Sample
+from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
+from training.metrics import calibrated_probabilities
+from training.open_set import OpenSetFit, choose_open_set, open_set_samples, verdict_counts
+from training.reports import report
+
+logger = logging.getLogger(__name__)
+
+#: ``train.py``'s open-set options (:class:`training.config.TrainConfig` fields); a release records the values it
+#: chose its thresholds with.
+OPEN_SET_OPTIONS = (
+    "subject",
+    "open_set_photos",
+    "not_subject",
+    "subject_rejection",
+    "novelty_rejection",
+    "max_confidently_wrong",
+)
+
+
+@dataclass
+class OpenSetOptions:
+    """What the release step needs to choose the open-set thresholds (see :mod:`training.open_set`): the training
+    images (to fit the scores on) and the run's configuration (its :data:`OPEN_SET_OPTIONS`)."""
+
+    train_root: Path
+    train_samples: list[Sample]
+    config: TrainConfig
+
+
+def write_release(
+    out: Path,
+    val_root: Path,
+    val_samples: list[Sample],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 2,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    open_set: OpenSetOptions | None = None,
+) -> dict[str, Any]:
+    """Make ``out/release.pt`` from ``out/best.pt`` and evaluate it on the validation images.
+
+    The release holds fp16 weights and no optimizer state; its ``metrics`` are this evaluation (of the network as
+    served), so the numbers the web app shows are the ones ``evaluate.py`` reproduces; its ``serving`` record holds
+    the softmax temperature and the "not sure" threshold for ``target_accuracy``, chosen on the validation images.
+    With ``open_set``, the "unknown species" and "not a fish" checks are fitted and their thresholds chosen, and the
+    verdicts on each set are reported under ``"open_set"``. Writes the evaluation files into ``out``.
+
+    Returns:
+        The evaluation (see :func:`training.evaluation.evaluate_logits`) plus ``"best_epoch"``.
+    """
+    best = load_checkpoint(out / "best.pt")
+    release = release_checkpoint(best)
+    predictor = served_network(release, device)
+    val = collect_outputs(predictor, val_root, val_samples, batch_size=batch_size, workers=workers)
+    final = evaluate_logits(
+        val.logits, val.targets, predictor.class_names, target_accuracy=target_accuracy, fit_temperature=True
+    )
+    logger.info(
+        "final evaluation of %s (epoch %d) on %d val images:\n%s",
+        out / "release.pt",
+        best["epoch"],
+        final["images"],
+        report(final, predictor.class_names, out),
+    )
+    release["metrics"] = release_metrics(final, best["epoch"])
+    release["serving"] = {**final["selective"], "temperature": float(final["temperature"])}
+    if open_set is not None:
+        sets = {"val": val, **_open_set_outputs(predictor, open_set, batch_size, workers)}
+        fit, reports = _choose_open_set(sets, open_set.config, final)
+        release["open_set"] = fit.record()
+        release["serving"].update(
+            subject_threshold=fit.rule.subject_threshold,
+            novelty_threshold=fit.rule.novelty_threshold,
+            subject=fit.rule.subject,
+            confidence_threshold=fit.rule.confidence_threshold,
+        )
+        # the options that chose the thresholds, which a release re-made with --resume may have changed
+        release["config"].update({name: getattr(open_set.config, name) for name in OPEN_SET_OPTIONS})
+        # the "not sure" threshold may have risen: describe it by what it does on the validation images
+        release["serving"]["coverage"] = reports["val"]["species"]
+        release["serving"]["selective_accuracy"] = reports["val"]["species_accuracy"]
+        release["metrics"]["open_set"] = reports
+        final["open_set"] = reports
+    _log_serving(final, release["serving"], target_accuracy)
+    save_checkpoint(release, out / "release.pt")
+    final["best_epoch"] = best["epoch"]
+    return final
+
+
+def served_network(release: dict[str, Any], device: torch.device | str) -> Predictor:
+    """A :class:`model.predictor.Predictor` over ``release``'s weights (torch, fp32), as ``Predictor.from_checkpoint``
+    would load the file, before any temperature or threshold is chosen (temperature 1, no open-set checks)."""
+    return Predictor(
+        model_from_checkpoint(release),
+        release["class_names"],
+        Preprocessing.from_dict(release["preprocessing"]),
+        device=device,
+        class_info=release.get("class_info"),
+    )
+
+
+def release_metrics(final: dict[str, Any], best_epoch: int) -> dict[str, Any]:
+    """The release's ``metrics`` record from the final evaluation (:func:`training.evaluation.evaluate_logits`
+    with a fitted temperature) of ``best.pt``'s epoch."""
+    return {
+        "val_accuracy": final["accuracy"],
+        "val_macro_f1": final["macro_f1"],
+        "val_macro_precision": final["macro_precision"],
+        "val_macro_recall": final["macro_recall"],
+        "val_images": float(final["images"]),
+        "best_epoch": float(best_epoch),
+        "val_ece": float(final["ece"]),
+        "val_ece_before": float(final["ece_before"]),
+        "val_nll": float(final["nll"]),
+        "temperature": float(final["temperature"]),
+        "per_class": final["per_class"],
+        "confusion_matrix": final["confusion_matrix"],
+    }
+
+
+def _open_set_outputs(
+    predictor: Predictor, options: OpenSetOptions, batch_size: int, workers: int
+) -> dict[str, Outputs]:
+    """The network's outputs on the training images (``"train"``) and on each folder of
+    :func:`training.open_set.open_set_samples` (``"known_photos"``, ``"unknown_photos"``, ``"not_subject"``)."""
+    cfg = options.config
+    kwargs = {"batch_size": batch_size, "workers": workers}
+    outputs = {"train": collect_outputs(predictor, options.train_root, options.train_samples, **kwargs)}
+    others = open_set_samples(cfg.open_set_photos, cfg.not_subject, predictor.class_names)
+    for name, (root, rows) in others.items():
+        outputs[name] = collect_outputs(predictor, root, rows, **kwargs)
+    return outputs
+
+
+def _choose_open_set(
+    sets: dict[str, Outputs], cfg: TrainConfig, final: dict[str, Any]
+) -> tuple[OpenSetFit, dict[str, dict[str, float]]]:
+    """Choose the open-set thresholds (:func:`training.open_set.choose_open_set`) on every set but ``"train"``
+    (fitted on) and ``"not_subject"`` (only measured), at the fitted temperature and from the "not sure"
+    threshold of ``final``; then the verdicts on every set but ``"train"``.
+
+    Returns:
+        ``(the choice, {set name: verdict report})``, sets in the order ``val``, ``known_photos``,
+        ``unknown_photos``, ``not_subject`` (those present).
+    """
+    temperature = float(final["temperature"])
+    fit = choose_open_set(
+        sets["train"],
+        {name: outputs for name, outputs in sets.items() if name not in ("train", "not_subject")},
+        temperature=temperature,
+        confidence_threshold=final["selective"]["confidence_threshold"],
+        subject=cfg.subject,
+        subject_rejection=cfg.subject_rejection,
+        novelty_rejection=cfg.novelty_rejection,
+        max_confidently_wrong=cfg.max_confidently_wrong,
+    )
+    reports = {
+        name: verdict_counts(
+            calibrated_probabilities(outputs.logits, temperature), outputs.targets, *fit.scores(outputs), fit.rule
+        )
+        for name, outputs in sets.items()
+        if name != "train"
+    }
+    for name, rep in reports.items():
+        logger.info("open set, %s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in rep.items()))
+    return fit, reports
+
+
+def _log_serving(final: dict[str, Any], serving: dict[str, Any], target_accuracy: float) -> None:
+    """Log the temperature and the "not sure" threshold the release serves with."""
+    logger.info(
+        "temperature %.3f: ECE %.4f -> %.4f on the val images", final["temperature"], final["ece_before"], final["ece"]
+    )
+    # the selective threshold, or the open-set one where that rose above it
+    logger.info(
+        "'not sure' threshold %.3f: %.1f%% of val images named, %.1f%% of those right (target %.0f%%)",
+        serving["confidence_threshold"],
+        100 * serving["coverage"],
+        100 * serving["selective_accuracy"],
+        100 * target_accuracy,
+    )
