@@ -50,6 +50,7 @@ def test_entry_points_run_the_root_scripts_mains() -> None:
         assert scripts[name].load() is script.main, name
 
 
+@pytest.mark.slow
 def test_packages_import_from_another_folder(tmp_path: Path) -> None:
     _installed_here()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
