@@ -249,6 +249,14 @@ class Prediction:
         return prediction_result(self).model_dump(mode="json")
 
 
+
+def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1: the one formula for
+    confidences, used by :meth:`Predictor.calibrated` (serving) and by training's release and evaluation steps.
+    Temperature scaling (Guo et al., ICML 2017) never changes the most probable class."""
+    return torch.softmax(logits / temperature, dim=1)
+
+
 class Predictor:
     """A trained classifier ready for inference.
 
@@ -541,7 +549,7 @@ class Predictor:
         """Calibrated probabilities ``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1;
         the one place where confidences are made from logits (serving and evaluation). The temperature never
         changes the most probable class."""
-        return torch.softmax(logits / self.temperature, dim=1)
+        return calibrated_probabilities(logits, self.temperature)
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities (:meth:`calibrated`) of a batch, float32 ``(N, C)``; every backend goes

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from model.predictor import Predictor
+from model.predictor import Predictor, calibrated_probabilities
 from training.data import ImageListDataset, Sample, collate_skip_none, read_split, scan_image_folder
 from training.metrics import (
-    calibrated_probabilities,
     classification_metrics,
     expected_calibration_error,
     negative_log_likelihood,

@@ -151,12 +151,6 @@ def negative_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, tempera
     return float(torch.nn.functional.cross_entropy(z / temperature, targets.detach().long().cpu()))
 
 
-def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1: the probabilities a
-    :class:`model.predictor.Predictor` at that temperature serves (its ``calibrated``, the same formula)."""
-    return torch.softmax(logits / temperature, dim=1)
-
-
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: int = 100) -> float:
     """The temperature T > 0 minimising the mean NLL of ``softmax(logits / T)`` on held-out data.
 

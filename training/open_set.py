@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from model.open_set import DEFAULT_SUBJECT_COVERAGE, ClassGaussians, OpenSetRule, subject_classes, subject_score
-from model.predictor import VERDICTS, Predictor
+from model.predictor import VERDICTS, Predictor, calibrated_probabilities
 from training.data import Sample, is_image_file
 from training.evaluation import Outputs
-from training.metrics import calibrated_probabilities
 
 logger = logging.getLogger(__name__)
 

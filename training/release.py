@@ -26,12 +26,11 @@ from typing import Any
 import torch
 
 from model.checkpoint import load_checkpoint, model_from_checkpoint, release_checkpoint, save_checkpoint
-from model.predictor import Predictor
+from model.predictor import Predictor, calibrated_probabilities
 from model.transforms import Preprocessing
 from training.config import TrainConfig
 from training.data import Sample
 from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
-from training.metrics import calibrated_probabilities
 from training.open_set import OpenSetFit, choose_open_set, open_set_samples, verdict_counts
 from training.reports import report
 
