@@ -82,3 +82,16 @@ def test_quantize_refuses_bad_input(tiny_checkpoint: Path, tmp_path: Path) -> No
     assert (
         quantize.main(["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path), "--calibration-images", "0"]) == 2
     )
+
+
+def test_an_app_serving_int8_answers_what_its_document_says(quantized: tuple[Path, Path, Path]) -> None:
+    from tests.conftest import encode, make_app
+    from tests.test_openapi import assert_matches, post
+
+    checkpoint, _, _ = quantized
+    app = make_app(MODEL_PATH=str(checkpoint), BACKEND="openvino", PRECISION="int8")
+    client = app.test_client()
+    document = client.get("/api/openapi.json").get_json()
+    response = post(client, [encode(synthetic_image(COLOURS["clownfish"]))])
+    assert response.status_code == 200 and response.get_json()["model"]["precision"] == "int8"
+    assert_matches(document, "/api/predict", "post", 200, response.get_json())
