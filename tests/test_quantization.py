@@ -95,3 +95,28 @@ def test_an_app_serving_int8_answers_what_its_document_says(quantized: tuple[Pat
     response = post(client, [encode(synthetic_image(COLOURS["clownfish"]))])
     assert response.status_code == 200 and response.get_json()["model"]["precision"] == "int8"
     assert_matches(document, "/api/predict", "post", 200, response.get_json())
+
+
+
+def test_quantize_skips_unreadable_calibration_images(quantized: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    checkpoint, data, split = quantized
+    copy = Path(shutil.copy(checkpoint, tmp_path / "model.pt"))
+    data = Path(shutil.copytree(data, tmp_path / "data"))
+    (data / "clownfish" / "broken.jpg").write_bytes(b"not a jpeg")
+    rows = split.read_text().splitlines()
+    bad_split = tmp_path / "split.csv"
+    bad_rows = ["clownfish/broken.jpg,clownfish,train", "clownfish/gone.jpg,clownfish,train"]
+    bad_split.write_text("\n".join([*rows, *bad_rows]))
+    args = ["--checkpoint", str(copy), "--data", str(data), "--split-file", str(bad_split)]
+    assert quantize.main([*args, "--calibration-images", "100"]) == 0  # it was a TypeError traceback
+    readable = sum(row.endswith(",train") for row in rows)
+    assert json.loads(report_path(copy).read_text())["calibration_images"] == readable
+
+
+def test_quantize_refuses_calibration_images_none_of_which_can_be_read(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copy(tiny_checkpoint, tmp_path / "model.pt"))
+    (tmp_path / "data" / "clownfish").mkdir(parents=True)
+    (tmp_path / "data" / "clownfish" / "broken.jpg").write_bytes(b"not a jpeg")
+    args = ["--checkpoint", str(copy), "--data", str(tmp_path / "data")]
+    assert quantize.main(args) == 2
+    assert not report_path(copy).exists()

@@ -19,9 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
 from model import quantization
 from model.checkpoint import CheckpointError
 from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser, setup_logging
@@ -29,8 +26,14 @@ from model.network import WeightsUnavailableError
 from model.predictor import Predictor
 from model.runtime import resolve_device
 from training.config import parse_args
-from training.data import ImageListDataset, read_split, scan_image_folder
-from training.evaluation import collect_outputs, compare_predictors, evaluate_predictor, samples_for_checkpoint
+from training.data import read_split, scan_image_folder
+from training.evaluation import (
+    collect_outputs,
+    compare_predictors,
+    evaluate_predictor,
+    readable_batches,
+    samples_for_checkpoint,
+)
 from training.open_set import open_set_samples, verdict_report
 from training.reports import format_verdicts, report
 from training.trainer import fit
@@ -159,21 +162,21 @@ def quantize_main(argv: list[str] | None = None) -> int:
         if not train:
             raise ValueError(f"no training images found in {args.data}")
         chosen = random.Random(args.seed).sample(train, min(args.calibration_images, len(train)))
-        calibration = DataLoader(ImageListDataset(args.data, chosen, fp32.transform), batch_size=1)
-        int8_model = quantization.quantize(
-            fp32.network, fp32.preprocessing.image_size, (images for images, _ in calibration), len(chosen)
-        )
+        # unreadable images are skipped with a warning each, as in evaluation
+        calibration = [images for images, _ in readable_batches(fp32, args.data, chosen, batch_size=1, workers=0)]
+        if not calibration:
+            raise ValueError(f"none of the {len(chosen)} calibration images under {args.data} could be read")
+        int8_model = quantization.quantize(fp32.network, fp32.preprocessing.image_size, calibration, len(calibration))
         path = quantization.save(int8_model, checkpoint)
         result: dict[str, Any] = {
             "checkpoint": checkpoint.name,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "calibration_images": len(chosen),
+            "calibration_images": len(calibration),
             "method": "NNCF post-training quantization, MIXED preset",
         }
         if val:
             int8 = Predictor.from_checkpoint(checkpoint, precision="int8", backend="openvino")
-            with torch.inference_mode():
-                row = compare_predictors(fp32, {"int8": int8}, args.data, val)["int8"]
+            row = compare_predictors(fp32, {"int8": int8}, args.data, val)["int8"]
             result["validation"] = {
                 "images": row["images"],
                 "top1_agreement": row["top1_agreement"],

@@ -50,7 +50,7 @@ class Outputs:
     targets: torch.Tensor
 
 
-def _readable_batches(
+def readable_batches(
     predictor: Predictor, root: str | os.PathLike[str], samples: Sequence[Sample], batch_size: int, workers: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``samples`` (paths under ``root``) in order, through ``predictor.transform`` (the checkpoint's eval preset),
@@ -82,7 +82,7 @@ def collect_outputs(
         ValueError: no readable image.
     """
     parts: list[tuple[torch.Tensor, ...]] = []
-    for images, targets in _readable_batches(predictor, root, samples, batch_size, workers):
+    for images, targets in readable_batches(predictor, root, samples, batch_size, workers):
         parts.append((*predictor.outputs(images), targets))
     if not parts:
         raise ValueError(f"no readable image under {root}")
@@ -110,7 +110,7 @@ def compare_predictors(
     """
     stats = {name: {"agree": 0, "correct": 0, "max_diff": 0.0} for name in candidates}
     total = correct_reference = 0
-    for images, targets in _readable_batches(reference, root, samples, batch_size, workers):
+    for images, targets in readable_batches(reference, root, samples, batch_size, workers):
         expected = reference.probabilities(images)
         correct_reference += int((expected.argmax(1) == targets).sum())
         total += len(targets)
