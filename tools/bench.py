@@ -635,30 +635,36 @@ def main(argv: list[str] | None = None) -> int:
                 command += ["--only", section, "--json", str(out), "--output", str(Path(tmp) / "unused.md")]
                 subprocess.run(command, check=True)
                 results.update({k: v for k, v in json.loads(out.read_text()).items() if k != "machine"})
-        args.output.write_text(render(results) + "\n")
-        logger.info("wrote %s", args.output)
-        return 0
-    photos = sorted(args.data.rglob("*.jpg"))[::37]
-    if "predict" in args.only:
-        results["predict"] = bench_predict(args.model, photos, args.repeats)
-    if "fidelity" in args.only:
-        results["fidelity"] = bench_fidelity(args.model, args.data, args.split)
-        logger.info("fidelity %s", results["fidelity"])
-    if "http" in args.only:
-        results["http"] = bench_http(args.model, photos[3], args.http_requests)
-    if "training" in args.only:
-        results["training"] = [
-            bench_training(args.data, args.train_images, "auto", recipe) for recipe in TRAINING_RECIPES
-        ]
-        logger.info("training %s", results["training"])
-    if "predict_cli" in args.only and (ROOT / "predict.py").is_file():
-        results["predict_cli"] = bench_predict_cli(args.model, args.data, 800)
-        logger.info("predict.py %s", results["predict_cli"])
+    else:
+        results.update(run_section(args.only[0], args))
     if args.json:
         args.json.write_text(json.dumps(results))
     args.output.write_text(render(results) + "\n")
     logger.info("wrote %s", args.output)
     return 0
+
+
+def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The raw results of one section of the bench (``predict``, ``fidelity``, ``http``, ``training`` or
+    ``predict_cli``), in this process, as ``{section: result}`` (empty for ``predict_cli`` without predict.py)."""
+    results: dict[str, Any] = {}
+    photos = sorted(args.data.rglob("*.jpg"))[::37]
+    if section == "predict":
+        results["predict"] = bench_predict(args.model, photos, args.repeats)
+    elif section == "fidelity":
+        results["fidelity"] = bench_fidelity(args.model, args.data, args.split)
+        logger.info("fidelity %s", results["fidelity"])
+    elif section == "http":
+        results["http"] = bench_http(args.model, photos[3], args.http_requests)
+    elif section == "training":
+        results["training"] = [
+            bench_training(args.data, args.train_images, "auto", recipe) for recipe in TRAINING_RECIPES
+        ]
+        logger.info("training %s", results["training"])
+    elif section == "predict_cli" and (ROOT / "predict.py").is_file():
+        results["predict_cli"] = bench_predict_cli(args.model, args.data, 800)
+        logger.info("predict.py %s", results["predict_cli"])
+    return results
 
 
 if __name__ == "__main__":
