@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.images import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
 from app.uploads import default_top_k
-from model.predictor import BACKENDS, INT8, PRECISIONS, Predictor
+from model.predictor import BACKENDS, SERVED_PRECISIONS, Predictor
 from model.results import response_schemas
 
 #: Version of the API described (not of the app): 2 added several images per request and the OpenAPI document.
@@ -50,7 +50,7 @@ def _schemas(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
             properties["top_k"]["maxItems"] = len(classes)
     schemas["IndexedPrediction"]["properties"]["index"]["maximum"] = max_images - 1
     schemas["BatchResponse"]["properties"]["predictions"]["maxItems"] = max_images
-    schemas["ModelSummary"]["properties"]["precision"]["enum"] = [*PRECISIONS, INT8]  # int8: FISH_PRECISION=int8
+    schemas["ModelSummary"]["properties"]["precision"]["enum"] = list(SERVED_PRECISIONS)
     schemas["ModelSummary"]["properties"]["backend"]["enum"] = list(BACKENDS)
     return {
         **schemas,

@@ -13,7 +13,7 @@ import argparse
 import logging
 
 from model.checkpoint import CheckpointError
-from model.predictor import BACKENDS, INT8, PRECISIONS, BackendUnavailableError
+from model.predictor import BACKENDS, SERVED_PRECISIONS, BackendUnavailableError
 from model.quantization import QuantizationUnavailableError
 
 #: What loading or running a checkpoint raises for a user's mistake (a bad file, int8 not made, a backend that
@@ -36,7 +36,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, precision: str, 
     """Add ``--batch-size``, ``--workers``, ``--device``, ``--precision`` and ``--backend`` to ``parser``.
 
     Args:
-        precision: the command's default ``--precision`` (``"auto"``, one of ``PRECISIONS`` or ``"int8"``).
+        precision: the command's default ``--precision`` (``"auto"`` or one of ``SERVED_PRECISIONS``).
         backend: the command's default ``--backend`` (one of ``BACKENDS``).
     """
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
@@ -44,7 +44,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, precision: str, 
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... or auto")
     parser.add_argument(
         "--precision",
-        choices=("auto", *PRECISIONS, INT8),
+        choices=("auto", *SERVED_PRECISIONS),
         default=precision,
         help="auto: OpenVINO keeps the faster of fp32 and bf16 measured here; torch takes bf16 where the CPU or "
         "GPU computes it natively, else fp32; int8 needs --backend openvino and quantize.py's network",

@@ -30,9 +30,13 @@ from model.transforms import Preprocessing, eval_transform, to_rgb
 
 logger = logging.getLogger(__name__)
 
+#: Float precisions of both backends (torch autocast, OpenVINO's inference precision).
 PRECISIONS = ("fp32", "bf16")
 #: int8 runs on OpenVINO only, from a network quantized beforehand (``quantize.py``, :mod:`model.quantization`).
 INT8 = "int8"
+#: Every precision a Predictor may run in (``"auto"`` resolves to one of them): the ``--precision`` choices and the
+#: API document's enum.
+SERVED_PRECISIONS = (*PRECISIONS, INT8)
 #: Inference engines behind the same Predictor API: OpenVINO (CPU), eager PyTorch, or ``"auto"`` (see
 #: :func:`resolve_backend`).
 BACKENDS = ("auto", "openvino", "torch")
@@ -64,7 +68,7 @@ class OpenVINONetwork:
         int8_model: the quantized ``openvino.Model`` of ``model`` (:mod:`model.quantization`), for ``"int8"``.
 
     Attributes:
-        precision: ``"fp32"`` or ``"bf16"``, the one compiled.
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``, the one compiled.
         timings: ``{precision: median ms per image}`` of the ``"auto"`` measurement (empty otherwise).
 
     Raises:
@@ -89,13 +93,11 @@ class OpenVINONetwork:
                 "the openvino backend needs the openvino package: pip install openvino (or use backend torch)"
             ) from exc
         example = torch.zeros(1, 3, image_size, image_size)
-        core = ov.Core()
-        native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         try:
-            if precision == "int8":
-                if int8_model is None:
-                    raise ValueError("precision int8 needs the quantized model (model.quantization)")
-                converted = int8_model
+            core = ov.Core()
+            native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if precision == INT8:
+                converted = int8_model  # Predictor checks that there is one
             else:
                 converted = ov.convert_model(model.float().eval(), example_input=example)
             candidates = [precision]
@@ -249,7 +251,6 @@ class Prediction:
         return prediction_result(self).model_dump(mode="json")
 
 
-
 def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1: the one formula for
     confidences, used by :meth:`Predictor.calibrated` (serving) and by training's release and evaluation steps.
@@ -317,7 +318,7 @@ class Predictor:
         self.subject_classes = list(subject_classes) if subject_classes else None
         self.gaussians = gaussians
         self.temperature = temperature  # validated by the property's setter
-        if precision not in ("auto", INT8, *PRECISIONS):
+        if precision not in ("auto", *SERVED_PRECISIONS):
             raise ValueError(f"precision must be 'auto', {INT8!r} or one of {PRECISIONS}, got {precision!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -402,8 +403,8 @@ class Predictor:
         """
         ckpt = load_checkpoint(path)
         # only where it can run: Predictor refuses int8 on any other backend
-        on_openvino = resolve_backend(backend, device) == "openvino"
-        int8_model = quantization.load(path) if precision == INT8 and on_openvino else None
+        on_openvino = precision == INT8 and resolve_backend(backend, device) == "openvino"
+        int8_model = quantization.load(path) if on_openvino else None
         serving = ckpt.get("serving", {})
         if confidence_threshold is None:
             confidence_threshold = float(serving.get("confidence_threshold", 0.0))
@@ -546,9 +547,9 @@ class Predictor:
         return tuple(t.float().cpu() for t in out)  # type: ignore[return-value]
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities ``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1;
-        the one place where confidences are made from logits (serving and evaluation). The temperature never
-        changes the most probable class."""
+        """Calibrated probabilities of float ``(N, C)`` logits at this predictor's temperature, rows summing to 1
+        (:func:`calibrated_probabilities`, the one formula for confidences). The temperature never changes the
+        most probable class."""
         return calibrated_probabilities(logits, self.temperature)
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
