@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser, setup_logging
 from model.decoding import DECODE_ERRORS, open_image
-from model.predictor import VERDICTS, Prediction, Predictor
-from model.results import csv_header, csv_row
+from model.predictor import Prediction, Predictor
+from model.results import VERDICTS, csv_header, csv_row
 from model.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger("predict")
@@ -125,12 +125,11 @@ def predict_images(
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_with_errors
     )
-    k = max(1, min(top_k, len(predictor.class_names)))
     with tqdm(total=len(dataset), desc="predict", unit="img", leave=False, disable=None, dynamic_ncols=True) as bar:
         for indices, images, errors in loader:
             predictions: dict[int, Prediction] = {}
             if images is not None:
-                predictions = dict(zip(indices, predictor.predict_batch(images, top_k=k), strict=True))
+                predictions = dict(zip(indices, predictor.predict_batch(images, top_k=top_k), strict=True))
             for index in sorted([*predictions, *errors]):
                 yield index, predictions.get(index), errors.get(index, "")
             bar.update(len(predictions) + len(errors))
