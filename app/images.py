@@ -69,8 +69,11 @@ _HUFFMAN_SOF = (0xC0, 0xC1, 0xC2)
 #: Markers without a length field: TEM, RST0-7, SOI, EOI.
 _STANDALONE_MARKERS = frozenset((0x01, *range(0xD0, 0xDA)))
 #: The end of a scan's entropy-coded data: a marker, i.e. 0xFF (plus fill bytes) followed by a byte other than
-#: 0x00 (a stuffed 0xFF data byte) or RST0-7 (restart markers, which stay inside the scan).
-_END_OF_ENTROPY_DATA = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+#: 0x00 (a stuffed 0xFF data byte) or RST0-7 (restart markers, which stay inside the scan). This finds the last 0xFF
+#: of the run; :func:`check_jpeg_structure` steps back over the fill bytes before it. (``\xff+`` in the pattern
+#: would find the run's first byte directly, but makes ``re`` try a match at every byte: 21 ms for a 12-megapixel
+#: 4.5 MB photo against 1.2 ms.)
+_END_OF_ENTROPY_DATA = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 # What Pillow's decoders raise on broken files (truncated data, bad chunks, impossible headers).
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
@@ -149,8 +152,13 @@ def check_jpeg_structure(data: bytes) -> None:
                     " baseline or ordinary progressive JPEG",
                     413,
                 )
-            match = _END_OF_ENTROPY_DATA.search(data, min(pos, end))
-            next_marker = match.start() if match else end
+            start = min(pos, end)
+            match = _END_OF_ENTROPY_DATA.search(data, start)
+            next_marker = end
+            if match:
+                next_marker = match.start()
+                while next_marker > start and data[next_marker - 1] == 0xFF:  # the marker's fill bytes
+                    next_marker -= 1
             entropy_bytes += max(0, next_marker - pos)
             pos = next_marker
     if frame is None or frame[0] not in _HUFFMAN_SOF or not frame[3] or scans == 0:

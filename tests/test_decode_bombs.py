@@ -105,6 +105,29 @@ def test_jpeg_header_bigger_than_its_data_is_a_400(client: FlaskClient, progress
     assert body["error"] == expected
 
 
+@pytest.mark.parametrize("restarts", [False, True], ids=["plain", "restart-markers"])
+def test_jpeg_data_check_counts_scan_bytes_exactly_without_fill_bytes(restarts: bool) -> None:
+    """The scan's data ends at the first of the 0xFF fill bytes before the next marker; restart markers are part of
+    it. A header needing exactly 8 bits per byte of that data passes, one block more is refused (fill bytes counted
+    as data, or restart markers taken for the end of the scan, would move the boundary)."""
+    params = {"restart_marker_blocks": 1} if restarts else {}
+    data = encode(noise((64, 8)).convert("L"), "JPEG", quality=95, **params)
+    assert data.endswith(b"\xff\xd9") and data.count(b"\xff\xda") == 1
+    sos = data.index(b"\xff\xda")
+    (sos_length,) = struct.unpack_from(">H", data, sos + 2)
+    scan_bytes = len(data) - 2 - (sos + 2 + sos_length)  # from the end of the SOS header to EOI
+    assert restarts == any(bytes((0xFF, m)) in data[sos:] for m in range(0xD0, 0xD8))
+    filled = data[:-2] + b"\xff" * 5 + data[-2:]  # fill bytes before EOI
+    for blocks_wide, refused in ((8 * scan_bytes, False), (8 * scan_bytes + 1, True)):
+        resized = with_sof_size(filled, 8 * blocks_wide, 8)  # one row of 8 x 8 blocks, one component
+        if refused:
+            with pytest.raises(ImageError, match="too little data for its declared") as error:
+                images_module.check_jpeg_structure(resized)
+            assert error.value.status == 400
+        else:
+            images_module.check_jpeg_structure(resized)
+
+
 def test_truncated_images_are_not_loaded_by_pillow() -> None:
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
