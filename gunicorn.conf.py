@@ -10,7 +10,17 @@ import os
 import sys
 import zipfile
 
-_cpus = os.cpu_count() or 1
+
+def _usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's cpuset), at least 1: the rule of the
+    app's own default (model.runtime.cpu_threads), repeated here since the master must not import the model."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_cpus = _usable_cpus()
 
 # Address to listen on; put a reverse proxy (TLS, buffering of slow clients) in front for public use.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -30,10 +40,10 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
-# Inference threads per worker: every core, so that a lone request on an idle server gets all of them; under load
-# each worker batches its requests (model/batching.py). On 2 cores with OpenVINO, 2 workers x 2 threads gave
-# 5 ms p50 for one client and 314 req/s for 16 (ApacheBench), against 6 ms and 307 req/s for 2 x 1 and 4 ms and
-# 300 req/s for 1 x 2 (`make bench` compares them); 2 workers keep serving while one restarts.
+# Inference threads per worker: every core this process may use, so that a lone request on an idle server gets all
+# of them; under load each worker batches its requests (model/batching.py). On 2 cores with OpenVINO, 2 workers x 2
+# threads gave 5 ms p50 for one client and 314 req/s for 16 (ApacheBench), against 6 ms and 307 req/s for 2 x 1 and
+# 4 ms and 300 req/s for 1 x 2 (`make bench` compares them); 2 workers keep serving while one restarts.
 os.environ.setdefault("FISH_THREADS", str(_cpus))
 
 
