@@ -218,9 +218,13 @@ def jpeg_bytes() -> Callable[..., bytes]:
     return make
 
 
-@pytest.fixture
-def app(tiny_checkpoint: Path):
-    """The Flask app serving :func:`tiny_checkpoint`, in testing mode, with the torch backend (:func:`make_app`)."""
+@pytest.fixture(scope="module")
+def app(tiny_checkpoint: Path) -> Flask:
+    """The Flask app serving :func:`tiny_checkpoint`, in testing mode, with the torch backend (:func:`make_app`).
+
+    Built once per module (each build costs about a second): a test that changes it does so with ``monkeypatch``,
+    which undoes the change after the test; a test that needs other settings builds its own with :func:`make_app`.
+    """
     return make_app(MODEL_PATH=str(tiny_checkpoint))
 
 

@@ -26,12 +26,6 @@ CLASS_NAMES = sorted(COLOURS)
 MiB = 2**20
 
 
-@pytest.fixture(scope="module")
-def app(tiny_checkpoint: Path) -> Flask:
-    """One app with the default limits for the module (tests that patch it use ``monkeypatch``)."""
-    return make_app(MODEL_PATH=str(tiny_checkpoint))
-
-
 def post(client: FlaskClient, *files: bytes, url: str = "/api/predict", **form: str) -> Any:
     """POST ``files`` as repeated multipart fields ``image`` (with hostile file names, which are never used)."""
     data: dict[str, Any] = {"image": [(io.BytesIO(f), "../../etc/passwd") for f in files], **form}

@@ -118,12 +118,6 @@ def answer_with_verdicts(monkeypatch: pytest.MonkeyPatch, app: Flask, verdicts: 
     monkeypatch.setattr(predictor, "summary", lambda: {**describe_summary(), **summary})
 
 
-@pytest.fixture(scope="module")
-def app(tiny_checkpoint: Path) -> Flask:
-    """conftest's ``app``, built once for this module: no test here changes it, and each build costs ~1 s."""
-    return make_app(MODEL_PATH=str(tiny_checkpoint))
-
-
 # --- the upload page ---------------------------------------------------------------------------------------------
 
 

@@ -8,25 +8,18 @@ import io
 import struct
 import tracemalloc
 import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image, ImageFile
 from werkzeug.datastructures import FileStorage
 
 from app import images as images_module
 from app.images import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, ImageError, decode_image
-from tests.conftest import COLOURS, encode, make_app, synthetic_image
+from tests.conftest import COLOURS, encode, synthetic_image
 from tests.test_api_inputs import animation, assert_json_error, confidences, png_chunk, post
-
-
-@pytest.fixture(scope="module")
-def app(tiny_checkpoint: Path) -> Flask:
-    return make_app(MODEL_PATH=str(tiny_checkpoint))
 
 
 def noise(size: tuple[int, int] = (64, 64)) -> Image.Image:

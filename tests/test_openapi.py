@@ -35,12 +35,6 @@ DOC_URI = "urn:fish-api:openapi"
 
 
 @pytest.fixture(scope="module")
-def app(tiny_checkpoint: Path) -> Flask:
-    """One app for the module (no test changes it)."""
-    return make_app(MODEL_PATH=str(tiny_checkpoint))
-
-
-@pytest.fixture(scope="module")
 def document(app: Flask) -> dict[str, Any]:
     response = app.test_client().get("/api/openapi.json")
     assert response.status_code == 200 and response.is_json
