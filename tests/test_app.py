@@ -304,13 +304,10 @@ def test_form_post_several_files_gives_a_table_and_csv(client: FlaskClient, jpeg
     assert_no_inline_code(html)
 
 
-def test_form_post_too_many_files(tiny_checkpoint: Path, jpeg_bytes: Callable[..., bytes]) -> None:
-    client = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_IMAGES_PER_REQUEST=2).test_client()
-    files = [(io.BytesIO(jpeg_bytes()), f"{i}.jpg") for i in range(3)]
-    response = client.post("/", data={"image": files}, content_type="multipart/form-data")
-    assert response.status_code == 413
-    # the API's words for the one check (app.uploads.check_uploads)
-    assert "too many images: 3 in one request, the limit is 2" in alert_text(response.get_data(as_text=True))
+@pytest.fixture(scope="module")
+def limited_app(tiny_checkpoint: Path) -> Flask:
+    """An app that takes at most 2 images per request."""
+    return make_app(MODEL_PATH=str(tiny_checkpoint), MAX_IMAGES_PER_REQUEST=2)
 
 
 @pytest.mark.parametrize(
@@ -318,17 +315,21 @@ def test_form_post_too_many_files(tiny_checkpoint: Path, jpeg_bytes: Callable[..
     [
         (lambda jpeg: {}, 400, "no image uploaded: send the file(s) in the multipart form field 'image'"),
         (lambda jpeg: {"image": (io.BytesIO(b""), "")}, 400, "choose an image file to upload first"),
-        (lambda jpeg: {"image": [(io.BytesIO(jpeg), f"{i}.jpg") for i in range(3)]}, 413, "too many images: 3"),
+        (
+            lambda jpeg: {"image": [(io.BytesIO(jpeg), f"{i}.jpg") for i in range(3)]},
+            413,
+            "too many images: 3 in one request, the limit is 2",
+        ),
         (lambda jpeg: {"image": (io.BytesIO(jpeg), "a.jpg"), "top_k": "9"}, 400, "top_k must be an integer"),
     ],
     ids=["no-field", "no-file-chosen", "too-many", "bad-top_k"],
 )
 def test_page_and_api_refuse_an_upload_with_one_message(
-    tiny_checkpoint: Path, jpeg_bytes: Callable[..., bytes], form: Callable[[bytes], dict], status: int, message: str
+    limited_app: Flask, jpeg_bytes: Callable[..., bytes], form: Callable[[bytes], dict], status: int, message: str
 ) -> None:
     """One check (``app.uploads.check_uploads``) for both: the same status and words on the page as in the API,
     except that the page takes no ``top_k`` (it lists TOP_K classes)."""
-    client = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_IMAGES_PER_REQUEST=2).test_client()
+    client = limited_app.test_client()
     api = client.post("/api/predict", data=form(jpeg_bytes()), content_type="multipart/form-data")
     assert api.status_code == status and api.get_json()["error"].startswith(message)
     page = client.post("/", data=form(jpeg_bytes()), content_type="multipart/form-data")
