@@ -29,8 +29,9 @@ SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "Referr
 
 
 @contextlib.contextmanager
-def nginx_in_front(upstream: str, workdir: Path) -> Iterator[str]:
-    """nginx with deploy/nginx.conf, its listen and upstream ports moved to free ones; yields its base URL."""
+def nginx_in_front(upstream: str, workdir: Path, upstream_up: bool = True) -> Iterator[str]:
+    """nginx with deploy/nginx.conf, its listen and upstream ports moved to free ones; yields its base URL once
+    /healthz answers through it (once nginx answers at all, with ``upstream_up=False``)."""
     port = free_port()
     upstream_port = upstream.rsplit(":", 1)[1]
     config = (ROOT / "deploy" / "nginx.conf").read_text()
@@ -48,12 +49,27 @@ def nginx_in_front(upstream: str, workdir: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_answering(f"{base}/healthz", process, workdir / "nginx.log", "nginx", timeout=20)
+        if upstream_up:
+            wait_until_answering(f"{base}/healthz", process, workdir / "nginx.log", "nginx", timeout=20)
+        else:
+            _wait_until_listening(port, process, workdir / "nginx.log", timeout=20)
         yield base
     finally:
         process.terminate()
         process.wait(timeout=10)
         log.close()
+
+
+def _wait_until_listening(port: int, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"nginx exited early:\n{log_path.read_text()}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nginx did not listen in {timeout:g} s:\n{log_path.read_text()}"
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +98,53 @@ def test_proxy_serves_the_app_with_each_security_header_once(proxied: str, jpeg_
             assert len(response.headers.get_all(name) or []) == 1, name
 
 
-def test_nginx_refuses_a_body_over_the_apps_limit_with_json_and_headers(proxied: str) -> None:
-    host, port = proxied.removeprefix("http://").split(":")
+def _post_over_the_limit(base: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """POST to ``path`` declaring a 17 MiB body: refused from the header, before any body is sent."""
+    host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    conn.putrequest("POST", "/api/predict")
-    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
-    conn.putheader("Content-Length", str(17 * 1024 * 1024))  # refused from the header, before any body is sent
-    conn.endheaders()
-    response = conn.getresponse()
-    assert response.status == 413
-    assert "16 MiB" in json.loads(response.read())["error"]
-    assert response.getheader("Content-Type") == "application/json"
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(17 * 1024 * 1024))
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/api/predict", "/healthz"])
+def test_nginx_refuses_a_body_over_the_apps_limit_with_json_and_headers(proxied: str, path: str) -> None:
+    status, headers, body = _post_over_the_limit(proxied, path)
+    assert status == 413
+    assert json.loads(body) == {"error": "request too large: the limit is 16 MiB for all its files together"}
+    assert headers["Content-Type"] == "application/json"
     for name in SECURITY_HEADERS:
-        assert response.getheader(name), name
-    conn.close()
+        assert headers.get(name), name
+
+
+def test_nginx_refuses_an_upload_form_over_the_limit_with_an_html_page(proxied: str) -> None:
+    """The upload form posts to / without JavaScript: the browser shows nginx's answer, so it is a page, not JSON."""
+    status, headers, body = _post_over_the_limit(proxied, "/")
+    assert status == 413
+    assert headers["Content-Type"].startswith("text/html"), headers["Content-Type"]
+    assert body.lstrip().lower().startswith(b"<!doctype html>"), body[:80]
+    assert b"16 MiB" in body
+    for name in SECURITY_HEADERS:
+        assert headers.get(name), name
+
+
+def test_nginx_answers_json_on_the_api_and_html_on_pages_when_gunicorn_is_down(tmp_path: Path) -> None:
+    unavailable = '{"error": "the classifier is not available right now: try again in a moment"}\n'
+    with nginx_in_front(f"127.0.0.1:{free_port()}", tmp_path, upstream_up=False) as base:  # nothing listens there
+        for path in ("/api/predict", "/healthz", "/"):
+            status, headers, body = _get(f"{base}{path}")
+            assert status == 503, (path, status)
+            assert headers.get("X-Frame-Options") == "DENY", path
+            if path == "/":
+                assert headers["Content-Type"].startswith("text/html") and b"not available" in body, body[:200]
+            else:
+                assert headers["Content-Type"] == "application/json" and body.decode() == unavailable, path
 
 
 def test_slow_clients_do_not_hold_the_service(proxied: str) -> None:
