@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, gunicorn_server, wait_until_answering
-from tools.loadtest import free_port, multipart
+from tools.loadtest import free_port, multipart, stop_server
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
 pytestmark = [
@@ -55,8 +55,7 @@ def nginx_in_front(upstream: str, workdir: Path, upstream_up: bool = True) -> It
             _wait_until_listening(port, process, workdir / "nginx.log", timeout=20)
         yield base
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_server(process, grace=10)
         log.close()
 
 
