@@ -259,7 +259,7 @@ def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
     Raises:
         AssertionError: gunicorn exited early or did not answer within 60 s (the message holds its log).
     """
-    from tools.loadtest import free_port
+    from tools.loadtest import free_port, stop_server
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -283,9 +283,4 @@ def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
         wait_until_answering(f"{base}/healthz", process, log_path, "gunicorn", timeout=60)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process, grace=15)
