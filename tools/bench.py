@@ -36,9 +36,9 @@ from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.network import build_model
 from model.predictor import BackendUnavailableError, Predictor
 from model.quantization import QuantizationUnavailableError
-from model.runtime import cpu_threads, resolve_precision, set_torch_threads
-from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform
-from tools import loadtest
+from model.runtime import autocast, cpu_threads, resolve_precision, set_torch_threads
+from model.transforms import Preprocessing, train_transform
+from tools import loadtest, naive_app
 from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder
 from training.engine import train_one_epoch
 from training.evaluation import compare_predictors
@@ -74,17 +74,8 @@ class NaiveBaseline:
     ``tools/naive_app.py`` serves)."""
 
     def __init__(self, ckpt: dict[str, Any], size: int = 224) -> None:
-        from torchvision import transforms as T
-
         self.model = model_from_checkpoint(ckpt)
-        self.transform = T.Compose(
-            [
-                T.Resize(round(size / 0.875)),
-                T.CenterCrop(size),
-                T.ToTensor(),
-                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
+        self.transform = naive_app.naive_transform(size)
 
     @torch.no_grad()
     def predict_bytes(self, data: bytes) -> torch.Tensor:
@@ -122,11 +113,13 @@ PREDICTOR_CONFIGS: list[tuple[str, str, str]] = [
 ]
 
 
-def build_predictors(ckpt_path: Path) -> dict[str, Predictor]:
-    """One predictor per :data:`PREDICTOR_CONFIGS` row that can run here (int8 only once ``quantize.py`` ran),
-    each with every core for its inference."""
+def build_predictors(
+    ckpt_path: Path, configs: list[tuple[str, str, str]] = PREDICTOR_CONFIGS
+) -> dict[str, Predictor]:
+    """One predictor per row of ``configs`` (:data:`PREDICTOR_CONFIGS`) that can run here (int8 only once
+    ``quantize.py`` ran), each with every core for its inference."""
     predictors = {}
-    for name, backend, precision in PREDICTOR_CONFIGS:
+    for name, backend, precision in configs:
         try:
             predictor = Predictor.from_checkpoint(ckpt_path, precision=precision, backend=backend)
         except (BackendUnavailableError, QuantizationUnavailableError, ValueError) as exc:
@@ -200,13 +193,10 @@ def bench_predict(ckpt_path: Path, photos: list[Path], repeats: int) -> dict[str
 def bench_fidelity(ckpt_path: Path, data: Path, split: Path) -> list[dict[str, Any]]:
     """Top-1 agreement and largest probability difference of each fast path against torch fp32, on the validation
     images; one row per configuration of :data:`PREDICTOR_CONFIGS` that runs here (the default is one of them)."""
-    fp32 = Predictor.from_checkpoint(ckpt_path, precision="fp32")
-    candidates = [
-        (name, predictor)
-        for name, predictor in build_predictors(ckpt_path).items()
-        if name != "torch fp32" and not name.startswith("default")
-    ]
-    compared = compare_predictors(fp32, dict(candidates), data, read_split(split, fp32.class_names))
+    # the default resolves to one of the explicit rows: not built (OpenVINO conversion and timing) for nothing
+    candidates = build_predictors(ckpt_path, [row for row in PREDICTOR_CONFIGS if row[1] != "auto"])
+    fp32 = candidates.pop("torch fp32")
+    compared = compare_predictors(fp32, candidates, data, read_split(split, fp32.class_names))
     return [
         {
             "path": name,
@@ -387,7 +377,7 @@ def bench_training(
     x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device, precision):
             loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

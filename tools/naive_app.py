@@ -22,6 +22,14 @@ from model.transforms import IMAGENET_MEAN, IMAGENET_STD
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def naive_transform(size: int) -> T.Compose:
+    """The seed-style preprocessing at ``size`` px: ``Resize(size / 0.875) -> CenterCrop -> ToTensor ->
+    Normalize`` with ImageNet's mean and std (torchvision's classic eval preset), whatever the checkpoint records."""
+    return T.Compose(
+        [T.Resize(round(size / 0.875)), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
 def create_app(size: int = 224) -> Flask:
     """The baseline app for the checkpoint at ``FISH_MODEL_PATH`` (default: the shipped model) at ``size`` px:
     ``POST /api/predict`` with an ``image`` file field answers ``{"label", "confidence"}``."""
@@ -29,9 +37,7 @@ def create_app(size: int = 224) -> Flask:
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt).eval()
     names = ckpt["class_names"]
-    transform = T.Compose(
-        [T.Resize(round(size / 0.875)), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
+    transform = naive_transform(size)
     app = Flask(__name__)
 
     @app.post("/api/predict")
