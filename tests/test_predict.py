@@ -136,8 +136,7 @@ def test_the_page_and_predict_py_write_one_csv_layout(
     with Image.open(photo_folder / "top.jpg") as image:
         prediction = predictor.predict([image], top_k=TOP_K)[0]
     web = results_csv([FileResult("top.jpg", prediction=prediction)]).splitlines()
-    args = [str(photo_folder), "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--top-k", str(TOP_K)]
-    assert predict.main([*args, "--backend", "torch", "--precision", "fp32", "--workers", "0"]) == 0
+    assert run(photo_folder, tiny_checkpoint, output, "--workers", "0") == 0
     with open(output, newline="", encoding="utf-8") as f:
         lines = f.read().splitlines()
     assert web[0].split(",", 1)[1] == lines[0].split(",", 1)[1]  # the same columns after the file's own
