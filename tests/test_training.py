@@ -16,7 +16,7 @@ import evaluate
 import train
 from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
-from tests.conftest import COLOURS, encode, make_imagefolder, synthetic_image
+from tests.conftest import COLOURS, encode, make_app, make_imagefolder, synthetic_image
 from training.data import read_class_info, read_split, scan_image_folder, split_samples
 from training.metrics import classification_metrics, selective_threshold
 from training.optim import build_optimizer, build_scheduler
@@ -309,12 +309,10 @@ def test_release_is_written_once_with_the_fitted_temperature_and_thresholds(
 
 @pytest.mark.slow  # trains
 def test_trained_checkpoint_serves_through_the_app(trained_run: tuple[Path, Path]) -> None:
-    from app import create_app
-
     _, run = trained_run
-    # fp32 on both sides: the comparison is of the serving path, not of bf16 rounding (amplified by a temperature)
-    config = {"TESTING": True, "MODEL_PATH": str(run / "release.pt"), "PRECISION": "fp32"}
-    client = create_app(config).test_client()
+    # fp32 torch on both sides: the comparison is of the serving path, not of bf16 rounding (amplified by a
+    # temperature) or of OpenVINO's conversion (tests/test_model.py compares that backend with torch)
+    client = make_app(MODEL_PATH=str(run / "release.pt"), PRECISION="fp32").test_client()
     image = encode(synthetic_image(COLOURS["green_chromis"], seed=99))
     response = client.post("/api/predict", data={"image": (io.BytesIO(image), "fish.jpg")})
     assert response.status_code == 200
