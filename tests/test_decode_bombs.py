@@ -196,7 +196,7 @@ def test_animated_gif_with_several_frames_is_classified_by_its_first(client: Fla
     assert as_animation == pytest.approx(confidences(post(client, encode(frames[0], "GIF"), top_k="3")), abs=1e-6)
 
 
-def test_webp_gets_a_quarter_of_the_pixel_limit(client: FlaskClient) -> None:
+def test_webp_gets_a_quarter_of_the_pixel_limit() -> None:
     """libwebp holds about four times as many bytes per pixel as other decoders (two RGBA canvases)."""
     image = synthetic_image(COLOURS["blue_tang"], (64, 64))
     max_pixels = 64 * 64 * 2
