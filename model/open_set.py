@@ -181,6 +181,20 @@ class ClassGaussians:
         return cls(d["means"].float(), d["precision"].float())
 
 
+def open_set_scores(
+    features: torch.Tensor,
+    imagenet_logits: torch.Tensor,
+    subject_classes: Sequence[int] | None,
+    gaussians: ClassGaussians | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(subject_score (N,), novelty (N,))`` of a batch's outputs, float ``(N, D)`` features and ``(N, 1000)``
+    ImageNet logits; None where the model has no such score (no subject classes, no class Gaussians). The one
+    computation, for serving (``Predictor``) and for choosing the thresholds at release (``training.open_set``)."""
+    subject = subject_score(imagenet_logits, subject_classes) if subject_classes else None
+    novelty = gaussians.novelty(features) if gaussians is not None else None
+    return subject, novelty
+
+
 class OpenSetNetwork(torch.nn.Module):
     """A classifier seen with its penultimate features and, when it has one, its pretrained ImageNet head.
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from model import quantization
 from model.checkpoint import load_checkpoint, model_from_checkpoint
-from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, subject_score
+from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, open_set_scores
 from model.results import VERDICTS, ClassScoreResult, prediction_result
 from model.runtime import autocast, cpu_threads, resolve_backend, resolve_inference_precision
 from model.transforms import Preprocessing, eval_transform, to_rgb
@@ -589,9 +589,7 @@ class Predictor:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(subject_score (N,), novelty (N,))`` of a batch's outputs (see :meth:`outputs`); None where this
         model has no such score (see :mod:`model.open_set`)."""
-        subject = subject_score(imagenet_logits, self.subject_classes) if self.subject_classes else None
-        novelty = self.gaussians.novelty(features) if self.gaussians is not None else None
-        return subject, novelty
+        return open_set_scores(features, imagenet_logits, self.subject_classes, self.gaussians)
 
     def predictions(
         self, logits: torch.Tensor, features: torch.Tensor, imagenet_logits: torch.Tensor, top_k: int = 5

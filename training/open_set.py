@@ -13,7 +13,7 @@ real photos of known and unknown species (``--open-set-photos``) and pictures of
 - a higher "not sure" threshold, where known photos would otherwise be confidently wrong too often.
 
 The ``--not-subject`` pictures are never used to choose anything: they only measure the result
-(:func:`verdict_counts`). Also here: the photo folders' samples and the one-line report ``evaluate.py`` prints.
+(:func:`verdict_counts`). Also here: the photo folders' samples.
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.open_set import DEFAULT_SUBJECT_COVERAGE, ClassGaussians, OpenSetRule, subject_classes, subject_score
+from model.open_set import (
+    DEFAULT_SUBJECT_COVERAGE,
+    ClassGaussians,
+    OpenSetRule,
+    open_set_scores,
+    subject_classes,
+    subject_score,
+)
 from model.predictor import VERDICTS, Predictor, calibrated_probabilities
 from training.data import Sample, is_image_file
 from training.evaluation import Outputs
@@ -143,10 +150,9 @@ class OpenSetFit:
         return record
 
     def scores(self, outputs: Outputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(subject_score (N,), novelty (N,))`` of a set's outputs; subject None without subject classes (as
-        :meth:`model.predictor.Predictor.open_set_scores` computes them when serving)."""
-        subject = subject_score(outputs.imagenet_logits, self.subject_classes) if self.subject_classes else None
-        return subject, self.gaussians.novelty(outputs.features)
+        """``(subject_score (N,), novelty (N,))`` of a set's outputs, as serving computes them
+        (:func:`model.open_set.open_set_scores`); subject None without subject classes."""
+        return open_set_scores(outputs.features, outputs.imagenet_logits, self.subject_classes, self.gaussians)
 
 
 def choose_open_set(
