@@ -57,6 +57,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, precision: str, 
     )
 
 
-def setup_logging() -> None:
-    """Log INFO and above to stderr as ``time level logger: message`` (the commands' progress and errors)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def log_format(rank: int = 0) -> str:
+    """The commands' log line: ``time level logger: message``, with ``[rank N]`` before the logger in torchrun's
+    processes other than rank 0."""
+    return f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s"
+
+
+def setup_logging(rank: int = 0) -> None:
+    """Log to stderr as :func:`log_format` says: INFO and above (the commands' progress and errors), or only
+    WARNING and above in torchrun's processes other than rank 0 (``rank``), so that one process reports progress."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=log_format(rank))

@@ -49,11 +49,7 @@ def train_main(argv: list[str] | None = None) -> int:
         The exit code: 0 on success, 2 on a user error (bad data, options, weights or checkpoint).
     """
     cfg = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s",
-    )
+    setup_logging(rank=int(os.environ.get("RANK", "0")))  # torchrun: only rank 0 logs progress
     try:
         result = fit(cfg)
     except (ValueError, FileNotFoundError, WeightsUnavailableError, CheckpointError) as exc:

@@ -67,13 +67,13 @@ from typing import Any
 import torch
 import yaml
 
+from model.cli import log_format, setup_logging
 from model.network import WEIGHTS_IMAGENET, WEIGHTS_NONE
 from training.config import TrainConfig, config_from_dict, load_yaml, normalise_keys
 from training.trainer import fit
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEADERBOARD_CSV, LEADERBOARD_MD = "leaderboard.csv", "leaderboard.md"
 SWEEP_YAML, METRICS_FILE = "sweep.yaml", "metrics.json"
 #: Folder names a run may take: no separators, no leading dot, nothing a shell would need quoting for.
@@ -387,7 +387,7 @@ def train_run(run: Run) -> None:
     for stale in ("metrics.csv", METRICS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     handler = logging.FileHandler(run_dir / "train.log", mode="w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(log_format()))
     logging.getLogger().addHandler(handler)
     try:
         logger.info("run %s: training into %s (%s)", run.name, run_dir, _describe(run.overrides) or "base")
@@ -462,7 +462,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; returns the exit code (0 all ok, 1 some runs failed, 2 bad experiment file or option)."""
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    setup_logging()
     try:
         experiment = parse_experiment(load_yaml(args.experiment), default_name=Path(args.experiment).stem)
         sets = parse_sets(args.sets)
