@@ -78,10 +78,8 @@ def resolve_inference_precision(name: str, device: str | torch.device = "cpu") -
     """
     if name != "auto":
         return name
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    precision = resolve_precision(name, torch.device(device))
+    return "fp32" if precision == "fp16" else precision  # training's choice, but serving has no fp16
 
 
 def resolve_backend(name: str, device: str | torch.device = "cpu") -> str:
