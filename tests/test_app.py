@@ -34,6 +34,7 @@ from app import create_app
 from app.images import ImageError, decode_image
 from model.checkpoint import CheckpointError
 from model.predictor import VERDICTS, Prediction
+from model.runtime import cpu_threads
 from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, make_app, synthetic_image
 from tools.loadtest import multipart
 
@@ -791,7 +792,8 @@ def test_gunicorn_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings["preload_app"] is False
     assert settings["threads"] >= 1 and settings["timeout"] > 0
     assert settings["control_socket_disable"] is True
-    assert os.environ["FISH_THREADS"] == str(os.cpu_count() or 1)  # a lone request gets every core
+    # a lone request gets every core this process may use: the app's own rule (cpu_threads), not the host's count
+    assert os.environ["FISH_THREADS"] == str(cpu_threads())
     # the master must not import torch (nor the app, which does), directly or through another module
     check = (
         "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
