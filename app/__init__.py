@@ -17,9 +17,11 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app import api, inference, web
-from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_PIXELS, InMemoryRequest
-from app.uploads import start_deadline
+from app.request_class import InMemoryRequest
+from app.uploads import DEFAULT_MAX_IMAGES_PER_REQUEST, start_deadline
 from model.checkpoint import CheckpointError
+from model.decoder_pool import DEFAULT_DECODE_MEMORY_MB, DEFAULT_DECODE_TIMEOUT_S
+from model.decoding import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Prefix of environment variables that override the defaults, e.g. ``FISH_MODEL_PATH``, ``FISH_TOP_K``.
@@ -52,8 +54,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             what queued while the previous one ran, so a lone request never waits).
         CONFIDENCE_THRESHOLD: predictions below this probability are shown as "not sure"; None (default) uses
             the threshold recorded in the checkpoint, chosen on validation data.
-        MAX_CONCURRENT_DECODES: image decodes running at once in one worker (default 2); a request that waits
-            more than DECODE_WAIT_S seconds (default 10) for a slot gets 503.
+        MAX_CONCURRENT_DECODES: image decodes running at once in one worker (default 2), each in its own decoder
+            process; a request that waits more than DECODE_WAIT_S seconds (default 10) for one gets 503.
+        DECODE_TIMEOUT_S: deadline of one image's decode, in seconds (default 3): past it the decoder process is
+            killed and replaced, and the request gets 413 (see ``model.decoder_pool``).
+        DECODE_MEMORY_MB: address-space limit of each decoder process, in MiB (default 1024); a decode that needs
+            more gets 413.
         REQUEST_DEADLINE_S: seconds after its arrival past which a request starts no more decoding and gets 503
             (default 30): a bound on one request's work, which gthread workers cannot interrupt.
         NOVELTY_THRESHOLD: novelty above which the answer is "unknown species"; SUBJECT_THRESHOLD: subject score
@@ -77,8 +83,9 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
     """Defaults, then ``FISH_*`` environment variables, then ``config``; validate the result.
 
     Raises:
-        ValueError: TOP_K, MAX_IMAGE_PIXELS, MAX_IMAGES_PER_REQUEST, MAX_CONTENT_LENGTH or THREADS (if set)
-            is not a positive integer.
+        ValueError: TOP_K, MAX_IMAGE_PIXELS, MAX_IMAGES_PER_REQUEST, MAX_CONTENT_LENGTH, BATCH_MAX_SIZE,
+            MAX_CONCURRENT_DECODES, DECODE_MEMORY_MB or THREADS (if set) is not a positive integer, DECODE_TIMEOUT_S
+            is not a positive number, or a threshold is out of range.
     """
     app.config.from_mapping(
         MODEL_PATH=str(ROOT / "weights" / "fish4knowledge_lite0.pt"),
@@ -94,6 +101,8 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         NOVELTY_THRESHOLD=None,
         SUBJECT_THRESHOLD=None,
         MAX_CONCURRENT_DECODES=2,
+        DECODE_TIMEOUT_S=DEFAULT_DECODE_TIMEOUT_S,
+        DECODE_MEMORY_MB=DEFAULT_DECODE_MEMORY_MB,
         DECODE_WAIT_S=10.0,
         REQUEST_DEADLINE_S=30.0,
         BATCH_MAX_SIZE=16,
@@ -113,12 +122,18 @@ def configure(app: Flask, config: dict[str, Any] | None = None) -> None:
         "THREADS",
         "BATCH_MAX_SIZE",
         "MAX_CONCURRENT_DECODES",
+        "DECODE_MEMORY_MB",
     ):
         value = app.config[key]
         if value is None and key == "THREADS":
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} (env {ENV_PREFIX}_{key}) must be a positive integer, got {value!r}")
+    timeout = app.config["DECODE_TIMEOUT_S"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(
+            f"DECODE_TIMEOUT_S (env {ENV_PREFIX}_DECODE_TIMEOUT_S) must be a number of seconds > 0, got {timeout!r}"
+        )
     for key, upper in (("CONFIDENCE_THRESHOLD", 1.0), ("SUBJECT_THRESHOLD", 1.0), ("NOVELTY_THRESHOLD", math.inf)):
         threshold = app.config[key]
         if threshold is not None and (

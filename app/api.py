@@ -16,10 +16,10 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from app.images import ImageError
 from app.inference import get_batcher, get_predictor
 from app.openapi import openapi_document
 from app.uploads import check_uploads, decode_uploads, form_limit_message
+from model.errors import ImageError
 from model.results import api_answer
 
 logger = logging.getLogger(__name__)

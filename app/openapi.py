@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from app.images import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
 from app.uploads import default_top_k
+from model.decoding import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
 from model.predictor import BACKENDS, SERVED_PRECISIONS, Predictor
 from model.results import response_schemas
 
@@ -30,7 +30,7 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def supported_media_types() -> list[str]:
-    """MIME types of :data:`app.images.SUPPORTED_FORMATS`, from Pillow's registry (``image/jpeg``, ...)."""
+    """MIME types of :data:`model.decoding.SUPPORTED_FORMATS`, from Pillow's registry (``image/jpeg``, ...)."""
     Image.init()
     return [Image.MIME.get(fmt, f"image/{fmt.lower()}") for fmt in SUPPORTED_FORMATS]
 

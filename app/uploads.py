@@ -3,8 +3,9 @@ a request sends and how many (:func:`check_uploads`), its ``top_k`` (:func:`defa
 decoding each file within the app's decode slots, the request's deadline and the model's size
 (:func:`decode_upload`, :func:`decode_uploads`), and the message for a form that Werkzeug refused.
 
-:mod:`app.images` decodes bytes with no app around; this module adds what needs the app (its config, its
-predictor, its decode slots), so the page and the API treat an upload the same way and give the same answer.
+:mod:`model.decoding` decodes bytes with no app around and :mod:`model.decoder_pool` runs it in processes with a
+deadline; this module adds what needs the app (its config, its predictor, its decoder processes and their slots), so
+the page and the API treat an upload the same way and give the same answer.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from flask import current_app, g, request
 from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from app.images import ImageError, decode_image
-from app.inference import decode_slots, get_predictor
+from app.inference import decode_slots, get_decoder, get_predictor
+from model.errors import ImageError
 
 #: The multipart field of the images, on the page's form and in the API.
 IMAGE_FIELD = "image"
+#: Default cap on the number of images (``image`` fields) in one request, to the page or the API.
+DEFAULT_MAX_IMAGES_PER_REQUEST = 16
 
 
 @dataclass(frozen=True)
@@ -111,16 +114,20 @@ def start_deadline() -> None:
 
 
 def decode_upload(upload: FileStorage | None) -> Image.Image:
-    """Decode one uploaded file for the current app's model: ``MAX_IMAGE_PIXELS`` enforced, big photos shrunk on
-    decoding to the model's resize size (what the API and the page both do, so they give the same answer).
+    """Decode one uploaded file for the current app's model, in one of the app's decoder processes (its deadline
+    and memory limit, :mod:`model.decoder_pool`): ``MAX_IMAGE_PIXELS`` enforced, big photos shrunk on decoding to
+    the model's resize size (what the API and the page both do, so they give the same answer).
 
     Raises:
-        app.images.ImageError: the file is not a usable image (see :func:`app.images.decode_image`), or 503 when
+        model.errors.ImageError: the file is not a usable image (see :func:`model.decoding.decode_image`), 413
+            when its decode passes ``DECODE_TIMEOUT_S`` or ``DECODE_MEMORY_MB``, or 503 when
             ``MAX_CONCURRENT_DECODES`` decodes are already running in this worker and none ends within
-            ``DECODE_WAIT_S`` seconds (each decode costs at most about a second of CPU and bounded memory, so this
-            bounds a worker's memory whatever its request threads receive), or when the request is past its
-            ``REQUEST_DEADLINE_S`` (no decode starts after the deadline, and none waits beyond it).
+            ``DECODE_WAIT_S`` seconds, or when the request is past its ``REQUEST_DEADLINE_S`` (no decode starts
+            after the deadline, and none waits beyond it).
     """
+    if upload is None:
+        raise ImageError(f"no image uploaded: send the file in the multipart form field '{IMAGE_FIELD}'", 400)
+    data = upload.read()
     size = get_predictor().preprocessing.resize_size
     slots = decode_slots()
     left = g.get("deadline", math.inf) - time.monotonic()
@@ -129,8 +136,8 @@ def decode_upload(upload: FileStorage | None) -> Image.Image:
     if not slots.acquire(timeout=min(float(current_app.config["DECODE_WAIT_S"]), left)):
         raise ImageError("the server is busy decoding other photos: try again in a moment", 503)
     try:
-        return decode_image(
-            upload, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size
+        return get_decoder().decode(
+            data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size
         )
     finally:
         slots.release()
@@ -149,7 +156,7 @@ def decode_uploads(uploads: list[FileStorage]) -> list[Image.Image]:
         One RGB image per upload.
 
     Raises:
-        ImageError: the error of the first bad file (see :func:`app.images.decode_image`), its message prefixed
+        ImageError: the error of the first bad file (see :func:`model.decoding.decode_image`), its message prefixed
             with ``image N of M:`` (N counted from 1) and its ``index`` (from 0) set when the request has several
             files.
     """

@@ -24,10 +24,11 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.images import SUPPORTED_FORMATS_TEXT, ImageError
 from app.inference import get_batcher, get_predictor
 from app.model_page import model_page_context, model_subject
 from app.uploads import check_uploads, decode_upload, default_top_k, form_limit_message
+from model.decoding import SUPPORTED_FORMATS_TEXT
+from model.errors import ImageError
 from model.predictor import Prediction
 from model.results import CSV_LAYOUT, csv_header, csv_row
 
@@ -167,7 +168,7 @@ def classify_upload(upload: FileStorage, top_k: int, thumbnail_size: int) -> Fil
     """Decode and classify one upload, shrunk on decoding as the API does (so both give the same answer).
 
     Raises:
-        ImageError: the file is not a usable image (see :func:`app.images.decode_image`).
+        ImageError: the file is not a usable image (see :func:`model.decoding.decode_image`).
     """
     image = decode_upload(upload)
     prediction = get_batcher().predict([image], top_k=top_k)[0]

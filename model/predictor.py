@@ -23,10 +23,11 @@ from PIL import Image
 
 from model import quantization
 from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.decoding import to_rgb
 from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, open_set_scores
 from model.results import VERDICTS, ClassScoreResult, prediction_result
 from model.runtime import autocast, cpu_threads, resolve_backend, resolve_inference_precision
-from model.transforms import Preprocessing, eval_transform, to_rgb
+from model.transforms import Preprocessing, eval_transform
 
 logger = logging.getLogger(__name__)
 

@@ -294,24 +294,3 @@ def eval_transform(p: Preprocessing) -> T.Compose:
             *_to_float_tensor(p),
         ]
     )
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Convert any Pillow mode to RGB, compositing transparency onto ``background``.
-
-    Grayscale, palette, 16-bit, CMYK and RGBA images all become 8-bit RGB, so training and serving see the
-    same kind of input.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, background)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit integer grayscale: scale to 8 bits rather than clip.
-        arr = np.asarray(image, dtype=np.float32)
-        scale = 255.0 / (65535.0 if arr.max(initial=0) > 255 else 255.0)
-        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")

@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 
-from app.images import DEFAULT_MAX_IMAGES_PER_REQUEST, decode_image
+from app.uploads import DEFAULT_MAX_IMAGES_PER_REQUEST
+from model.decoding import decode_image
 from tests.conftest import COLOURS, encode, make_app, synthetic_image
 
 CLASS_NAMES = sorted(COLOURS)
@@ -359,16 +360,16 @@ def upload(data: bytes) -> FileStorage:
 
 
 def test_big_photos_are_decoded_at_reduced_size() -> None:
-    full = decode_image(upload(photo()))
+    full = decode_image(photo())
     assert full.size == (4000, 3000)
-    reduced = decode_image(upload(photo()), reduce_to=146)  # the default model's resize size
+    reduced = decode_image(photo(), reduce_to=146)  # the default model's resize size
     assert 146 <= min(reduced.size) < 2 * 146 and reduced.size[0] > reduced.size[1] and reduced.mode == "RGB"
-    portrait = decode_image(upload(photo((4000, 3000), exif=exif_bytes(6))), reduce_to=146)
+    portrait = decode_image(photo((4000, 3000), exif=exif_bytes(6)), reduce_to=146)
     assert portrait.size == reduced.size[::-1]  # the EXIF rotation is applied after the reduced decoding
-    png = decode_image(upload(zeros_png(7000, 7000)), reduce_to=146)
+    png = decode_image(zeros_png(7000, 7000), reduce_to=146)
     assert 146 <= min(png.size) < 2 * 146  # other formats are box-filtered down after decoding
     small = encode(synthetic_image(COLOURS["clownfish"], (200, 150)))
-    assert decode_image(upload(small), reduce_to=146).size == (200, 150)  # not twice the size: untouched
+    assert decode_image(small, reduce_to=146).size == (200, 150)  # not twice the size: untouched
 
 
 def test_the_api_decodes_big_photos_at_reduced_size(
@@ -393,8 +394,8 @@ def test_reduced_decoding_gives_the_same_model_input(app: Flask) -> None:
     """Reduced decoding changes the network's input by resampling noise only."""
     predictor = app.extensions["predictor"]
     size = predictor.preprocessing.resize_size
-    full = predictor.transform(decode_image(upload(photo())))
-    reduced = predictor.transform(decode_image(upload(photo()), reduce_to=size))
+    full = predictor.transform(decode_image(photo()))
+    reduced = predictor.transform(decode_image(photo(), reduce_to=size))
     assert full.shape == reduced.shape
     assert (full - reduced).abs().mean() < 0.05  # normalised units: ~1% of the 0-255 range
 
@@ -516,18 +517,17 @@ def test_decodes_running_at_once_are_bounded_and_a_request_that_cannot_get_a_slo
     is refused with 503 (and a JSON message), and the slot is free again afterwards."""
     import threading
 
-    from app import uploads
-
     flask_app = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_CONCURRENT_DECODES=1, DECODE_WAIT_S=0.2)
     started, release = threading.Event(), threading.Event()
-    real_decode = uploads.decode_image
+    decoder = flask_app.extensions["decoder"]
+    real_decode = decoder.decode
 
     def slow_decode(*args, **kwargs):
         started.set()
         assert release.wait(10)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(uploads, "decode_image", slow_decode)
+    monkeypatch.setattr(decoder, "decode", slow_decode)
     first: dict = {}
     worker = threading.Thread(
         target=lambda: first.update(
@@ -541,7 +541,7 @@ def test_decodes_running_at_once_are_bounded_and_a_request_that_cannot_get_a_slo
     worker.join(10)
     assert busy.status_code == 503 and "busy" in busy.get_json()["error"]
     assert first["response"].status_code == 200
-    monkeypatch.setattr(uploads, "decode_image", real_decode)
+    monkeypatch.setattr(decoder, "decode", real_decode)
     again = flask_app.test_client().post("/api/predict", data={"image": (io.BytesIO(jpeg_bytes()), "c.jpg")})
     assert again.status_code == 200
 
@@ -551,21 +551,20 @@ def test_a_request_past_its_deadline_decodes_no_more_photos(tiny_checkpoint, jpe
     request gets 503 (here the first decode of two is made slow, past a 0.3 s deadline)."""
     import time as time_module
 
-    from app import uploads
-
     flask_app = make_app(MODEL_PATH=str(tiny_checkpoint), REQUEST_DEADLINE_S=0.3)
-    real_decode, calls = uploads.decode_image, []
+    decoder = flask_app.extensions["decoder"]
+    real_decode, calls = decoder.decode, []
 
     def slow_decode(*args, **kwargs):
         calls.append(1)
         time_module.sleep(0.5)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(uploads, "decode_image", slow_decode)
+    monkeypatch.setattr(decoder, "decode", slow_decode)
     files = [(io.BytesIO(jpeg_bytes()), "a.jpg"), (io.BytesIO(jpeg_bytes()), "b.jpg")]
     response = flask_app.test_client().post("/api/predict", data={"image": files})
     assert response.status_code == 503 and "took too long" in response.get_json()["error"]
     assert len(calls) == 1  # the second photo was never decoded
-    monkeypatch.setattr(uploads, "decode_image", real_decode)
+    monkeypatch.setattr(decoder, "decode", real_decode)
     again = flask_app.test_client().post("/api/predict", data={"image": (io.BytesIO(jpeg_bytes()), "c.jpg")})
     assert again.status_code == 200

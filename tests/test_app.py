@@ -31,8 +31,9 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 
 from app import create_app
-from app.images import ImageError, decode_image
 from model.checkpoint import CheckpointError
+from model.decoding import decode_image
+from model.errors import ImageError
 from model.predictor import VERDICTS, Prediction
 from model.runtime import cpu_threads
 from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, make_app, synthetic_image
@@ -683,35 +684,35 @@ def upload(data: bytes) -> FileStorage:
 
 
 def test_decode_applies_exif_orientation() -> None:
-    image = decode_image(upload(exif_rotated_jpeg()))
+    image = decode_image(exif_rotated_jpeg())
     assert image.mode == "RGB"
     assert image.size == (20, 40)
 
 
 def test_decode_takes_first_frame_of_animation() -> None:
-    image = decode_image(upload(animated_gif([(255, 0, 0), (0, 0, 255)])))
+    image = decode_image(animated_gif([(255, 0, 0), (0, 0, 255)]))
     r, g, b = image.getpixel((8, 8))
     assert r > 200 and b < 50
 
 
 def test_decode_converts_modes_to_rgb() -> None:
     for data in (sixteen_bit_png(), rgba_png(), encode(Image.new("1", (4, 4)), "PNG")):
-        assert decode_image(upload(data)).mode == "RGB"
+        assert decode_image(data).mode == "RGB"
 
 
 def test_decode_errors_carry_status() -> None:
     with pytest.raises(ImageError) as info:
-        decode_image(None)
+        decode_image(b"")
     assert info.value.status == 400
     with pytest.raises(ImageError) as info:
-        decode_image(upload(encode(Image.new("RGB", (100, 100)), "PNG")), max_pixels=9_999)
+        decode_image(encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
     assert info.value.status == 413 and "100 x 100" in info.value.message
 
 
 def test_decode_does_not_change_pillow_limits() -> None:
     before = Image.MAX_IMAGE_PIXELS
     with pytest.raises(ImageError):
-        decode_image(upload(png_declaring_size(30_000, 30_000)))
+        decode_image(png_declaring_size(30_000, 30_000))
     assert before == Image.MAX_IMAGE_PIXELS
 
 

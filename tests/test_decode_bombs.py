@@ -16,8 +16,10 @@ from flask.testing import FlaskClient
 from PIL import Image, ImageFile
 from werkzeug.datastructures import FileStorage
 
-from app import images as images_module
-from app.images import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, ImageError, decode_image
+from model import decoding, jpeg_check
+from model.decoding import MAX_RLE_BMP_PIXELS, decode_image
+from model.errors import ImageError
+from model.jpeg_check import MAX_JPEG_SCANS
 from tests.conftest import COLOURS, encode, synthetic_image
 from tests.test_api_inputs import animation, assert_json_error, confidences, png_chunk, post
 
@@ -115,10 +117,10 @@ def test_jpeg_data_check_counts_scan_bytes_exactly_without_fill_bytes(restarts: 
         resized = with_sof_size(filled, 8 * blocks_wide, 8)  # one row of 8 x 8 blocks, one component
         if refused:
             with pytest.raises(ImageError, match="too little data for its declared") as error:
-                images_module.check_jpeg_structure(resized)
+                jpeg_check.check_jpeg_structure(resized)
             assert error.value.status == 400
         else:
-            images_module.check_jpeg_structure(resized)
+            jpeg_check.check_jpeg_structure(resized)
 
 
 def test_truncated_images_are_not_loaded_by_pillow() -> None:
@@ -140,7 +142,7 @@ def test_rle_bmp_over_the_limit_is_refused(client: FlaskClient) -> None:
 def test_rle_bmp_with_too_much_data_is_refused() -> None:
     data = rle8_bmp(64, 64, b"\x00\x00" * (2**20 + 1) + b"\x00\x01")  # a million end-of-line commands
     with pytest.raises(ImageError) as error:
-        decode_image(upload(data))
+        decode_image(data)
     assert error.value.status == 413
 
 
@@ -155,33 +157,32 @@ def test_small_rle_bmp_is_classified(client: FlaskClient) -> None:
 # --- 16-bit and animated images ----------------------------------------------------------------------------------
 
 
-def test_16_bit_png_is_reduced_before_its_float_conversion(
-    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_16_bit_png_is_reduced_before_its_float_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run here rather than in a decoder process, so that its conversions and memory can be recorded."""
     side = 3000
     data = sixteen_bit_gradient_png(side, side)
     assert len(data) < 200_000
     converted: list[tuple[str, tuple[int, int]]] = []
-    to_rgb = images_module.to_rgb
+    to_rgb = decoding.to_rgb
 
     def recording_to_rgb(image: Image.Image) -> Image.Image:
         converted.append((image.mode, image.size))
         return to_rgb(image)
 
-    monkeypatch.setattr(images_module, "to_rgb", recording_to_rgb)
+    monkeypatch.setattr(decoding, "to_rgb", recording_to_rgb)
     tracemalloc.start()
     try:
-        response = post(client, data)
+        image = decode_image(data, resize_short_side=146, reduce_to=146)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert image.mode == "RGB" and min(image.size) >= 146
     assert converted and converted[0][0] == "I;16" and max(converted[0][1]) < side // 4, converted
     assert peak < side * side, peak  # no full-size numpy array (float32 would be 4 bytes a pixel, 36 MB)
 
 
 def test_16_bit_png_keeps_its_tones_when_reduced() -> None:
-    image = decode_image(upload(sixteen_bit_gradient_png(1200, 600)), reduce_to=100)
+    image = decode_image(sixteen_bit_gradient_png(1200, 600), reduce_to=100)
     assert image.mode == "RGB" and image.size == (200, 100)
     row = np.asarray(image)[50, :, 0]
     assert row[0] < 5 and row[-1] > 250 and np.all(np.diff(row.astype(int)) >= 0)  # 16 bits scaled, not clipped
@@ -202,10 +203,10 @@ def test_webp_gets_a_quarter_of_the_pixel_limit() -> None:
     max_pixels = 64 * 64 * 2
     for data in (encode(image, "WEBP"), animation("WEBP", [image, image.rotate(90)])):
         with pytest.raises(ImageError, match="the limit for WebP is") as error:
-            decode_image(upload(data), max_pixels=max_pixels)
+            decode_image(data, max_pixels=max_pixels)
         assert error.value.status == 413
-    assert decode_image(upload(encode(image, "PNG")), max_pixels=max_pixels).size == (64, 64)
-    assert decode_image(upload(encode(image, "WEBP")), max_pixels=64 * 64 * 4).size == (64, 64)
+    assert decode_image(encode(image, "PNG"), max_pixels=max_pixels).size == (64, 64)
+    assert decode_image(encode(image, "WEBP"), max_pixels=64 * 64 * 4).size == (64, 64)
 
 
 def test_messages_do_not_leak_decoder_internals(client: FlaskClient) -> None:

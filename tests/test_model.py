@@ -22,10 +22,11 @@ from model.checkpoint import (
     release_checkpoint,
     save_checkpoint,
 )
+from model.decoding import to_rgb
 from model.network import WeightsUnavailableError, build_model
 from model.predictor import BackendUnavailableError, Predictor
 from model.runtime import resolve_backend
-from model.transforms import Preprocessing, eval_transform, to_rgb, train_transform
+from model.transforms import Preprocessing, eval_transform, train_transform
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from app.images import SUPPORTED_FORMATS
+from model.decoding import SUPPORTED_FORMATS
 from model.predictor import VERDICTS
 from model.results import (
     BatchResponse,

@@ -16,6 +16,7 @@ from torch import nn
 
 import train
 from model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from model.decoding import to_rgb
 from model.network import (
     PACKAGED_WEIGHTS,
     WeightsUnavailableError,
@@ -27,7 +28,7 @@ from model.network import (
     default_preprocessing,
     library_model,
 )
-from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform, to_rgb
+from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
 from tests.conftest import SHARED_DATA, make_imagefolder
 from training.config import TrainConfig, config_from_dict, parse_args
 from training.optim import set_backbone_trainable

@@ -97,7 +97,6 @@ def test_an_app_serving_int8_answers_what_its_document_says(quantized: tuple[Pat
     assert_matches(document, "/api/predict", "post", 200, response.get_json())
 
 
-
 def test_quantize_skips_unreadable_calibration_images(quantized: tuple[Path, Path, Path], tmp_path: Path) -> None:
     checkpoint, data, split = quantized
     copy = Path(shutil.copy(checkpoint, tmp_path / "model.pt"))

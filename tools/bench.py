@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from werkzeug.datastructures import FileStorage
 
-from app.images import decode_image
 from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.decoding import decode_image
 from model.network import build_model
 from model.predictor import BackendUnavailableError, Predictor
 from model.quantization import QuantizationUnavailableError
@@ -87,9 +86,8 @@ class NaiveBaseline:
 def app_predict_bytes(predictor: Predictor, data: bytes) -> Any:
     """The app's path for one upload: in-memory decode (reduced size for big JPEGs), preprocessing, network,
     verdict (what a request costs without HTTP)."""
-    upload = FileStorage(io.BytesIO(data), filename="x")
     size = predictor.preprocessing.resize_size
-    return predictor.predict([decode_image(upload, resize_short_side=size, reduce_to=size)])[0]
+    return predictor.predict([decode_image(data, resize_short_side=size, reduce_to=size)])[0]
 
 
 def phone_photo(source: Path) -> bytes:
@@ -113,9 +111,7 @@ PREDICTOR_CONFIGS: list[tuple[str, str, str]] = [
 ]
 
 
-def build_predictors(
-    ckpt_path: Path, configs: list[tuple[str, str, str]] = PREDICTOR_CONFIGS
-) -> dict[str, Predictor]:
+def build_predictors(ckpt_path: Path, configs: list[tuple[str, str, str]] = PREDICTOR_CONFIGS) -> dict[str, Predictor]:
     """One predictor per row of ``configs`` (:data:`PREDICTOR_CONFIGS`) that can run here (int8 only once
     ``quantize.py`` ran), each with every core for its inference."""
     predictors = {}
@@ -487,8 +483,13 @@ def render(results: dict[str, Any]) -> str:
         out += table(
             ["path", "p50 ms", "p90 ms", "12 MP photo p50 ms", "vs naive 224 px"],
             [
-                [name, f"{row['p50_ms']:.1f}", f"{row['p90_ms']:.1f}", f"{row['big_p50_ms']:.1f}",
-                 f"{base / row['p50_ms']:.1f}x"]
+                [
+                    name,
+                    f"{row['p50_ms']:.1f}",
+                    f"{row['p90_ms']:.1f}",
+                    f"{row['big_p50_ms']:.1f}",
+                    f"{base / row['p50_ms']:.1f}x",
+                ]
                 for name, row in lat.items()
             ],
         )
@@ -520,8 +521,12 @@ def render(results: dict[str, Any]) -> str:
         out += table(
             ["path", "top-1 agreement with fp32", "largest probability difference", "accuracy"],
             [
-                [f["path"], f"{100 * f['top1_agreement']:.2f} %", f"{f['max_probability_difference']:.4f}",
-                 f"{100 * f['accuracy']:.2f} %"]
+                [
+                    f["path"],
+                    f"{100 * f['top1_agreement']:.2f} %",
+                    f"{f['max_probability_difference']:.4f}",
+                    f"{100 * f['accuracy']:.2f} %",
+                ]
                 for f in rows
             ],
         )
@@ -533,12 +538,23 @@ def render(results: dict[str, Any]) -> str:
             "`ab` (apache2-utils) on the same machine, the same 271 x 202 JPEG in every request: 1 client, then 16.",
         )
         out += table(
-            ["configuration", "1 client: p50 ms", "1 client: req/s", "16 clients: req/s", "16 clients: p50 / p99 ms",
-             "errors"],
             [
-                [row["config"], f"{row['p50_ms_1_client']:.0f}", f"{row['requests_per_s_1_client']:.1f}",
-                 f"{row['requests_per_s_16_clients']:.1f}",
-                 f"{row['p50_ms_16_clients']:.0f} / {row['p99_ms_16_clients']:.0f}", str(row["errors"])]
+                "configuration",
+                "1 client: p50 ms",
+                "1 client: req/s",
+                "16 clients: req/s",
+                "16 clients: p50 / p99 ms",
+                "errors",
+            ],
+            [
+                [
+                    row["config"],
+                    f"{row['p50_ms_1_client']:.0f}",
+                    f"{row['requests_per_s_1_client']:.1f}",
+                    f"{row['requests_per_s_16_clients']:.1f}",
+                    f"{row['p50_ms_16_clients']:.0f} / {row['p99_ms_16_clients']:.0f}",
+                    str(row["errors"]),
+                ]
                 for row in rows
             ],
         )
@@ -554,12 +570,20 @@ def render(results: dict[str, Any]) -> str:
             out += table(
                 ["measure", "HTTP", "predictor", "ratio or margin", "target"],
                 [
-                    ["16 clients: requests/s vs batched images/s (batch 16)",
-                     f"{default['requests_per_s_16_clients']:.1f}", f"{r['default_batch16_images_per_s']:.1f}",
-                     f"{100 * ratio:.0f} %", f">= 85 % {'met' if ratio >= 0.85 else 'not met'}"],
-                    ["1 client: p50 ms vs one photo's p50 ms", f"{default['p50_ms_1_client']:.0f}",
-                     f"{r['default_p50_ms']:.1f}", f"{default['p50_ms_1_client'] - r['default_p50_ms']:+.1f} ms",
-                     f"<= +5 ms {'met' if default['p50_ms_1_client'] <= budget else 'not met'}"],
+                    [
+                        "16 clients: requests/s vs batched images/s (batch 16)",
+                        f"{default['requests_per_s_16_clients']:.1f}",
+                        f"{r['default_batch16_images_per_s']:.1f}",
+                        f"{100 * ratio:.0f} %",
+                        f">= 85 % {'met' if ratio >= 0.85 else 'not met'}",
+                    ],
+                    [
+                        "1 client: p50 ms vs one photo's p50 ms",
+                        f"{default['p50_ms_1_client']:.0f}",
+                        f"{r['default_p50_ms']:.1f}",
+                        f"{default['p50_ms_1_client'] - r['default_p50_ms']:+.1f} ms",
+                        f"<= +5 ms {'met' if default['p50_ms_1_client'] <= budget else 'not met'}",
+                    ],
                 ],
                 align="l---l",
             )
@@ -572,10 +596,13 @@ def render(results: dict[str, Any]) -> str:
         out += table(
             ["recipe", "precision", "end to end", "model only", "end to end / model only"],
             [
-                [row["recipe"], row["precision"],
-                 f"{row['end_to_end_images_per_s']:.1f} img/s ({row['images']:.0f} images)",
-                 f"{row['model_only_images_per_s']:.1f} img/s",
-                 f"{100 * row['end_to_end_images_per_s'] / row['model_only_images_per_s']:.0f} %"]
+                [
+                    row["recipe"],
+                    row["precision"],
+                    f"{row['end_to_end_images_per_s']:.1f} img/s ({row['images']:.0f} images)",
+                    f"{row['model_only_images_per_s']:.1f} img/s",
+                    f"{100 * row['end_to_end_images_per_s'] / row['model_only_images_per_s']:.0f} %",
+                ]
                 for row in results["training"]
             ],
             align="ll---",
