@@ -2,12 +2,17 @@
 
 The command behind ``predict.py`` (and ``fish-predict``; see ``--help``). It is the serving
 :class:`model.predictor.Predictor` run offline over a folder, so it lives in ``model`` beside the predictor, the decoder
-(:mod:`model.decoding`) and the results table (:mod:`model.results`), and imports nothing from ``training``: the
-training side depends on ``model``, never the other way round. Files are decoded as ``evaluate.py`` decodes them
-(:func:`model.decoding.open_image`: upright RGB), go through the checkpoint's eval preset (``predictor.transform``)
-and ``predictor.predict_batch`` in batches, and get the fields of :class:`model.predictor.Prediction` in the CSV
-layout of :mod:`model.results`. An image that cannot be decoded gets a row with its ``error`` instead of stopping the
-run.
+(:mod:`model.decoding`, :mod:`model.decoder_pool`) and the results table (:mod:`model.results`), and imports nothing
+from ``training``: the training side depends on ``model``, never the other way round.
+
+Files are decoded as the web app decodes uploads, so ``predict.py`` answers what the API answers for the same file:
+each file is read and decoded in a process of a :class:`model.decoder_pool.DecoderPool` (``--workers`` of them) by
+:func:`model.decoding.decode_image`, with the app's checks (supported formats, the JPEG structure walk, the pixel
+limit ``--max-pixels``) and limits (the deadline ``--decode-timeout``, a memory limit), and shrunk on decoding to
+the model's resize size. The images then go through the checkpoint's eval preset (``predictor.transform``) and
+``predictor.predict_batch`` in batches, in this process, and get the fields of :class:`model.predictor.Prediction`
+in the CSV layout of :mod:`model.results`. A file the decoder refuses gets a row with its ``error`` instead of
+stopping the run.
 """
 
 from __future__ import annotations
@@ -15,29 +20,33 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 import os
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm import tqdm
 
 from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser, setup_logging
-from model.decoding import DECODE_ERRORS, open_image
+from model.decoder_pool import DEFAULT_DECODE_TIMEOUT_S, DecoderPool
+from model.decoding import DEFAULT_MAX_PIXELS
+from model.errors import ImageError
 from model.predictor import Prediction, Predictor
 from model.results import VERDICTS, csv_header, csv_row
 from model.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger("predict")
 
-#: An image's result: its index in the dataset, its prediction (None when unreadable) and the error ("" if none).
+#: An image's result: its index in the list of paths, its prediction (None when unreadable) and the error ("" if
+#: none).
 Result = tuple[int, Prediction | None, str]
 
 
@@ -67,72 +76,104 @@ def list_images(root: Path) -> list[str]:
     return sorted(paths)
 
 
-class UnlabelledImages(Dataset[tuple[int, torch.Tensor | None, str]]):
-    """Images at ``paths`` (relative to ``root``), decoded by :func:`model.decoding.open_image`, unreadable ones
-    kept.
+def decoded_images(
+    decoder: DecoderPool, root: Path, paths: Sequence[str], *, window: int, **options: int
+) -> Iterator[tuple[int, Image.Image | None, str]]:
+    """Decode the files at ``paths`` (relative to ``root``) in ``decoder``'s processes, at most ``window`` at a
+    time (submitted or decoded but not yet consumed), so that a huge folder costs no more memory than a small one.
 
-    Item ``i`` is ``(i, image, "")`` with ``image`` the float32 ``(3, S, S)`` output of ``transform``, or
-    ``(i, None, message)`` when the file cannot be decoded, so every path gets a result. Batch with
-    :func:`collate_with_errors`.
+    Each file is submitted by its path (the decoder process reads it; this process never holds the file) with
+    :func:`model.decoding.decode_image`'s keyword ``options``.
+
+    Yields:
+        ``(index, image, "")`` for every path, in index order: ``image`` the decoded RGB image (shrunk as
+        ``options`` say), or ``(index, None, error)`` when the decoder refused the file, ``error`` being
+        ``"unreadable image: "`` and the :class:`model.errors.ImageError`'s message (a bad image, one over
+        the limits, one that passed the deadline, a file that cannot be read).
+
+    Raises:
+        ValueError: ``window`` is less than 1.
     """
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        paths: Sequence[str],
-        transform: Callable[[Image.Image], torch.Tensor],
-    ) -> None:
-        self.root = Path(root)
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:  # type: ignore[override]
-        try:
-            return index, self.transform(open_image(self.root / self.paths[index])), ""
-        except UnidentifiedImageError:  # its message repeats the absolute path
-            return index, None, "unreadable image: not an image format Pillow can identify"
-        except DECODE_ERRORS as exc:
-            return index, None, f"unreadable image: {exc}"
+    if window < 1:
+        raise ValueError(f"the window of decodes must be at least 1, got {window}")
+    pending: deque[tuple[int, Future[Image.Image]]] = deque()
+    submitted = 0
+    try:
+        while submitted < len(paths) or pending:
+            while submitted < len(paths) and len(pending) < window:
+                pending.append((submitted, decoder.submit(str(root / paths[submitted]), **options)))
+                submitted += 1
+            index, future = pending.popleft()
+            try:
+                image, error = decoder.result(future), ""
+            except ImageError as exc:
+                image, error = None, f"unreadable image: {exc.message}"
+            yield index, image, error
+    finally:  # stopped early (the consumer failed): the decodes not started yet are dropped
+        for _, future in pending:
+            future.cancel()
 
 
-def collate_with_errors(
-    items: list[tuple[int, torch.Tensor | None, str]],
-) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
-    """Batch :class:`UnlabelledImages` items.
-
-    Returns:
-        ``(indices, images, errors)``: the N indices of the readable images, those images stacked as float32
-        ``(N, 3, S, S)`` (None when N is 0), and ``{index: message}`` for the unreadable ones.
-    """
-    readable = [(index, image) for index, image, _ in items if image is not None]
-    errors = {index: error for index, image, error in items if image is None}
-    images = torch.stack([image for _, image in readable]) if readable else None
-    return [index for index, _ in readable], images, errors
+def _classify(predictor: Predictor, chunk: list[tuple[int, torch.Tensor | None, str]], top_k: int) -> list[Result]:
+    """Classify the readable images of ``chunk`` (``(index, transformed image or None, error)`` items) in one
+    batch; the results of every item, in ``chunk``'s order."""
+    readable = [(index, image) for index, image, _ in chunk if image is not None]
+    predictions: dict[int, Prediction] = {}
+    if readable:
+        batch = torch.stack([image for _, image in readable])
+        predictions = dict(
+            zip([index for index, _ in readable], predictor.predict_batch(batch, top_k=top_k), strict=True)
+        )
+    return [(index, predictions.get(index), error) for index, _, error in chunk]
 
 
 def predict_images(
-    predictor: Predictor, dataset: UnlabelledImages, *, top_k: int, batch_size: int, workers: int
+    predictor: Predictor,
+    decoder: DecoderPool,
+    root: Path,
+    paths: Sequence[str],
+    *,
+    top_k: int,
+    batch_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Result]:
-    """Classify ``dataset`` in batches of ``batch_size`` decoded by ``workers`` DataLoader processes (0: inline).
+    """Classify the files at ``paths`` (relative to ``root``) in batches of ``batch_size`` images.
+
+    Each file is decoded in ``decoder`` exactly as the web app decodes an upload (``app.uploads.decode_upload``:
+    :func:`model.decoding.decode_image` with ``max_pixels`` and the model's resize size as ``resize_short_side``
+    and ``reduce_to``), with at most ``2 * decoder.processes + batch_size`` decodes in flight
+    (:func:`decoded_images`); then, in this process, ``predictor.transform`` makes each image a float32
+    ``(3, S, S)`` tensor, and ``predictor.predict_batch`` classifies them stacked, ``(N, 3, S, S)`` with
+    ``N <= batch_size``.
 
     Yields:
-        ``(index, prediction, error)`` for every item, in index order: a :class:`Prediction` of the ``top_k``
-        most probable classes (clipped to the number of classes) and ``""``, or ``None`` and the decode error.
+        ``(index, prediction, error)`` for every path, in index order: a :class:`Prediction` of the ``top_k``
+        most probable classes (clipped to the number of classes) and ``""``, or ``None`` and why the file was
+        refused (``"unreadable image: ..."``).
     """
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_with_errors
+    size = predictor.preprocessing.resize_size
+    images = decoded_images(
+        decoder,
+        root,
+        paths,
+        window=2 * decoder.processes + batch_size,
+        max_pixels=max_pixels,
+        resize_short_side=size,
+        reduce_to=size,
     )
-    with tqdm(total=len(dataset), desc="predict", unit="img", leave=False, disable=None, dynamic_ncols=True) as bar:
-        for indices, images, errors in loader:
-            predictions: dict[int, Prediction] = {}
-            if images is not None:
-                predictions = dict(zip(indices, predictor.predict_batch(images, top_k=top_k), strict=True))
-            for index in sorted([*predictions, *errors]):
-                yield index, predictions.get(index), errors.get(index, "")
-            bar.update(len(predictions) + len(errors))
+    chunk: list[tuple[int, torch.Tensor | None, str]] = []  # errors wait here for the batch after them
+    readable = 0
+    with tqdm(total=len(paths), desc="predict", unit="img", leave=False, disable=None, dynamic_ncols=True) as bar:
+        for index, image, error in images:
+            chunk.append((index, None if image is None else predictor.transform(image), error))
+            readable += image is not None
+            if readable == batch_size:
+                yield from _classify(predictor, chunk, top_k)
+                bar.update(len(chunk))
+                chunk, readable = [], 0
+        if chunk:
+            yield from _classify(predictor, chunk, top_k)
+            bar.update(len(chunk))
 
 
 @dataclass
@@ -157,7 +198,7 @@ def write_predictions(output: Path, paths: Sequence[str], results: Iterable[Resu
 
     Args:
         output: the CSV file to write; its folder must exist.
-        paths: the dataset's relative paths, indexed by the results' indices.
+        paths: the files' relative paths, indexed by the results' indices.
         results: from :func:`predict_images`.
         k: number of top classes per row.
 
@@ -186,12 +227,33 @@ def write_predictions(output: Path, paths: Sequence[str], results: Iterable[Resu
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Arguments of ``predict.py`` / ``fish-predict``."""
+    """Arguments of ``predict.py`` / ``fish-predict``: :func:`model.cli.add_inference_arguments`' with
+    ``--workers`` meaning decoder processes here (not DataLoader processes as in ``evaluate.py``), plus the
+    decoding limits ``--decode-timeout`` and ``--max-pixels`` (the web app's defaults)."""
     parser = command_parser("Classify every image under a folder (recursively) and write one CSV row per image.")
     parser.add_argument("folder", type=Path, help="folder of images; sub-folders are searched, other files ignored")
     parser.add_argument("--output", type=Path, required=True, help="CSV file to write (replaced if it exists)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (at most the class count)")
     add_inference_arguments(parser, precision="auto", backend="auto")
+    workers = next(action for action in parser._actions if action.dest == "workers")  # the same option, its help
+    workers.help = (  # this command's meaning, not evaluate.py's DataLoader processes
+        "decoder processes: each file is read and decoded in one, under a deadline and a memory limit, as the web "
+        "app decodes uploads (0 counts as 1: no file is ever decoded in this process)"
+    )
+    parser.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=DEFAULT_DECODE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="deadline of one file's decode (> 0): past it the file gets an error row and its decoder process is "
+        "replaced",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="largest image decoded, in pixels (width x height, > 0); a larger one gets an error row",
+    )
     return parser
 
 
@@ -203,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
             raise ValueError("--top-k and --batch-size must be at least 1, --workers at least 0")
+        if not (args.decode_timeout > 0 and math.isfinite(args.decode_timeout)):
+            raise ValueError(f"--decode-timeout must be a number of seconds > 0, got {args.decode_timeout}")
+        if args.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
         if args.output.is_dir():
             raise ValueError(f"--output {args.output} is a folder; give a file name")
         paths = list_images(args.folder)
@@ -217,11 +283,19 @@ def main(argv: list[str] | None = None) -> int:
     set_torch_threads(predictor.backend, None)
 
     k = min(args.top_k, len(predictor.class_names))
-    dataset = UnlabelledImages(args.folder, paths, predictor.transform)
-    start = time.perf_counter()
-    results = predict_images(predictor, dataset, top_k=k, batch_size=args.batch_size, workers=args.workers)
-    summary = write_predictions(args.output, paths, results, k)
-    seconds = time.perf_counter() - start
+    with DecoderPool(max(args.workers, 1), timeout_s=args.decode_timeout) as decoder:
+        start = time.perf_counter()
+        results = predict_images(
+            predictor,
+            decoder,
+            args.folder,
+            paths,
+            top_k=k,
+            batch_size=args.batch_size,
+            max_pixels=args.max_pixels,
+        )
+        summary = write_predictions(args.output, paths, results, k)
+        seconds = time.perf_counter() - start
     logger.info(
         "classified %d images (%d unreadable) in %.1f s: %.1f images/s",
         summary.images,

@@ -76,6 +76,11 @@ def _decode_in_process(source: bytes | str, cpu_seconds: int, options: dict[str,
         raise ImageError("image is too large: decoding it needs more memory than a decode may use", 413) from exc
 
 
+def _unavailable(exc: BaseException) -> ImageError:
+    logger.error("the decoder pool cannot decode: %s", exc)
+    return ImageError("the server cannot decode images right now: try again in a moment", 503)
+
+
 def _ready() -> int:
     """A no-op task: the decoder process that runs it has started."""
     return os.getpid()
@@ -123,12 +128,19 @@ class DecoderPool:
 
     def submit(self, source: bytes | str | os.PathLike[str], **options: Any) -> Future[Image.Image]:
         """Start decoding ``source`` (the file's bytes, or its path, read inside the decoder) with
-        :func:`model.decoding.decode_image`'s keyword ``options``; :meth:`result` waits for it."""
+        :func:`model.decoding.decode_image`'s keyword ``options``; :meth:`result` waits for it.
+
+        Raises:
+            ImageError: 503 when the pool is closed or broken.
+        """
         if isinstance(source, os.PathLike):
             source = os.fspath(source)
-        return self._pool.schedule(
-            _decode_in_process, args=(source, self._cpu_seconds, options), timeout=self.timeout_s
-        )
+        try:
+            return self._pool.schedule(
+                _decode_in_process, args=(source, self._cpu_seconds, options), timeout=self.timeout_s
+            )
+        except RuntimeError as exc:  # pebble: "The Pool is not active"
+            raise _unavailable(exc) from exc
 
     def result(self, future: Future[Image.Image]) -> Image.Image:
         """The image of a :meth:`submit`, or its refusal as an :class:`ImageError`.
@@ -157,8 +169,7 @@ class DecoderPool:
                 413,
             ) from exc
         except (RuntimeError, OSError) as exc:  # closed or broken pool (pebble raises RuntimeError)
-            logger.error("the decoder pool failed: %s", exc)
-            raise ImageError("the server cannot decode images right now: try again in a moment", 503) from exc
+            raise _unavailable(exc) from exc
         except Exception as exc:  # the isolation boundary fails closed: a decoder's unforeseen error is a refusal
             logger.error("a decoder raised %r; refused the image", exc)
             raise ImageError("corrupt image file: it cannot be decoded", 400) from exc

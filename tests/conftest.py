@@ -252,9 +252,10 @@ def wait_until_answering(url: str, process: subprocess.Popen, log_path: Path, na
 
 
 @contextlib.contextmanager
-def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
+def gunicorn_server(model: Path, log_dir: Path, **settings: str) -> Iterator[str]:
     """Real gunicorn (``gunicorn.conf.py``, one worker, one torch thread) serving ``model`` on a free loopback
-    port; yields its base URL once ``/healthz`` answers, and stops it on exit.
+    port; yields its base URL once ``/healthz`` answers, and stops it on exit. ``settings`` are more environment
+    variables (e.g. ``FISH_DECODE_TIMEOUT_S="0.5"``).
 
     Raises:
         AssertionError: gunicorn exited early or did not answer within 60 s (the message holds its log).
@@ -269,6 +270,7 @@ def gunicorn_server(model: Path, log_dir: Path) -> Iterator[str]:
         "BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "1",
         "FISH_THREADS": "1",
+        **settings,
     }
     log_path = log_dir / "gunicorn.log"
     with open(log_path, "wb") as log:

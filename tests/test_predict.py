@@ -1,11 +1,14 @@
-"""predict.py: a folder of images -> one CSV row per image, the same predictions as ``Predictor.predict``."""
+"""predict.py: a folder of images -> one CSV row per image, the same predictions as ``Predictor.predict`` and as
+the API, each file decoded in a decoder process under the web app's checks and limits (``model.decoder_pool``)."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +18,10 @@ from PIL import Image
 
 import predict
 from app.web import results_csv
+from model.decoding import decode_image
 from model.predictor import VERDICTS, Prediction, Predictor
-from tests.conftest import COLOURS, make_imagefolder, synthetic_image
+from tests.conftest import COLOURS, encode, make_app, make_imagefolder, synthetic_image
+from tests.test_decode_bombs import progressive_with_repeated_scan, with_sof_size
 
 TOP_K = 2
 CORRUPT = "blue_tang/broken.jpg"
@@ -36,6 +41,12 @@ def photo_folder(tmp_path: Path) -> Path:
     return root
 
 
+def read_rows(output: Path) -> dict[str, dict[str, str]]:
+    """The rows of a predict.py CSV, by path."""
+    with open(output, newline="", encoding="utf-8") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
 def run(folder: Path, checkpoint: Path, output: Path, *extra: str) -> int:
     args = [
         str(folder),
@@ -53,7 +64,7 @@ def run(folder: Path, checkpoint: Path, output: Path, *extra: str) -> int:
     return predict.main([*args, "--top-k", str(TOP_K), *extra])
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2 DataLoader processes
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 0 counts as 1 decoder process
 def test_predict_writes_one_row_per_image_like_predictor_predict(
     photo_folder: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int
 ) -> None:
@@ -167,3 +178,122 @@ def test_predict_user_errors_exit_2(
         assert run(photo_folder, not_a_checkpoint, output) == 2
     assert str(not_a_checkpoint) in caplog.text
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--decode-timeout", "0", "--decode-timeout must be a number of seconds > 0"),
+        ("--decode-timeout", "nan", "--decode-timeout must be a number of seconds > 0"),
+        ("--max-pixels", "0", "--max-pixels must be at least 1"),
+        ("--workers", "-1", "--workers at least 0"),
+    ],
+)
+def test_predict_bad_decoding_options_exit_2(
+    photo_folder: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    option: str,
+    value: str,
+    message: str,
+) -> None:
+    output = tmp_path / "results.csv"
+    with caplog.at_level(logging.ERROR):
+        assert run(photo_folder, tiny_checkpoint, output, option, value) == 2
+    assert message in caplog.text
+    assert not output.exists()
+
+
+def test_predict_refuses_bombs_and_oversized_images_and_classifies_the_rest(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The app's checks, in predict.py: a JPEG whose header claims 20000 x 20000 pixels, a progressive JPEG with
+    150 repeated scans and an ordinary PNG over ``--max-pixels`` each get an error row; the photos beside them
+    are classified, each by its folder's species."""
+    root = make_imagefolder(tmp_path / "photos", per_class=2, groups_per_class=1)
+    (root / "bombs").mkdir()
+    (root / "bombs" / "claims_400mp.jpg").write_bytes(with_sof_size(encode(synthetic_image((0, 0, 0))), 20000, 20000))
+    (root / "bombs" / "scans.jpg").write_bytes(progressive_with_repeated_scan(150))
+    Image.new("RGB", (1200, 1000), COLOURS["clownfish"]).save(root / "bombs" / "big.png")
+    output = tmp_path / "results.csv"
+    assert run(root, tiny_checkpoint, output, "--max-pixels", "1000000", "--workers", "2") == 0
+
+    rows = read_rows(output)
+    assert len(rows) == 3 * 2 + 3
+    errors = {path: row["error"] for path, row in rows.items() if row["error"]}
+    assert sorted(errors) == ["bombs/big.png", "bombs/claims_400mp.jpg", "bombs/scans.jpg"]
+    assert all(error.startswith("unreadable image: ") for error in errors.values())
+    assert "20000 x 20000 pixels" in errors["bombs/claims_400mp.jpg"]
+    assert "too many progressive scans" in errors["bombs/scans.jpg"]
+    assert "1200 x 1000 pixels, the limit is 1 megapixels" in errors["bombs/big.png"]
+    assert all(rows[path]["label"] == rows[path]["top_1"] == "" for path in errors)
+    assert {path: row["label"] for path, row in rows.items() if path not in errors} == {
+        path: path.split("/")[0] for path in rows if path not in errors
+    }
+    assert "9 images, 6 classified (6 species, 0 not sure, 0 unknown species, 0 not a fish), 3 unreadable" in (
+        capsys.readouterr().out
+    )
+
+
+def test_predict_stops_a_decode_at_the_decode_timeout(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--decode-timeout``: a big, legitimately slow image (an 8000 x 6000 RGBA PNG, 48 megapixels, under the
+    pixel limit) gets the "takes too long to decode" error, its decoder process is stopped at the deadline (the
+    run takes less time than decoding the slow files would), and the photo beside them is classified."""
+    slow = encode(Image.new("RGBA", (8000, 6000), (10, 20, 30, 128)), "PNG", compress_level=1)
+    start = time.perf_counter()
+    decode_image(slow, resize_short_side=37, reduce_to=37)
+    decode_seconds = time.perf_counter() - start
+    assert decode_seconds > 0.5  # legitimately slow: well past the deadline below
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    copies = 4
+    for i in range(copies):
+        (root / f"slow_{i}.png").write_bytes(slow)
+    synthetic_image(COLOURS["clownfish"]).save(root / "clownfish.jpg")
+    output = tmp_path / "results.csv"
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="model.decoder_pool"):
+        assert run(root, tiny_checkpoint, output, "--decode-timeout", "0.2", "--workers", "1") == 0
+    run_seconds = time.perf_counter() - start
+
+    rows = read_rows(output)
+    assert rows["clownfish.jpg"]["label"] == "clownfish" and rows["clownfish.jpg"]["error"] == ""
+    for i in range(copies):
+        error = rows[f"slow_{i}.png"]["error"]
+        assert error.startswith("unreadable image: this image takes too long to decode (the limit is 0.2 s)")
+    assert caplog.text.count("stopped a decode at its deadline of 0.2 s") == copies
+    assert run_seconds < copies * decode_seconds, (run_seconds, decode_seconds)  # one decoder: killed, not waited
+
+
+def test_predict_py_answers_what_the_api_answers(photo_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The same file gets the same prediction from predict.py as from ``/api/predict``: both decode it the same way
+    (shrunk on decoding to the model's resize size, transparency on white), with the same model."""
+    from tests.test_api_inputs import photo
+
+    (photo_folder / "big.jpg").write_bytes(photo((1600, 1200)))  # decoded at 1/8 scale, as the API does
+    rgba = synthetic_image(COLOURS["blue_tang"], size=(300, 200), seed=3).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((300, 200)))
+    rgba.save(photo_folder / "transparent.png")
+    output = tmp_path / "results.csv"
+    assert run(photo_folder, tiny_checkpoint, output, "--workers", "1") == 0
+    rows = read_rows(output)
+
+    client = make_app(MODEL_PATH=str(tiny_checkpoint), PRECISION="fp32").test_client()
+    for path in ("big.jpg", "transparent.png", "top.jpg", "clownfish/dive 2/deeper/a.png"):
+        data = (photo_folder / path).read_bytes()
+        response = client.post(
+            "/api/predict",
+            data={"image": (io.BytesIO(data), Path(path).name), "top_k": str(TOP_K)},
+            content_type="multipart/form-data",
+        )
+        assert response.status_code == 200, response.get_data(as_text=True)
+        body, row = response.get_json(), rows[path]
+        assert (row["label"], row["species"], row["verdict"]) == (body["label"], body["display_name"], body["verdict"])
+        assert float(row["confidence"]) == pytest.approx(body["confidence"], abs=1e-4)
+        for i, score in enumerate(body["top_k"], start=1):
+            assert row[f"top_{i}"] == score["label"]
+            assert float(row[f"top_{i}_confidence"]) == pytest.approx(score["confidence"], abs=1e-4)

@@ -1,0 +1,391 @@
+"""Decoding that no file can stall: every row of the security review's table, as a file or request made here, is
+refused by a check that fails closed (before Pillow parses the file), and whatever the checks miss is stopped by the
+decoder process's deadline or memory limit, after which no process goes on burning CPU for it.
+
+The in-process tests use the Flask test client (the decoder processes are real); the slow ones use real gunicorn,
+directly and behind nginx, as deployed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import pickle
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+
+from model import decoding
+from model.decoder_pool import DecoderPool
+from model.errors import ImageError
+from model.jpeg_check import MAX_JPEG_FILL_BYTES, MAX_JPEG_SEGMENTS, check_jpeg_structure
+from tests.conftest import encode, gunicorn_server, make_app
+from tests.test_api_inputs import assert_json_error, post
+from tests.test_decode_bombs import noise, progressive_with_repeated_scan, with_sof_size
+from tools.loadtest import child_pids, multipart
+
+# --- the review's files ------------------------------------------------------------------------------------------
+
+
+def mpf_segment() -> bytes:
+    """The APP2 "MPF" segment of a two-picture MPO that Pillow writes: added to a JPEG, Pillow names it "MPO"."""
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((200, 0, 0), (0, 0, 200))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    data, pos = buffer.getvalue(), 2
+    while True:
+        marker = data[pos + 1]
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if marker == 0xE2 and data[pos + 4 : pos + 8] == b"MPF\x00":
+            return data[pos : pos + 2 + length]
+        pos += 2 + length
+
+
+def after_soi(jpeg: bytes, extra: bytes) -> bytes:
+    return jpeg[:2] + extra + jpeg[2:]
+
+
+def before_dqt(jpeg: bytes, extra: bytes) -> bytes:
+    at = jpeg.index(b"\xff\xdb")
+    return jpeg[:at] + extra + jpeg[at:]
+
+
+def frame_header(jpeg: bytes) -> bytes:
+    """The SOF0 segment of a baseline JPEG, marker included."""
+    at = jpeg.index(b"\xff\xc0")
+    (length,) = struct.unpack_from(">H", jpeg, at + 2)
+    return jpeg[at : at + 2 + length]
+
+
+def before_sos(jpeg: bytes, extra: bytes) -> bytes:
+    at = jpeg.index(b"\xff\xda")
+    return jpeg[:at] + extra + jpeg[at:]
+
+
+def scan_bomb() -> bytes:
+    """A 7000 x 7000 progressive JPEG whose last scan is repeated 500 times (the review's had 5,000 and 14,000)."""
+    return with_sof_size(progressive_with_repeated_scan(500), 7000, 7000)
+
+
+def thin_header() -> bytes:
+    """A 7071 x 7071 JPEG header over the data of 64 x 64 pixels."""
+    return with_sof_size(encode(noise(), "JPEG", quality=90), 7071, 7071)
+
+
+def empty_segments(marker: int, size: int = 15_000_000) -> bytes:
+    """``size`` bytes of empty ``marker`` segments (COM 0xFE, APP1 0xE1) after SOI, then an ordinary JPEG."""
+    jpeg = encode(noise(), "JPEG", quality=90)
+    return jpeg[:2] + bytes((0xFF, marker, 0x00, 0x02)) * (size // 4) + jpeg[2:]
+
+
+def fill_bytes(size: int = 15_000_000) -> bytes:
+    """``size`` 0xFF fill bytes after SOI, then an ordinary JPEG."""
+    jpeg = encode(noise(), "JPEG", quality=90)
+    return jpeg[:2] + b"\xff" * size + jpeg[2:]
+
+
+#: (id, the file, the status, a fragment of the message): each row of the review's table that is a file.
+TABLE: list[tuple[str, Callable[[], bytes], int, str]] = [
+    ("scan-bomb-as-MPO", lambda: after_soi(scan_bomb(), mpf_segment()), 413, "too many progressive scans"),
+    ("scan-bomb-junk-byte", lambda: before_dqt(scan_bomb(), b"\x00"), 400, "unexpected data at byte"),
+    ("thin-header-as-MPO", lambda: after_soi(thin_header(), mpf_segment()), 400, "too little data for its declared"),
+    ("thin-header-junk-byte", lambda: before_dqt(thin_header(), b"\x00"), 400, "unexpected data at byte"),
+    ("thin-header-FF00FFFF", lambda: before_dqt(thin_header(), b"\xff\x00\xff\xff"), 400, "is not a JPEG marker"),
+    ("15MB-empty-COM", lambda: empty_segments(0xFE), 413, f"more than {MAX_JPEG_SEGMENTS}"),
+    ("15MB-empty-APP1", lambda: empty_segments(0xE1), 413, f"more than {MAX_JPEG_SEGMENTS}"),
+    ("15MB-fill-bytes", lambda: fill_bytes(), 400, f"more than {MAX_JPEG_FILL_BYTES} 0xFF fill bytes"),
+]
+
+
+def slow_png(size: tuple[int, int] = (4000, 3000)) -> bytes:
+    """A legitimate, small (a few hundred KB) RGBA PNG that takes a decoder a long time (about 0.3 s here at the
+    default size): the stand-in for a bomb that no check foresees."""
+    return encode(Image.new("RGBA", size, (10, 20, 30, 128)), "PNG", compress_level=1)
+
+
+# --- the checks fail closed, before Pillow ------------------------------------------------------------------------
+
+
+def test_the_review_files_are_what_the_review_describes() -> None:
+    with Image.open(io.BytesIO(after_soi(scan_bomb(), mpf_segment()))) as image:
+        assert image.format == "MPO" and image.size == (7000, 7000)
+    for data in (before_dqt(thin_header(), b"\x00"), before_dqt(thin_header(), b"\xff\x00\xff\xff")):
+        with Image.open(io.BytesIO(data)) as image:  # Pillow reads past the junk, as libjpeg would
+            assert image.size == (7071, 7071)
+    assert len(empty_segments(0xFE)) > 15_000_000 and len(fill_bytes()) > 15_000_000
+
+
+@pytest.mark.parametrize(("make", "status", "fragment"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+def test_each_row_is_refused_by_its_check_before_pillow_parses_it(
+    make: Callable[[], bytes], status: int, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make()
+
+    def pillow_must_not_open(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("Pillow parsed a file the JPEG walk should have refused")
+
+    monkeypatch.setattr(decoding.Image, "open", pillow_must_not_open)
+    with pytest.raises(ImageError) as error:
+        decoding.decode_image(data)
+    assert error.value.status == status and fragment in error.value.message, error.value.message
+
+
+@pytest.mark.parametrize(("make", "status", "fragment"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+def test_each_row_gets_a_json_error_from_the_app(
+    client: FlaskClient, make: Callable[[], bytes], status: int, fragment: str
+) -> None:
+    body = assert_json_error(post(client, make()), status)
+    assert fragment in body["error"], body["error"]
+
+
+def test_arithmetic_coded_jpeg_over_its_pixel_cap_is_refused() -> None:
+    """SOF9 (arithmetic coding) may be thinner than one bit per block, so it gets a pixel cap instead."""
+    data = bytearray(with_sof_size(encode(noise(), "JPEG", quality=90), 3000, 3000))
+    data[data.index(b"\xff\xc0") + 1] = 0xC9
+    with pytest.raises(ImageError, match="arithmetic-coded JPEG") as error:
+        check_jpeg_structure(bytes(data))
+    assert error.value.status == 413
+    small = bytearray(encode(noise(), "JPEG", quality=90))
+    small[small.index(b"\xff\xc0") + 1] = 0xC9
+    check_jpeg_structure(bytes(small))  # within the cap: left to the decoder and its deadline
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda d: d[:-2], "ends before its end-of-image marker"),
+        (lambda d: before_sos(d, frame_header(d)), "more than one frame header"),
+        (lambda d: d[:2] + b"\xff\xd8" + d[2:], "is not a JPEG marker"),
+        (lambda d: d[:2] + b"\xff\xe1\x40\x00" + d[6:], "runs past the end of the file"),
+    ],
+    ids=["no-EOI", "two-frames", "second-SOI", "segment-past-the-end"],
+)
+def test_structures_the_walk_cannot_account_for_are_refused(edit: Callable[[bytes], bytes], fragment: str) -> None:
+    data = encode(noise(), "JPEG", quality=90)
+    check_jpeg_structure(data)
+    with pytest.raises(ImageError, match="truncated or corrupt JPEG image") as error:
+        check_jpeg_structure(edit(data))
+    assert error.value.status == 400 and fragment in error.value.message, error.value.message
+
+
+def test_ordinary_jpegs_pass_the_walk_with_metadata_restarts_and_a_trailer() -> None:
+    image = noise((200, 150))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for data in (
+        encode(image, "JPEG", exif=exif.tobytes(), icc_profile=b"\x00" * 150_000),  # ICC split over 3 segments
+        encode(image, "JPEG", restart_marker_blocks=1, progressive=True),
+        encode(image, "JPEG") + b"trailer data after EOI, as some phones write",
+        after_soi(encode(image, "JPEG"), b"\xff\xfe\x00\x02" * 50),
+    ):
+        check_jpeg_structure(data)
+        assert decoding.decode_image(data).size in ((200, 150), (150, 200))
+
+
+def test_image_error_keeps_its_status_and_index_across_processes() -> None:
+    error = pickle.loads(pickle.dumps(ImageError("too large", 413, index=2)))
+    assert (error.message, error.status, error.index) == ("too large", 413, 2)
+
+
+# --- the deadline and the memory limit -----------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren...), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        children = child_pids(todo.pop())
+        found += children
+        todo += children
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of the processes still alive among ``pids``, in seconds."""
+    import os
+
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def assert_nothing_burns_cpu(pid: int, window: float = 1.0) -> None:
+    """No process below ``pid`` uses more than a tenth of a core over ``window`` seconds."""
+    pids = descendants(pid)
+    before = cpu_seconds(pids)
+    time.sleep(window)
+    used = cpu_seconds(pids) - before
+    assert used < 0.1 * window, f"processes below {pid} used {used:.2f} s of CPU in {window} s: {pids}"
+
+
+def test_a_decode_past_its_deadline_is_stopped_and_its_process_replaced(tiny_checkpoint, jpeg_bytes) -> None:
+    import os
+
+    flask_app = make_app(MODEL_PATH=str(tiny_checkpoint), DECODE_TIMEOUT_S=0.05, MAX_CONCURRENT_DECODES=1)
+    client = flask_app.test_client()
+    assert post(client, jpeg_bytes()).status_code == 200
+    body = assert_json_error(post(client, slow_png()), 413)
+    assert "takes too long to decode" in body["error"] and "0.05 s" in body["error"], body["error"]
+    assert_nothing_burns_cpu(os.getpid())  # the forkserver and the decoders are this process's descendants
+    assert post(client, jpeg_bytes()).status_code == 200  # a new decoder took the killed one's place
+
+
+def test_a_decode_over_its_memory_limit_is_refused(tiny_checkpoint, jpeg_bytes) -> None:
+    """A 6000 x 4000 RGBA PNG needs about 170 MB to decode (RGBA, then RGB); the decoder may use 128 MiB."""
+    flask_app = make_app(MODEL_PATH=str(tiny_checkpoint), DECODE_MEMORY_MB=128, DECODE_TIMEOUT_S=30)
+    client = flask_app.test_client()
+    body = assert_json_error(post(client, slow_png((6000, 4000))), 413)
+    assert "memory" in body["error"], body["error"]
+    assert post(client, jpeg_bytes()).status_code == 200
+
+
+def test_decoder_pool_refuses_bad_arguments_and_answers_503_once_closed() -> None:
+    for kwargs in ({"processes": 0}, {"processes": 1, "timeout_s": 0}, {"processes": 1, "memory_mb": 10}):
+        with pytest.raises(ValueError):
+            DecoderPool(**kwargs)
+    pool = DecoderPool(1, timeout_s=5)
+    data = encode(noise(), "PNG")
+    assert pool.decode(data).size == (64, 64)
+    path_image = pool.decode(data, max_pixels=64 * 64)
+    assert path_image.mode == "RGB"
+    pool.close()
+    with pytest.raises(ImageError) as error:
+        pool.decode(data)
+    assert error.value.status == 503
+
+
+def test_decoder_pool_reads_paths_inside_the_decoder(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(encode(noise(), "PNG"))
+    with DecoderPool(1) as pool:
+        assert pool.decode(tmp_path / "a.png").size == (64, 64)
+        with pytest.raises(ImageError, match="unreadable file") as error:
+            pool.decode(tmp_path / "missing.png")
+        assert error.value.status == 400
+
+
+# --- real gunicorn, directly and behind nginx ----------------------------------------------------------------------
+
+
+def post_raw(base: str, data: bytes, timeout: float = 30.0) -> tuple[int, dict[str, Any], float]:
+    """POST ``data`` as one image to ``base``/api/predict; the status, the JSON body and the seconds taken."""
+    host, port = base.removeprefix("http://").split(":")
+    body, content_type = multipart("image", "x.jpg", data, "image/jpeg")
+    began = time.monotonic()
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", "/api/predict", body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), time.monotonic() - began
+    finally:
+        conn.close()
+
+
+def gunicorn_master(log_dir: Path) -> int:
+    """The pid of the gunicorn master that logged into ``log_dir``/gunicorn.log."""
+    import re
+
+    match = re.search(r"\[(\d+)\] \[INFO\] Starting gunicorn", (log_dir / "gunicorn.log").read_text())
+    assert match, (log_dir / "gunicorn.log").read_text()
+    return int(match.group(1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [b"zz", b"-5"], ids=["zz", "minus-5"])
+def test_invalid_chunked_body_is_a_400_json_error(tiny_checkpoint: Path, tmp_path: Path, size: bytes) -> None:
+    with gunicorn_server(tiny_checkpoint, tmp_path) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + size + b"\r\nabc\r\n0\r\n\r\n"
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert b"application/json" in head
+        assert "chunked transfer encoding" in json.loads(body)["error"]
+    assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()
+
+
+@pytest.mark.slow
+def test_gunicorn_refuses_every_row_and_serves_a_photo_while_four_bombs_are_in_flight(
+    tiny_checkpoint: Path, tmp_path: Path, jpeg_bytes
+) -> None:
+    with gunicorn_server(tiny_checkpoint, tmp_path) as base:
+        for name, make, status, fragment in TABLE:
+            got, body, _ = post_raw(base, make())
+            assert got == status and fragment in body["error"], (name, got, body)
+        bombs = [after_soi(scan_bomb(), mpf_segment()), before_dqt(scan_bomb(), b"\x00")] * 2
+        results: list[tuple[int, dict[str, Any], float]] = [(0, {}, 0.0)] * (len(bombs) + 1)
+        start = threading.Barrier(len(bombs) + 1)
+
+        def send(i: int, data: bytes, delay: float = 0.0) -> None:
+            start.wait(10)
+            time.sleep(delay)
+            results[i] = post_raw(base, data)
+
+        threads = [threading.Thread(target=send, args=(i, bomb)) for i, bomb in enumerate(bombs)]
+        threads.append(threading.Thread(target=send, args=(len(bombs), jpeg_bytes(), 0.05)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert [status for status, _, _ in results] == [413, 400, 413, 400, 200], results
+        assert "verdict" in results[-1][1]
+        assert_nothing_burns_cpu(gunicorn_master(tmp_path))
+
+
+@pytest.mark.slow
+def test_gunicorn_stops_a_decode_at_its_deadline_and_frees_the_cpu(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with gunicorn_server(tiny_checkpoint, tmp_path, FISH_DECODE_TIMEOUT_S="0.1") as base:
+        status, body, _ = post_raw(base, slow_png((8000, 6000)))
+        assert status == 413 and "takes too long to decode" in body["error"], body
+        assert_nothing_burns_cpu(gunicorn_master(tmp_path))
+        status, body, _ = post_raw(base, encode(noise(), "JPEG"))
+        assert status == 200, body
+
+
+@pytest.mark.slow
+def test_nginx_passes_on_each_refusal_and_the_deadline(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from tests.test_proxy import NGINX, nginx_in_front
+
+    if NGINX is None:
+        pytest.skip("nginx is not installed (make nginx installs Debian's)")
+    # nginx's workers (another user) write bodies over client_body_buffer_size to its temporary folder, so that
+    # folder must be reachable for them: pytest's own (mode 0700) is not.
+    workdir = Path(tempfile.mkdtemp(prefix="fish-nginx-"))
+    workdir.chmod(0o755)
+    try:
+        with (
+            gunicorn_server(tiny_checkpoint, tmp_path, FISH_DECODE_TIMEOUT_S="0.1") as upstream,
+            nginx_in_front(upstream, workdir) as base,
+        ):
+            for name, make, status, fragment in TABLE:
+                got, body, _ = post_raw(base, make())
+                assert got == status and fragment in body["error"], (name, got, body)
+            status, body, _ = post_raw(base, slow_png((8000, 6000)))
+            assert status == 413 and "takes too long to decode" in body["error"], body
+            assert_nothing_burns_cpu(gunicorn_master(tmp_path))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
