@@ -22,25 +22,7 @@ from model.errors import ImageError
 from model.jpeg_check import MAX_JPEG_SCANS
 from tests.conftest import COLOURS, encode, synthetic_image
 from tests.test_api_inputs import animation, assert_json_error, confidences, png_chunk, post
-
-
-def noise(size: tuple[int, int] = (64, 64)) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def with_sof_size(jpeg: bytes, width: int, height: int) -> bytes:
-    """``jpeg`` with its start-of-frame header (baseline or progressive) claiming ``width`` x ``height``."""
-    data = bytearray(jpeg)
-    sof = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
-def progressive_with_repeated_scan(repeats: int) -> bytes:
-    """A small progressive JPEG whose last scan (SOS header and entropy-coded data) is repeated ``repeats`` times."""
-    data = encode(noise(), "JPEG", quality=90, progressive=True)
-    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
-    return data[:end] + data[last_scan:end] * repeats + data[end:]
+from tools.hostile_images import noise, progressive_with_repeated_scan, with_sof_size
 
 
 def rle8_bmp(width: int, height: int, rle_data: bytes) -> bytes:

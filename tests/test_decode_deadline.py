@@ -12,10 +12,7 @@ import http.client
 import io
 import json
 import pickle
-import shutil
 import socket
-import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -29,89 +26,30 @@ from PIL import Image
 from model import decoding
 from model.decoder_pool import DecoderPool
 from model.errors import ImageError
-from model.jpeg_check import MAX_JPEG_FILL_BYTES, MAX_JPEG_SEGMENTS, check_jpeg_structure
+from model.jpeg_check import check_jpeg_structure
 from tests.conftest import encode, gunicorn_server, make_app
 from tests.test_api_inputs import assert_json_error, post
-from tests.test_decode_bombs import noise, progressive_with_repeated_scan, with_sof_size
+from tools.hostile_images import (
+    REVIEW_TABLE,
+    after_soi,
+    before_dqt,
+    before_sos,
+    empty_segments,
+    fill_bytes,
+    frame_header,
+    mpf_segment,
+    noise,
+    scan_bomb,
+    slow_png,
+    thin_header,
+    with_sof_size,
+)
 from tools.loadtest import child_pids, multipart
+from tools.proxy import NGINX, nginx_in_front
 
-# --- the review's files ------------------------------------------------------------------------------------------
-
-
-def mpf_segment() -> bytes:
-    """The APP2 "MPF" segment of a two-picture MPO that Pillow writes: added to a JPEG, Pillow names it "MPO"."""
-    frames = [Image.new("RGB", (16, 16), colour) for colour in ((200, 0, 0), (0, 0, 200))]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
-    data, pos = buffer.getvalue(), 2
-    while True:
-        marker = data[pos + 1]
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        if marker == 0xE2 and data[pos + 4 : pos + 8] == b"MPF\x00":
-            return data[pos : pos + 2 + length]
-        pos += 2 + length
-
-
-def after_soi(jpeg: bytes, extra: bytes) -> bytes:
-    return jpeg[:2] + extra + jpeg[2:]
-
-
-def before_dqt(jpeg: bytes, extra: bytes) -> bytes:
-    at = jpeg.index(b"\xff\xdb")
-    return jpeg[:at] + extra + jpeg[at:]
-
-
-def frame_header(jpeg: bytes) -> bytes:
-    """The SOF0 segment of a baseline JPEG, marker included."""
-    at = jpeg.index(b"\xff\xc0")
-    (length,) = struct.unpack_from(">H", jpeg, at + 2)
-    return jpeg[at : at + 2 + length]
-
-
-def before_sos(jpeg: bytes, extra: bytes) -> bytes:
-    at = jpeg.index(b"\xff\xda")
-    return jpeg[:at] + extra + jpeg[at:]
-
-
-def scan_bomb() -> bytes:
-    """A 7000 x 7000 progressive JPEG whose last scan is repeated 500 times (the review's had 5,000 and 14,000)."""
-    return with_sof_size(progressive_with_repeated_scan(500), 7000, 7000)
-
-
-def thin_header() -> bytes:
-    """A 7071 x 7071 JPEG header over the data of 64 x 64 pixels."""
-    return with_sof_size(encode(noise(), "JPEG", quality=90), 7071, 7071)
-
-
-def empty_segments(marker: int, size: int = 15_000_000) -> bytes:
-    """``size`` bytes of empty ``marker`` segments (COM 0xFE, APP1 0xE1) after SOI, then an ordinary JPEG."""
-    jpeg = encode(noise(), "JPEG", quality=90)
-    return jpeg[:2] + bytes((0xFF, marker, 0x00, 0x02)) * (size // 4) + jpeg[2:]
-
-
-def fill_bytes(size: int = 15_000_000) -> bytes:
-    """``size`` 0xFF fill bytes after SOI, then an ordinary JPEG."""
-    jpeg = encode(noise(), "JPEG", quality=90)
-    return jpeg[:2] + b"\xff" * size + jpeg[2:]
-
-
-#: (id, the file, the status, a fragment of the message): each row of the review's table that is a file.
-TABLE: list[tuple[str, Callable[[], bytes], int, str]] = [
-    ("scan-bomb-as-MPO", lambda: after_soi(scan_bomb(), mpf_segment()), 413, "too many progressive scans"),
-    ("scan-bomb-junk-byte", lambda: before_dqt(scan_bomb(), b"\x00"), 400, "unexpected data at byte"),
-    ("thin-header-as-MPO", lambda: after_soi(thin_header(), mpf_segment()), 400, "too little data for its declared"),
-    ("thin-header-junk-byte", lambda: before_dqt(thin_header(), b"\x00"), 400, "unexpected data at byte"),
-    ("thin-header-FF00FFFF", lambda: before_dqt(thin_header(), b"\xff\x00\xff\xff"), 400, "is not a JPEG marker"),
-    ("15MB-empty-COM", lambda: empty_segments(0xFE), 413, f"more than {MAX_JPEG_SEGMENTS}"),
-    ("15MB-empty-APP1", lambda: empty_segments(0xE1), 413, f"more than {MAX_JPEG_SEGMENTS}"),
-    ("15MB-fill-bytes", lambda: fill_bytes(), 400, f"more than {MAX_JPEG_FILL_BYTES} 0xFF fill bytes"),
-]
-
-
-def slow_png(size: tuple[int, int] = (4000, 3000)) -> bytes:
-    """A legitimate, small (a few hundred KB) RGBA PNG that takes a decoder a long time (about 0.3 s here at the
-    default size): the stand-in for a bomb that no check foresees."""
-    return encode(Image.new("RGBA", size, (10, 20, 30, 128)), "PNG", compress_level=1)
+#: The rows of the review's table as pytest parameters: (make, status, fragment), and their ids.
+ROWS = [row[1:] for row in REVIEW_TABLE]
+ROW_IDS = [row[0] for row in REVIEW_TABLE]
 
 
 # --- the checks fail closed, before Pillow ------------------------------------------------------------------------
@@ -126,7 +64,9 @@ def test_the_review_files_are_what_the_review_describes() -> None:
     assert len(empty_segments(0xFE)) > 15_000_000 and len(fill_bytes()) > 15_000_000
 
 
-@pytest.mark.parametrize(("make", "status", "fragment"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+@pytest.mark.parametrize(
+    ("make", "status", "fragment"), [row[1:] for row in REVIEW_TABLE], ids=[row[0] for row in REVIEW_TABLE]
+)
 def test_each_row_is_refused_by_its_check_before_pillow_parses_it(
     make: Callable[[], bytes], status: int, fragment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,7 +81,9 @@ def test_each_row_is_refused_by_its_check_before_pillow_parses_it(
     assert error.value.status == status and fragment in error.value.message, error.value.message
 
 
-@pytest.mark.parametrize(("make", "status", "fragment"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+@pytest.mark.parametrize(
+    ("make", "status", "fragment"), [row[1:] for row in REVIEW_TABLE], ids=[row[0] for row in REVIEW_TABLE]
+)
 def test_each_row_gets_a_json_error_from_the_app(
     client: FlaskClient, make: Callable[[], bytes], status: int, fragment: str
 ) -> None:
@@ -333,7 +275,7 @@ def test_gunicorn_refuses_every_row_and_serves_a_photo_while_four_bombs_are_in_f
     tiny_checkpoint: Path, tmp_path: Path, jpeg_bytes
 ) -> None:
     with gunicorn_server(tiny_checkpoint, tmp_path) as base:
-        for name, make, status, fragment in TABLE:
+        for name, make, status, fragment in REVIEW_TABLE:
             got, body, _ = post_raw(base, make())
             assert got == status and fragment in body["error"], (name, got, body)
         bombs = [after_soi(scan_bomb(), mpf_segment()), before_dqt(scan_bomb(), b"\x00")] * 2
@@ -367,25 +309,15 @@ def test_gunicorn_stops_a_decode_at_its_deadline_and_frees_the_cpu(tiny_checkpoi
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make nginx installs Debian's)")
 def test_nginx_passes_on_each_refusal_and_the_deadline(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from tests.test_proxy import NGINX, nginx_in_front
-
-    if NGINX is None:
-        pytest.skip("nginx is not installed (make nginx installs Debian's)")
-    # nginx's workers (another user) write bodies over client_body_buffer_size to its temporary folder, so that
-    # folder must be reachable for them: pytest's own (mode 0700) is not.
-    workdir = Path(tempfile.mkdtemp(prefix="fish-nginx-"))
-    workdir.chmod(0o755)
-    try:
-        with (
-            gunicorn_server(tiny_checkpoint, tmp_path, FISH_DECODE_TIMEOUT_S="0.1") as upstream,
-            nginx_in_front(upstream, workdir) as base,
-        ):
-            for name, make, status, fragment in TABLE:
-                got, body, _ = post_raw(base, make())
-                assert got == status and fragment in body["error"], (name, got, body)
-            status, body, _ = post_raw(base, slow_png((8000, 6000)))
-            assert status == 413 and "takes too long to decode" in body["error"], body
-            assert_nothing_burns_cpu(gunicorn_master(tmp_path))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with (
+        gunicorn_server(tiny_checkpoint, tmp_path, FISH_DECODE_TIMEOUT_S="0.1") as upstream,
+        nginx_in_front(upstream) as base,
+    ):
+        for name, make, status, fragment in REVIEW_TABLE:
+            got, body, _ = post_raw(base, make())
+            assert got == status and fragment in body["error"], (name, got, body)
+        status, body, _ = post_raw(base, slow_png((8000, 6000)))
+        assert status == 413 and "takes too long to decode" in body["error"], body
+        assert_nothing_burns_cpu(gunicorn_master(tmp_path))

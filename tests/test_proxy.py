@@ -6,10 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import shutil
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, gunicorn_server, wait_until_answering
-from tools.loadtest import free_port, multipart, stop_server
+from tests.conftest import gunicorn_server
+from tools.loadtest import free_port, multipart
+from tools.proxy import NGINX, nginx_in_front
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make nginx installs Debian's)"),
@@ -28,53 +25,10 @@ pytestmark = [
 SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options")
 
 
-@contextlib.contextmanager
-def nginx_in_front(upstream: str, workdir: Path, upstream_up: bool = True) -> Iterator[str]:
-    """nginx with deploy/nginx.conf, its listen and upstream ports moved to free ones; yields its base URL once
-    /healthz answers through it (once nginx answers at all, with ``upstream_up=False``)."""
-    port = free_port()
-    upstream_port = upstream.rsplit(":", 1)[1]
-    config = (ROOT / "deploy" / "nginx.conf").read_text()
-    assert "listen 127.0.0.1:8080;" in config and "server 127.0.0.1:8000;" in config
-    config = config.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{port};")
-    config = config.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
-    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").chmod(0o1777)
-    (workdir / "nginx.conf").write_text(config)
-    log = open(workdir / "nginx.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [NGINX, "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        if upstream_up:
-            wait_until_answering(f"{base}/healthz", process, workdir / "nginx.log", "nginx", timeout=20)
-        else:
-            _wait_until_listening(port, process, workdir / "nginx.log", timeout=20)
-        yield base
-    finally:
-        stop_server(process, grace=10)
-        log.close()
-
-
-def _wait_until_listening(port: int, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, f"nginx exited early:\n{log_path.read_text()}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"nginx did not listen in {timeout:g} s:\n{log_path.read_text()}"
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def proxied(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("proxy")
-    with gunicorn_server(tiny_checkpoint, workdir) as upstream, nginx_in_front(upstream, workdir / "nginx") as base:
+    with gunicorn_server(tiny_checkpoint, workdir) as upstream, nginx_in_front(upstream) as base:
         yield base
 
 
@@ -135,7 +89,7 @@ def test_nginx_refuses_an_upload_form_over_the_limit_with_an_html_page(proxied: 
 
 def test_nginx_answers_json_on_the_api_and_html_on_pages_when_gunicorn_is_down(tmp_path: Path) -> None:
     unavailable = '{"error": "the classifier is not available right now: try again in a moment"}\n'
-    with nginx_in_front(f"127.0.0.1:{free_port()}", tmp_path, upstream_up=False) as base:  # nothing listens there
+    with nginx_in_front(f"127.0.0.1:{free_port()}", upstream_up=False) as base:  # nothing listens there
         for path in ("/api/predict", "/healthz", "/"):
             status, headers, body = _get(f"{base}{path}")
             assert status == 503, (path, status)
