@@ -93,6 +93,7 @@ def decoded_images(
 
     Raises:
         ValueError: ``window`` is less than 1.
+        ImageError: 503 from :meth:`DecoderPool.submit` when the pool is closed or broken (no file's fault).
     """
     if window < 1:
         raise ValueError(f"the window of decodes must be at least 1, got {window}")
@@ -235,8 +236,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, help="CSV file to write (replaced if it exists)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (at most the class count)")
     add_inference_arguments(parser, precision="auto", backend="auto")
-    workers = next(action for action in parser._actions if action.dest == "workers")  # the same option, its help
-    workers.help = (  # this command's meaning, not evaluate.py's DataLoader processes
+    # --workers as model.cli declares it for evaluate.py too, with this command's meaning in its help
+    workers = next(action for action in parser._actions if action.dest == "workers")
+    workers.help = (
         "decoder processes: each file is read and decoded in one, under a deadline and a memory limit, as the web "
         "app decodes uploads (0 counts as 1: no file is ever decoded in this process)"
     )
@@ -258,8 +260,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Classify, write the CSV, print a summary; exit code 0 on success, 2 on a user error (missing folder, no
-    images, bad checkpoint or option)."""
+    """Classify, write the CSV, print a summary; exit code 0 on success (files that could not be decoded
+    included: they get error rows), 2 on a user error (missing folder, no images, bad checkpoint or option), 1 when
+    the decoder processes stop working (no CSV is written)."""
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
@@ -283,19 +286,23 @@ def main(argv: list[str] | None = None) -> int:
     set_torch_threads(predictor.backend, None)
 
     k = min(args.top_k, len(predictor.class_names))
-    with DecoderPool(max(args.workers, 1), timeout_s=args.decode_timeout) as decoder:
-        start = time.perf_counter()
-        results = predict_images(
-            predictor,
-            decoder,
-            args.folder,
-            paths,
-            top_k=k,
-            batch_size=args.batch_size,
-            max_pixels=args.max_pixels,
-        )
-        summary = write_predictions(args.output, paths, results, k)
-        seconds = time.perf_counter() - start
+    try:
+        with DecoderPool(max(args.workers, 1), timeout_s=args.decode_timeout) as decoder:
+            start = time.perf_counter()
+            results = predict_images(
+                predictor,
+                decoder,
+                args.folder,
+                paths,
+                top_k=k,
+                batch_size=args.batch_size,
+                max_pixels=args.max_pixels,
+            )
+            summary = write_predictions(args.output, paths, results, k)
+            seconds = time.perf_counter() - start
+    except ImageError as exc:  # from DecoderPool.submit: the pool is broken, not a file
+        logger.error("the decoder processes stopped working: %s", exc.message)
+        return 1
     logger.info(
         "classified %d images (%d unreadable) in %.1f s: %.1f images/s",
         summary.images,

@@ -7,7 +7,8 @@ is bounded three ways, whatever the format and whatever the decoder does:
 
 - a wall-clock deadline (``timeout_s``): past it the process is killed at once (SIGTERM, no Python handler to wait
   for) and replaced, and the caller gets a 413 :class:`model.errors.ImageError`;
-- a memory limit (``RLIMIT_AS`` of ``memory_mb``): an allocation past it fails inside the decoder (413);
+- a memory limit (``RLIMIT_AS``, ``memory_mb`` above what the process holds when it starts): an allocation past
+  it fails inside the decoder (413);
 - a CPU-time limit (``RLIMIT_CPU``, the deadline plus a second): the kernel ends a decoder that outlives the
   server process that should have stopped it.
 
@@ -23,8 +24,9 @@ import multiprocessing
 import os
 import resource
 import signal
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +50,26 @@ DEFAULT_DECODE_MEMORY_MB = 1024
 
 def _start_decoder(memory_bytes: int) -> None:
     """Initializer of each decoder process: its memory limit, and SIGTERM's default action (pebble installs a
-    Python handler, which would run only once the C decoder returned), so that a stop is immediate."""
+    Python handler, which would run only once the C decoder returned), so that a stop is immediate.
+
+    The limit is ``memory_bytes`` on top of the address space the process starts with. A forkserver child also
+    imports the parent's ``__main__`` script (multiprocessing's rule): light for gunicorn and pytest, but a script
+    that imports torch starts its decoders with gigabytes of address space already reserved.
+    """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    limit = _address_space_bytes() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _address_space_bytes() -> int:
+    """This process's virtual memory size (``VmSize`` of /proc/self/status), in bytes; 0 where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _decode_in_process(source: bytes | str, cpu_seconds: int, options: dict[str, Any]) -> Image.Image:
@@ -93,7 +112,7 @@ class DecoderPool:
         processes: decoder processes (at least 1): the decodes that can run at once. Extra decodes wait in a queue
             (their deadline starts when a process takes them), so callers bound their own concurrency.
         timeout_s: the deadline of one decode, in seconds (> 0).
-        memory_mb: the address-space limit of each decoder process, in MiB (>= 64).
+        memory_mb: the address space each decoder process may add to what it starts with, in MiB (>= 64).
 
     Raises:
         ValueError: an argument is out of range.
@@ -146,10 +165,9 @@ class DecoderPool:
         """The image of a :meth:`submit`, or its refusal as an :class:`ImageError`.
 
         Raises:
-            ImageError: the file's own (see :func:`model.decoding.decode_image`), or 400 for any other error of
-                the decoder (the boundary fails closed); 413 when the decode passed its
-                deadline or its decoder process died (its CPU or memory limit); 503 when the pool is closed or
-                broken.
+            ImageError: the file's own (see :func:`model.decoding.decode_image`), or 400 for any other error raised
+                in the decoder (the boundary fails closed); 413 when the decode passed its deadline or its decoder
+                process died (its CPU or memory limit); 503 when the pool broke or was closed under it.
         """
         try:
             return future.result()
@@ -168,7 +186,7 @@ class DecoderPool:
                 "this image needs more time or memory to decode than one image may use: send a smaller photo",
                 413,
             ) from exc
-        except (RuntimeError, OSError) as exc:  # closed or broken pool (pebble raises RuntimeError)
+        except (BrokenProcessPool, CancelledError) as exc:  # the pool broke or was stopped: no file's fault
             raise _unavailable(exc) from exc
         except Exception as exc:  # the isolation boundary fails closed: a decoder's unforeseen error is a refusal
             logger.error("a decoder raised %r; refused the image", exc)

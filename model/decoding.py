@@ -179,7 +179,7 @@ def decode_image(
             arithmetic-coded pixels), 415 for data that is not an image in a supported format.
     """
     if not data:
-        raise ImageError("the uploaded file is empty", 400)
+        raise ImageError("the file is empty", 400)
     if data.startswith(b"\xff\xd8"):  # JPEG or MPO, whatever Pillow will call it: walked before Pillow parses it
         check_jpeg_structure(data)
     try:

@@ -464,7 +464,7 @@ def test_image_cap_is_configurable(tiny_checkpoint: Path, monkeypatch: pytest.Mo
     [
         (["ok", "text", "ok"], 415, 1, "image 2 of 3: not a supported image"),
         (["ok", "ok", "truncated"], 400, 2, "image 3 of 3: truncated or corrupt JPEG image"),
-        (["empty", "ok"], 400, 0, "image 1 of 2: the uploaded file is empty"),
+        (["empty", "ok"], 400, 0, "image 1 of 2: the file is empty"),
         (["ok", "bomb", "text"], 413, 1, "image 2 of 3: image is too large"),
         (["ok", "truncated", "text"], 400, 1, "image 2 of 3: "),  # the first bad file decides
     ],

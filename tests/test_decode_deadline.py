@@ -29,6 +29,7 @@ from model.errors import ImageError
 from model.jpeg_check import check_jpeg_structure
 from tests.conftest import encode, gunicorn_server, make_app
 from tests.test_api_inputs import assert_json_error, post
+from tools.bench_decode import cpu_used_in
 from tools.hostile_images import (
     REVIEW_TABLE,
     after_soi,
@@ -44,7 +45,7 @@ from tools.hostile_images import (
     thin_header,
     with_sof_size,
 )
-from tools.loadtest import child_pids, multipart
+from tools.loadtest import multipart
 from tools.proxy import NGINX, nginx_in_front
 
 #: The rows of the review's table as pytest parameters: (make, status, fragment), and their ids.
@@ -143,37 +144,10 @@ def test_image_error_keeps_its_status_and_index_across_processes() -> None:
 # --- the deadline and the memory limit -----------------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, grandchildren...), from /proc."""
-    found, todo = [], [pid]
-    while todo:
-        children = child_pids(todo.pop())
-        found += children
-        todo += children
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU time of the processes still alive among ``pids``, in seconds."""
-    import os
-
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def assert_nothing_burns_cpu(pid: int, window: float = 1.0) -> None:
     """No process below ``pid`` uses more than a tenth of a core over ``window`` seconds."""
-    pids = descendants(pid)
-    before = cpu_seconds(pids)
-    time.sleep(window)
-    used = cpu_seconds(pids) - before
-    assert used < 0.1 * window, f"processes below {pid} used {used:.2f} s of CPU in {window} s: {pids}"
+    used = cpu_used_in(pid, window)
+    assert used < 0.1 * window, f"processes below {pid} used {used:.2f} s of CPU in {window} s"
 
 
 def test_a_decode_past_its_deadline_is_stopped_and_its_process_replaced(tiny_checkpoint, jpeg_bytes) -> None:

@@ -8,6 +8,8 @@ import dataclasses
 import io
 import itertools
 import logging
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-import predict
 from app.web import results_csv
+from model import batch_predict
 from model.decoding import decode_image
 from model.predictor import VERDICTS, Prediction, Predictor
-from tests.conftest import COLOURS, encode, make_app, make_imagefolder, synthetic_image
-from tests.test_decode_bombs import progressive_with_repeated_scan, with_sof_size
+from tests.conftest import COLOURS, ROOT, encode, make_app, make_imagefolder, synthetic_image
+from tools.hostile_images import progressive_with_repeated_scan, slow_png, with_sof_size
 
 TOP_K = 2
 CORRUPT = "blue_tang/broken.jpg"
@@ -61,7 +63,7 @@ def run(folder: Path, checkpoint: Path, output: Path, *extra: str) -> int:
         "--backend",
         "torch",  # like the Predictor the rows are compared with (OpenVINO: tests/test_model.py)
     ]
-    return predict.main([*args, "--top-k", str(TOP_K), *extra])
+    return batch_predict.main([*args, "--top-k", str(TOP_K), *extra])
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 0 counts as 1 decoder process
@@ -242,30 +244,31 @@ def test_predict_stops_a_decode_at_the_decode_timeout(
     """``--decode-timeout``: a big, legitimately slow image (an 8000 x 6000 RGBA PNG, 48 megapixels, under the
     pixel limit) gets the "takes too long to decode" error, its decoder process is stopped at the deadline (the
     run takes less time than decoding the slow files would), and the photo beside them is classified."""
-    slow = encode(Image.new("RGBA", (8000, 6000), (10, 20, 30, 128)), "PNG", compress_level=1)
+    slow = slow_png((8000, 6000))
     start = time.perf_counter()
     decode_image(slow, resize_short_side=37, reduce_to=37)
     decode_seconds = time.perf_counter() - start
-    assert decode_seconds > 0.5  # legitimately slow: well past the deadline below
+    deadline = 0.1
+    assert decode_seconds > 3 * deadline  # legitimately slow: well past the deadline
 
     root = tmp_path / "photos"
     root.mkdir()
-    copies = 4
+    copies = 6
     for i in range(copies):
         (root / f"slow_{i}.png").write_bytes(slow)
     synthetic_image(COLOURS["clownfish"]).save(root / "clownfish.jpg")
     output = tmp_path / "results.csv"
     start = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="model.decoder_pool"):
-        assert run(root, tiny_checkpoint, output, "--decode-timeout", "0.2", "--workers", "1") == 0
+        assert run(root, tiny_checkpoint, output, "--decode-timeout", str(deadline), "--workers", "1") == 0
     run_seconds = time.perf_counter() - start
 
     rows = read_rows(output)
     assert rows["clownfish.jpg"]["label"] == "clownfish" and rows["clownfish.jpg"]["error"] == ""
     for i in range(copies):
         error = rows[f"slow_{i}.png"]["error"]
-        assert error.startswith("unreadable image: this image takes too long to decode (the limit is 0.2 s)")
-    assert caplog.text.count("stopped a decode at its deadline of 0.2 s") == copies
+        assert error.startswith(f"unreadable image: this image takes too long to decode (the limit is {deadline:g} s)")
+    assert caplog.text.count(f"stopped a decode at its deadline of {deadline:g} s") == copies
     assert run_seconds < copies * decode_seconds, (run_seconds, decode_seconds)  # one decoder: killed, not waited
 
 
@@ -297,3 +300,30 @@ def test_predict_py_answers_what_the_api_answers(photo_folder: Path, tiny_checkp
         for i, score in enumerate(body["top_k"], start=1):
             assert row[f"top_{i}"] == score["label"]
             assert float(row[f"top_{i}_confidence"]) == pytest.approx(score["confidence"], abs=1e-4)
+
+
+@pytest.mark.parametrize("module", ["predict", "model.commands"])
+def test_the_predict_entry_points_import_neither_torch_nor_timm(module: str) -> None:
+    """Every decoder process re-imports the script that was run (multiprocessing does so for ``__main__``):
+    predict.py and fish-predict's entry point must import none of torch, torchvision, timm or pydantic, which
+    would cost each decoder process seconds and a few GB of address space."""
+    heavy = ("torch", "torchvision", "timm", "pydantic", "openvino")
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout[:500]
+
+
+def test_predict_stops_with_exit_code_1_when_the_decoder_processes_fail(
+    photo_folder: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken decoder pool is not a file's fault: no CSV of error rows, exit code 1."""
+    from model.decoder_pool import DecoderPool
+    from model.errors import ImageError
+
+    def broken(self: DecoderPool, source: object, **options: object) -> None:
+        raise ImageError("the server cannot decode images right now: try again in a moment", 503)
+
+    monkeypatch.setattr(DecoderPool, "submit", broken)
+    output = tmp_path / "results.csv"
+    assert run(photo_folder, tiny_checkpoint, output) == 1
+    assert list(tmp_path.glob("results.csv*")) == []

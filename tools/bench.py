@@ -37,7 +37,7 @@ from model.predictor import BackendUnavailableError, Predictor
 from model.quantization import QuantizationUnavailableError
 from model.runtime import autocast, cpu_threads, resolve_precision, set_torch_threads
 from model.transforms import Preprocessing, train_transform
-from tools import loadtest, naive_app
+from tools import bench_decode, loadtest, naive_app
 from training.data import ImageListDataset, collate_skip_none, read_split, scan_image_folder
 from training.engine import train_one_epoch
 from training.evaluation import compare_predictors
@@ -211,7 +211,8 @@ def run_ab(url: str, body: Path, content_type: str, clients: int, requests: int)
     connections; ``ab`` itself costs little CPU, unlike a Python client on the same 2 cores.
 
     Returns:
-        ``{"requests_per_s", "p50_ms", "p99_ms", "errors"}``; errors are connection, receive and non-2xx failures
+        ``{"requests_per_s", "p50_ms", "mean_ms", "p99_ms", "errors"}`` (``mean_ms``: ab's mean time per request
+        of one client); errors are connection, receive and non-2xx failures
         (ab also counts answers whose length differs from the first one, which confidences make normal).
     """
     out = subprocess.run(
@@ -229,6 +230,7 @@ def run_ab(url: str, body: Path, content_type: str, clients: int, requests: int)
     return {
         "requests_per_s": number(r"^Requests per second:\s+([\d.]+)"),
         "p50_ms": number(r"^\s+50%\s+(\d+)"),
+        "mean_ms": number(r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)$"),
         "p99_ms": number(r"^\s+99%\s+(\d+)"),
         "errors": int(errors + number(r"^Non-2xx responses:\s+(\d+)")),
     }
@@ -612,6 +614,8 @@ def render(results: dict[str, Any]) -> str:
         out += section("5. Batch prediction: `predict.py DIR`")
         out += table(["configuration", "images/s"], [[k, f"{v:.1f}"] for k, v in results["predict_cli"].items()])
         out.append("")
+    if "decode" in results:
+        out += bench_decode.render_decode(results["decode"], table, section)
     return "\n".join(out)
 
 
@@ -630,8 +634,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="*",
-        default=["predict", "fidelity", "http", "training", "predict_cli"],
-        help="subset of: predict fidelity http training predict_cli",
+        default=["predict", "fidelity", "http", "training", "predict_cli", "decode"],
+        help="subset of: predict fidelity http training predict_cli decode",
+    )
+    parser.add_argument(
+        "--decode-baseline",
+        metavar="REV",
+        help="decode section: also compare the default deployment with commit REV's under ApacheBench",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -662,8 +671,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The raw results of one section of the bench (``predict``, ``fidelity``, ``http``, ``training`` or
-    ``predict_cli``), in this process, as ``{section: result}`` (empty for ``predict_cli`` without predict.py)."""
+    """The raw results of one section of the bench (``predict``, ``fidelity``, ``http``, ``training``,
+    ``predict_cli`` or ``decode``), in this process, as ``{section: result}`` (empty for ``predict_cli`` without
+    predict.py)."""
     results: dict[str, Any] = {}
     photos = sorted(args.data.rglob("*.jpg"))[::37]
     if section == "predict":
@@ -678,6 +688,17 @@ def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
             bench_training(args.data, args.train_images, "auto", recipe) for recipe in TRAINING_RECIPES
         ]
         logger.info("training %s", results["training"])
+    elif section == "decode":
+        size = load_checkpoint(args.model)["preprocessing"]["resize_size"]
+        small = [p.read_bytes() for p in photos[:20]]
+        results["decode"] = {
+            "isolation": bench_decode.bench_isolation_cost(small, phone_photo(photos[0]), size, args.repeats * 4),
+            "review": bench_decode.bench_review(args.model, photos[3].read_bytes()),
+        }
+        if args.decode_baseline:
+            results["decode"]["baseline"] = bench_decode.bench_baseline_http(
+                args.model, photos[3], args.decode_baseline, args.http_requests, run_ab
+            )
     elif section == "predict_cli" and (ROOT / "predict.py").is_file():
         results["predict_cli"] = bench_predict_cli(args.model, args.data, 800)
         logger.info("predict.py %s", results["predict_cli"])

@@ -1,0 +1,16 @@
+"""The installed commands that start decoder processes, as light entry points: ``fish-predict``.
+
+A console script imports its entry point's module at its top, and every decoder process of
+:mod:`model.decoder_pool` imports the script that was started (multiprocessing's rule for ``__main__``). So the
+entry point lives here, in a module that imports nothing, and the command's module (torch and all) is imported
+when the command runs, in the main process only.
+"""
+
+from __future__ import annotations
+
+
+def predict() -> int:
+    """``fish-predict``: :func:`model.batch_predict.main`."""
+    from model.batch_predict import main
+
+    return main()
