@@ -85,11 +85,12 @@ loadtest: install
 abench:
 	command -v ab >/dev/null || (apt-get update -qq && apt-get install -y -qq apache2-utils)
 
-# Prediction, serving and training speed side by side; writes BENCHMARKS.md (about 8 minutes on 2 cores), int8
-# included (made first by quantize-default when it is missing).
+# Prediction, serving, training and decoding speed side by side; writes BENCHMARKS.md (about 10 minutes on 2 cores),
+# int8 included (made first by quantize-default when it is missing). BENCH_ARGS adds options, e.g.
+# `make bench BENCH_ARGS="--decode-baseline 8a173f6"` to compare serving with an earlier commit's.
 bench: install-dev abench
 	test -f weights/fish4knowledge_lite0.int8.xml || $(MAKE) quantize-default
-	$(PY) tools/bench.py --data $(DATA)
+	$(PY) tools/bench.py --data $(DATA) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -699,6 +699,7 @@ def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
             results["decode"]["baseline"] = bench_decode.bench_baseline_http(
                 args.model, photos[3], args.decode_baseline, args.http_requests, run_ab
             )
+            results["decode"]["baseline_rev"] = args.decode_baseline
     elif section == "predict_cli" and (ROOT / "predict.py").is_file():
         results["predict_cli"] = bench_predict_cli(args.model, args.data, 800)
         logger.info("predict.py %s", results["predict_cli"])
