@@ -169,12 +169,14 @@ def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[st
                             },
                         },
                         "400": _error_response(
-                            "no `image` field, an empty file, a truncated or corrupt image, a bad `top_k`"
+                            "no `image` field, an empty file, a truncated or corrupt image (a JPEG with bytes its "
+                            "structure cannot account for included), a bad `top_k`, a request body that cannot be read"
                         ),
                         "413": _error_response(
                             f"a body over {max_bytes} bytes, more than {max_images} images, too many form fields, an "
                             f"image over {max_megapixels} megapixels (decompression bomb), too elongated to classify "
-                            "or too costly to decode (too many JPEG scans, a large RLE BMP)"
+                            "or too costly to decode (too many JPEG scans or segments, a large RLE BMP, a decode past "
+                            f"its deadline of {config['DECODE_TIMEOUT_S']:g} s or its memory limit)"
                         ),
                         "415": _error_response(f"a file that is not a {SUPPORTED_FORMATS_TEXT} image"),
                         "503": _error_response(

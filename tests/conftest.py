@@ -7,7 +7,6 @@ import contextlib
 import io
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -260,27 +259,12 @@ def gunicorn_server(model: Path, log_dir: Path, **settings: str) -> Iterator[str
     Raises:
         AssertionError: gunicorn exited early or did not answer within 60 s (the message holds its log).
     """
-    from tools.loadtest import free_port, stop_server
+    from tools.loadtest import free_port, start_server, stop_server
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "FISH_MODEL_PATH": str(model),
-        "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-        "FISH_THREADS": "1",
-        **settings,
-    }
     log_path = log_dir / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_server(model, port, 1, log_path, **{"FISH_THREADS": "1", **settings})
     try:
         wait_until_answering(f"{base}/healthz", process, log_path, "gunicorn", timeout=60)
         yield base

@@ -22,7 +22,6 @@ import logging
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -121,15 +120,7 @@ def default_server(
     ``settings`` added to its environment; yields its base URL and process once every worker serves."""
     port = loadtest.free_port()
     log_path = log_dir / f"gunicorn-{port}.log"
-    env = {**os.environ, "BIND": f"127.0.0.1:{port}", "FISH_MODEL_PATH": str(model), **settings}
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = loadtest.start_server(model, port, None, log_path, cwd, **settings)
     try:
         loadtest.wait_until_ready(server, port, log_path, timeout=180)
         yield f"http://127.0.0.1:{port}", server

@@ -155,15 +155,18 @@ def child_pids(pid: int) -> list[int]:
     return sorted(children)
 
 
-def start_server(model: Path, port: int, workers: int | None, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start gunicorn with ``gunicorn.conf.py`` on ``127.0.0.1:port`` serving ``model``; output to ``log_path``."""
-    env = {**os.environ, "BIND": f"{HOST}:{port}", "FISH_MODEL_PATH": str(model)}
+def start_server(
+    model: Path, port: int, workers: int | None, log_path: Path, cwd: Path = ROOT, **settings: str
+) -> subprocess.Popen[bytes]:
+    """Start gunicorn with ``gunicorn.conf.py`` of the tree at ``cwd`` on ``127.0.0.1:port`` serving ``model``,
+    with ``settings`` added to its environment (e.g. ``FISH_THREADS="1"``); output to ``log_path``."""
+    env = {**os.environ, "BIND": f"{HOST}:{port}", "FISH_MODEL_PATH": str(model), **settings}
     if workers is not None:
         env["WEB_CONCURRENCY"] = str(workers)
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
     logger.info("starting %s on %s:%d", " ".join(command[2:]), HOST, port)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def serving_pids(log_path: Path) -> set[int]:
