@@ -1,14 +1,43 @@
 """Gunicorn settings for serving ``wsgi:app``: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Environment: ``BIND`` (host:port), ``WEB_CONCURRENCY`` (worker processes), ``FISH_THREADS`` (inference threads
-per worker; computed here when unset), plus the app's ``FISH_*`` settings (see ``app.create_app``).
-This file runs in the master process: it must not import torch or the app.
+Environment: ``BIND`` (host:port), ``WEB_CONCURRENCY`` (worker processes), ``GUNICORN_THREADS`` (request threads
+per worker), ``LOG_LEVEL``, plus the app's ``FISH_*`` settings, declared in ``app/settings.py``: this file sets
+``FISH_THREADS`` (inference threads per worker) when it is unset, and checks ``FISH_MODEL_PATH`` before any worker
+starts.
+This file runs in the master process: it must not import torch or the app, so it loads ``app/settings.py`` (which
+imports the standard library only) by its path rather than through the ``app`` package.
 """
 
+import importlib.util
 import logging
 import os
 import sys
 import zipfile
+from pathlib import Path
+from types import ModuleType
+
+#: Name under which the master holds ``app/settings.py`` in ``sys.modules`` (not ``app.settings``: that would make
+#: it look like a module of an ``app`` package that was never imported; the workers import ``app.settings`` anew).
+SETTINGS_MODULE = "_fish_app_settings"
+
+
+def _load_app_settings() -> ModuleType:
+    """``app/settings.py``, loaded by its path as gunicorn loads this file: without running ``app/__init__.py``,
+    which imports Flask, torch and the model.
+
+    Raises:
+        FileNotFoundError: this file is not beside the ``app`` package (``app/settings.py`` is missing).
+    """
+    path = Path(__file__).resolve().parent / "app" / "settings.py"
+    spec = importlib.util.spec_from_file_location(SETTINGS_MODULE, path)
+    assert spec is not None and spec.loader is not None  # always so for a path that ends in .py
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[SETTINGS_MODULE] = module  # dataclasses look a class's module up in sys.modules while building it
+    spec.loader.exec_module(module)
+    return module
+
+
+_app_settings = _load_app_settings()
 
 
 def _usable_cpus() -> int:
@@ -21,6 +50,9 @@ def _usable_cpus() -> int:
 
 
 _cpus = _usable_cpus()
+
+# BIND, WEB_CONCURRENCY, GUNICORN_THREADS and LOG_LEVEL are gunicorn's settings, not the app's: read here only, so they
+# stay out of app/settings.py (whose declaration covers the FISH_* variables that the app reads).
 
 # Address to listen on; put a reverse proxy (TLS, buffering of slow clients) in front for public use.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -44,7 +76,7 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 # of them; under load each worker batches its requests (model/batching.py). On 2 cores with OpenVINO, 2 workers x 2
 # threads gave 5 ms p50 for one client and 314 req/s for 16 (ApacheBench), against 6 ms and 307 req/s for 2 x 1 and
 # 4 ms and 300 req/s for 1 x 2 (`make bench` compares them); 2 workers keep serving while one restarts.
-os.environ.setdefault("FISH_THREADS", str(_cpus))
+os.environ.setdefault(_app_settings.SETTINGS["THREADS"].env_name, str(_cpus))
 
 
 def post_fork(server: object, worker: object) -> None:
@@ -72,7 +104,11 @@ def checkpoint_file_problem(path: str) -> str | None:
 
 def on_starting(server: object) -> None:
     """In the master, before any worker starts: refuse a ``FISH_MODEL_PATH`` that cannot be a checkpoint with one
-    clear line, instead of one traceback per worker. (The default, the shipped model, is checked by the app.)"""
-    path = os.environ.get("FISH_MODEL_PATH")
-    if path and (problem := checkpoint_file_problem(path)):
-        sys.exit(f"cannot serve FISH_MODEL_PATH={path}: it {problem}; point it at a release.pt written by train.py")
+    clear line, instead of one traceback per worker. (The default, the shipped model, is checked by the app.) The
+    path is the one the app will read: the variable's value through ``app/settings.py`` (JSON where possible)."""
+    setting = _app_settings.SETTINGS["MODEL_PATH"]
+    if not os.environ.get(setting.env_name):
+        return
+    path = str(_app_settings.from_environ(os.environ)["MODEL_PATH"])
+    if problem := checkpoint_file_problem(path):
+        sys.exit(f"cannot serve {setting.env_name}={path}: it {problem}; point it at a release.pt written by train.py")
