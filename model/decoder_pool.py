@@ -38,8 +38,8 @@ from model.errors import ImageError
 
 logger = logging.getLogger(__name__)
 
-#: Default deadline of one decode, in seconds of wall-clock time. Measured on a 2-core EPYC: a 12-megapixel phone
-#: JPEG takes 0.07 s, the slowest legitimate files under the default limits 0.4 to 2.1 s (a 50-megapixel
+#: Default deadline of one decode, in seconds of wall-clock time. Measured on a 2-core Xeon with AMX: a 12-megapixel
+#: phone JPEG takes 0.07 s, the slowest legitimate files under the default limits 0.4 to 2.1 s (a 50-megapixel
 #: progressive JPEG 1.4 s, a 50-megapixel RGBA PNG 2.1 s); the review's bombs took 20 to 63 s.
 DEFAULT_DECODE_TIMEOUT_S = 3.0
 #: Default address-space limit of a decoder process, in MiB: the worst legitimate decode under the default

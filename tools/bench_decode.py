@@ -172,7 +172,7 @@ def deadline_row(base: str, server_pid: int) -> dict[str, Any]:
 
 
 #: The decode deadline of the server that shows it at work (seconds): the default, 3 s, stops no legitimate file
-#: here, and the slowest file under the default limits decodes in about 1 s on this bench's 8000 x 6000 PNG.
+#: here, and the bench's 8000 x 6000 RGBA PNG (legitimate, slow) decodes in about 0.6 to 0.8 s on these machines.
 SHORT_DEADLINE_S = "0.5"
 
 
