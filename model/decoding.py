@@ -50,8 +50,6 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF
 SUPPORTED_FORMATS_TEXT = "JPEG, PNG, GIF, BMP, WebP or TIFF"
 #: Default cap on decoded pixels (width x height): 50 megapixels, about 150 MB as 8-bit RGB.
 DEFAULT_MAX_PIXELS = 50_000_000
-#: Default cap on the number of images (``image`` fields) in one API request.
-DEFAULT_MAX_IMAGES_PER_REQUEST = 16
 #: Largest BMP with RLE4 or RLE8 compression, in pixels (width x height): Pillow decodes these in pure Python (about
 #: 0.1 s per megapixel, more for adversarial files), uncompressed BMPs are not affected. 4 megapixels.
 MAX_RLE_BMP_PIXELS = 4_000_000

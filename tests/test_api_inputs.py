@@ -17,7 +17,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
-from werkzeug.datastructures import FileStorage
 
 from app.uploads import DEFAULT_MAX_IMAGES_PER_REQUEST
 from model.decoding import decode_image
@@ -353,10 +352,6 @@ def test_exif_orientation_is_applied(client: FlaskClient, orientation: int) -> N
     assert as_tagged == pytest.approx(confidences(post(client, encode(upright, "PNG"), top_k="3")), abs=1e-6)
     unrotated = confidences(post(client, encode(stored_pixels, "PNG"), top_k="3"))
     assert max(abs(as_tagged[k] - unrotated[k]) for k in as_tagged) > 1e-4
-
-
-def upload(data: bytes) -> FileStorage:
-    return FileStorage(io.BytesIO(data), filename="x", name="image")
 
 
 def test_big_photos_are_decoded_at_reduced_size() -> None:

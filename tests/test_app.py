@@ -28,7 +28,6 @@ import torch
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
-from werkzeug.datastructures import FileStorage
 
 from app import create_app
 from model.checkpoint import CheckpointError
@@ -677,10 +676,6 @@ def test_api_unknown_route_and_method_are_json(client: FlaskClient) -> None:
 
 
 # --- decoding, directly ------------------------------------------------------------------------------------------
-
-
-def upload(data: bytes) -> FileStorage:
-    return FileStorage(io.BytesIO(data), filename="x", name="image")
 
 
 def test_decode_applies_exif_orientation() -> None:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image, ImageFile
-from werkzeug.datastructures import FileStorage
 
 from model import decoding, jpeg_check
 from model.decoding import MAX_RLE_BMP_PIXELS, decode_image
@@ -41,10 +40,6 @@ def sixteen_bit_gradient_png(width: int, height: int) -> bytes:
     idat += compressor.flush()
     header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
     return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
-def upload(data: bytes) -> FileStorage:
-    return FileStorage(io.BytesIO(data), filename="x", name="image")
 
 
 # --- JPEG --------------------------------------------------------------------------------------------------------

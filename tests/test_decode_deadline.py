@@ -8,7 +8,6 @@ directly and behind nginx, as deployed.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import pickle
@@ -29,7 +28,7 @@ from model.errors import ImageError
 from model.jpeg_check import check_jpeg_structure
 from tests.conftest import encode, gunicorn_server, make_app
 from tests.test_api_inputs import assert_json_error, post
-from tools.bench_decode import cpu_used_in
+from tools.bench_decode import cpu_used_in, post_image
 from tools.hostile_images import (
     REVIEW_TABLE,
     after_soi,
@@ -45,7 +44,6 @@ from tools.hostile_images import (
     thin_header,
     with_sof_size,
 )
-from tools.loadtest import multipart
 from tools.proxy import NGINX, nginx_in_front
 
 #: The rows of the review's table as pytest parameters: (make, status, fragment), and their ids.
@@ -198,20 +196,6 @@ def test_decoder_pool_reads_paths_inside_the_decoder(tmp_path: Path) -> None:
 # --- real gunicorn, directly and behind nginx ----------------------------------------------------------------------
 
 
-def post_raw(base: str, data: bytes, timeout: float = 30.0) -> tuple[int, dict[str, Any], float]:
-    """POST ``data`` as one image to ``base``/api/predict; the status, the JSON body and the seconds taken."""
-    host, port = base.removeprefix("http://").split(":")
-    body, content_type = multipart("image", "x.jpg", data, "image/jpeg")
-    began = time.monotonic()
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("POST", "/api/predict", body=body, headers={"Content-Type": content_type})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read()), time.monotonic() - began
-    finally:
-        conn.close()
-
-
 def gunicorn_master(log_dir: Path) -> int:
     """The pid of the gunicorn master that logged into ``log_dir``/gunicorn.log."""
     import re
@@ -250,16 +234,16 @@ def test_gunicorn_refuses_every_row_and_serves_a_photo_while_four_bombs_are_in_f
 ) -> None:
     with gunicorn_server(tiny_checkpoint, tmp_path) as base:
         for name, make, status, fragment in REVIEW_TABLE:
-            got, body, _ = post_raw(base, make())
+            got, body, _ = post_image(base, make())
             assert got == status and fragment in body["error"], (name, got, body)
         bombs = [after_soi(scan_bomb(), mpf_segment()), before_dqt(scan_bomb(), b"\x00")] * 2
-        results: list[tuple[int, dict[str, Any], float]] = [(0, {}, 0.0)] * (len(bombs) + 1)
+        results: list[tuple[int | None, dict[str, Any] | None, float]] = [(None, None, 0.0)] * (len(bombs) + 1)
         start = threading.Barrier(len(bombs) + 1)
 
         def send(i: int, data: bytes, delay: float = 0.0) -> None:
             start.wait(10)
             time.sleep(delay)
-            results[i] = post_raw(base, data)
+            results[i] = post_image(base, data)
 
         threads = [threading.Thread(target=send, args=(i, bomb)) for i, bomb in enumerate(bombs)]
         threads.append(threading.Thread(target=send, args=(len(bombs), jpeg_bytes(), 0.05)))
@@ -268,17 +252,17 @@ def test_gunicorn_refuses_every_row_and_serves_a_photo_while_four_bombs_are_in_f
         for thread in threads:
             thread.join(60)
         assert [status for status, _, _ in results] == [413, 400, 413, 400, 200], results
-        assert "verdict" in results[-1][1]
+        assert results[-1][1] is not None and "verdict" in results[-1][1]
         assert_nothing_burns_cpu(gunicorn_master(tmp_path))
 
 
 @pytest.mark.slow
 def test_gunicorn_stops_a_decode_at_its_deadline_and_frees_the_cpu(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with gunicorn_server(tiny_checkpoint, tmp_path, FISH_DECODE_TIMEOUT_S="0.1") as base:
-        status, body, _ = post_raw(base, slow_png((8000, 6000)))
+        status, body, _ = post_image(base, slow_png((8000, 6000)))
         assert status == 413 and "takes too long to decode" in body["error"], body
         assert_nothing_burns_cpu(gunicorn_master(tmp_path))
-        status, body, _ = post_raw(base, encode(noise(), "JPEG"))
+        status, body, _ = post_image(base, encode(noise(), "JPEG"))
         assert status == 200, body
 
 
@@ -290,8 +274,8 @@ def test_nginx_passes_on_each_refusal_and_the_deadline(tiny_checkpoint: Path, tm
         nginx_in_front(upstream) as base,
     ):
         for name, make, status, fragment in REVIEW_TABLE:
-            got, body, _ = post_raw(base, make())
+            got, body, _ = post_image(base, make())
             assert got == status and fragment in body["error"], (name, got, body)
-        status, body, _ = post_raw(base, slow_png((8000, 6000)))
+        status, body, _ = post_image(base, slow_png((8000, 6000)))
         assert status == 413 and "takes too long to decode" in body["error"], body
         assert_nothing_burns_cpu(gunicorn_master(tmp_path))

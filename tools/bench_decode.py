@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import logging
 import os
 import statistics
@@ -71,9 +72,9 @@ def cpu_used_in(pid: int, seconds: float) -> float:
     return cpu_seconds(pids) - before
 
 
-def post_image(base: str, data: bytes, timeout: float = 120.0) -> tuple[int | None, float]:
+def post_image(base: str, data: bytes, timeout: float = 120.0) -> tuple[int | None, dict[str, Any] | None, float]:
     """POST ``data`` as one image to ``base``/api/predict on a new connection: the status (None when the
-    connection failed) and the seconds until the answer was read."""
+    connection failed), the JSON answer (None when there is none) and the seconds until it was read."""
     host, port = base.removeprefix("http://").split(":")
     body, content_type = loadtest.multipart("image", "x.jpg", data, "image/jpeg")
     began = time.monotonic()
@@ -81,12 +82,17 @@ def post_image(base: str, data: bytes, timeout: float = 120.0) -> tuple[int | No
     try:
         conn.request("POST", "/api/predict", body=body, headers={"Content-Type": content_type})
         response = conn.getresponse()
-        response.read()
-        return response.status, time.monotonic() - began
+        raw = response.read()
     except (OSError, http.client.HTTPException):
-        return None, time.monotonic() - began
+        return None, None, time.monotonic() - began
     finally:
         conn.close()
+    seconds = time.monotonic() - began
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    return response.status, answer if isinstance(answer, dict) else None, seconds
 
 
 def bench_isolation_cost(photos: list[bytes], big: bytes, size: int, repeats: int) -> dict[str, float]:
@@ -133,7 +139,7 @@ def review_rows(base: str) -> list[dict[str, Any]]:
     rows = []
     for name, make, expected, _ in REVIEW_TABLE:
         data = make()
-        status, seconds = post_image(base, data)
+        status, _, seconds = post_image(base, data)
         rows.append({"file": name, "bytes": len(data), "status": status, "expected": expected, "seconds": seconds})
     return rows
 
@@ -142,7 +148,7 @@ def photo_during_bombs(base: str, photo: bytes, bombs: int = 4) -> dict[str, Any
     """``bombs`` scan bombs (as MPO, and with a junk byte) sent at once, the normal ``photo`` 50 ms later: the
     photo's status and seconds, and the slowest bomb's seconds."""
     files = [after_soi(scan_bomb(), mpf_segment()), before_dqt(scan_bomb(), b"\x00")] * (bombs // 2)
-    results: list[tuple[int | None, float]] = [(None, 0.0)] * (len(files) + 1)
+    results: list[tuple[int | None, dict[str, Any] | None, float]] = [(None, None, 0.0)] * (len(files) + 1)
     start = threading.Barrier(len(files) + 1)
 
     def send(i: int, data: bytes, delay: float) -> None:
@@ -158,16 +164,16 @@ def photo_during_bombs(base: str, photo: bytes, bombs: int = 4) -> dict[str, Any
         thread.join(120)
     return {
         "photo_status": results[-1][0],
-        "photo_seconds": results[-1][1],
-        "bomb_statuses": [status for status, _ in results[:-1]],
-        "slowest_bomb_seconds": max(seconds for _, seconds in results[:-1]),
+        "photo_seconds": results[-1][2],
+        "bomb_statuses": [status for status, _, _ in results[:-1]],
+        "slowest_bomb_seconds": max(seconds for _, _, seconds in results[:-1]),
     }
 
 
 def deadline_row(base: str, server_pid: int) -> dict[str, Any]:
     """A file that only the deadline stops (an 8000 x 6000 RGBA PNG, legitimate and slow): its status and
     seconds, and the CPU seconds the server's processes use in the second after the answer."""
-    status, seconds = post_image(base, slow_png((8000, 6000)))
+    status, _, seconds = post_image(base, slow_png((8000, 6000)))
     return {"status": status, "seconds": seconds, "cpu_after_s": cpu_used_in(server_pid, 1.0)}
 
 
