@@ -162,13 +162,14 @@ def confusion_rows(matrix: Any, classes: Sequence[str]) -> list[dict[str, Any]] 
 
 def verdict_thresholds(info: dict[str, Any]) -> dict[str, float]:
     """The thresholds behind this model's verdicts, ``{"not_sure": confidence, "unknown_species": novelty,
-    "not_a_fish": subject score}``, from ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold
+    "not_a_fish": subject score, "not_a_fish_contrast": other-organism score minus subject score}``, from ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold
     alone where the summary has none). Checks the model does not have (None) are left out, as is a ``not_sure``
     threshold of 0 (never "not sure")."""
     recorded = info.get("verdict_thresholds")
     if not isinstance(recorded, dict):
         recorded = {"not_sure": info.get("confidence_threshold")}
-    thresholds = {name: _number(recorded.get(name)) for name in ("not_sure", "unknown_species", "not_a_fish")}
+    names = ("not_sure", "unknown_species", "not_a_fish", "not_a_fish_contrast")
+    thresholds = {name: _number(recorded.get(name)) for name in names}
     return {
         name: value
         for name, value in thresholds.items()
@@ -187,17 +188,20 @@ OPEN_SET_SETS = (
 
 def open_set_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The verdicts measured when the model was trained (``metrics["open_set"]``, see ``training.open_set``), one
-    row per set it was measured on: ``{"name", "images", "species", "not_sure", "unknown_species", "not_a_fish",
-    "top1", "confidently_wrong"}`` (fractions, None where the set has no such number)."""
+    row per set it was measured on, in :data:`OPEN_SET_SETS`' order (a second folder of a kind, named
+    ``"kind:folder"``, after the first, with its folder in brackets): ``{"name", "images", "species", "not_sure",
+    "unknown_species", "not_a_fish", "top1", "confidently_wrong"}`` (fractions, None where the set has no such
+    number)."""
     report = metrics.get("open_set")
     if not isinstance(report, dict):
         return []
     rows = []
-    for key, name in OPEN_SET_SETS:
-        values = report.get(key)
-        if isinstance(values, dict):
-            fields = ("images", "species", "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong")
-            rows.append({"name": name, **{f: _number(values.get(f)) for f in fields}})
+    fields = ("images", "species", "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong")
+    for kind, name in OPEN_SET_SETS:
+        for key, values in sorted(report.items(), key=lambda item: ":" in item[0]):  # stable: first folder first
+            if isinstance(values, dict) and key.split(":", 1)[0] == kind:
+                label = f"{name} ({key.split(':', 1)[1]})" if ":" in key else name
+                rows.append({"name": label, **{f: _number(values.get(f)) for f in fields}})
     return rows
 
 

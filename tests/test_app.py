@@ -522,6 +522,32 @@ def test_model_page_explains_the_verdict_thresholds(
     assert "<script" not in html and "style=" not in html
 
 
+def test_model_page_explains_the_hierarchy_rule_and_lists_every_folder(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thresholds = {"not_sure": 0.5, "unknown_species": 7000.0, "not_a_fish": 0.05, "not_a_fish_contrast": 0.6}
+    answer_with_verdicts(monkeypatch, app, ["species"], subject="fish", verdict_thresholds=thresholds)
+    html = re.sub(r"\s+", " ", client.get("/model").get_data(as_text=True))
+    assert "<dt>“Not a fish”</dt>" in html
+    assert "gives fish classes less than 5.0% of its probability" in html
+    assert "gives other living things (coral, sea anemones, crabs, turtles…) 60.0% more than fish" in html
+
+    from app.model_page import open_set_rows
+
+    report = {
+        "not_subject:reef_photos/not_fish": {"images": 150, "not_a_fish": 0.4},
+        "val": {"images": 821, "species": 0.9},
+        "not_subject": {"images": 2000, "not_a_fish": 0.8},
+        "unknown_photos:reef_photos/fish": {"images": 274, "unknown_species": 0.5},
+    }
+    assert [(row["name"], row["images"]) for row in open_set_rows({"open_set": report})] == [
+        ("Validation photos (video crops of its species)", 821),
+        ("Photographs of species it does not know (reef_photos/fish)", 274),
+        ("Pictures of something else", 2000),
+        ("Pictures of something else (reef_photos/not_fish)", 150),
+    ]
+
+
 @pytest.mark.parametrize(
     ("thresholds", "terms"),
     [

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import train
 from model.checkpoint import load_checkpoint
+from model.imagenet_hierarchy import subject_classes_for
 from model.network import build_model
 from model.open_set import (
     ClassGaussians,
     OpenSetNetwork,
     OpenSetRule,
+    OpenSetScores,
     distillation_loss,
     subject_classes,
     subject_score,
@@ -43,8 +46,97 @@ def test_rule_checks_subject_then_novelty_then_confidence(
 
 
 @pytest.mark.parametrize(
+    ("subject", "novelty", "other", "verdict"),
+    [
+        (0.01, 5.0, 0.0, "not_sure"),  # little fish, but as close to the training images as they are: judged by them
+        (0.01, 50.0, 0.0, "not_a_fish"),  # little fish and unlike the training images
+        (0.3, 50.0, 0.95, "not_a_fish"),  # another living thing (a sea anemone) far more than a fish
+        (0.3, 50.0, 0.6, "unknown_species"),  # fish enough: a fish it does not know
+        (0.3, 5.0, 0.95, "not_sure"),
+        (0.3, 50.0, None, "unknown_species"),  # no other-organism score: the contrast check is skipped
+    ],
+)
+def test_hierarchy_rule_judges_only_pictures_unlike_the_training_images(
+    subject: float, novelty: float, other: float | None, verdict: str
+) -> None:
+    rule = OpenSetRule(0.5, subject_threshold=0.1, novelty_threshold=10.0, subject="fish", contrast_threshold=0.5)
+    assert rule.verdict(0.4, subject, novelty, other) == verdict
+    # the rule of releases before the hierarchy refuses little fish whatever the novelty
+    assert OpenSetRule(0.5, 0.1, 10.0, "fish").verdict(0.9, 0.01, 5.0) == "not_a_fish"
+
+
+def test_hierarchy_gives_the_fish_classes_and_the_other_living_things() -> None:
+    fish = subject_classes_for("Fish")
+    assert fish is not None and fish.synset == "n02512053"
+    assert len(fish.subject) == 16 and {0, 2, 391, 393, 397} <= set(fish.subject)  # tench, white shark, ..., puffer
+    # jellyfish, sea anemone, brain coral, starfish, loggerhead, daisy and (a person) scuba diver: alive and not
+    # fish; coral reef, seashore and sports cars are not organisms at all
+    assert {107, 108, 109, 327, 33, 985, 983} <= set(fish.other_organisms)
+    assert not {973, 978, 817} & set(fish.other_organisms) and not set(fish.subject) & set(fish.other_organisms)
+    assert len(subject_classes_for("bird").subject) == 59
+    assert subject_classes_for("car") is None  # not a living thing: no contrast with the other organisms
+    assert (
+        subject_classes_for("unicorn") is None and subject_classes_for("") is None and subject_classes_for(None) is None
+    )
+
+
+def _scores(subject: list[float], novelty: list[float], other: list[float]) -> OpenSetScores:
+    return OpenSetScores(torch.tensor(subject), torch.tensor(novelty), torch.tensor(other))
+
+
+def test_contrast_rule_refuses_the_most_other_pictures_within_the_subject_budget() -> None:
+    from training.open_set import choose_contrast_rule
+
+    # fish: familiar crops (novelty 1) with no fish mass at all, novel photos with some fish mass
+    fish = _scores([0.0, 0.0, 0.3, 0.4, 0.5, 0.6], [1, 1, 20, 20, 20, 20], [0.9, 0.9, 0.5, 0.3, 0.2, 0.1])
+    # sea life without fish: novel, mostly other organisms; one looks like a fish
+    sea_life = _scores([0.05, 0.1, 0.1, 0.6], [30, 30, 30, 30], [0.9, 0.6, 0.85, 0.1])
+    subject_threshold, contrast = choose_contrast_rule([fish], [sea_life], novelty_threshold=10.0, rejection=0.0)
+    rule = OpenSetRule(0.0, subject_threshold, 10.0, "fish", contrast)
+    assert not any(rule.not_subject(*fish.row(i)) for i in range(6))  # no fish refused (rejection 0)
+    assert [rule.not_subject(*sea_life.row(i)) for i in range(4)] == [True, True, True, False]
+    # allowed to refuse one fish in six, it refuses the same sea life (no more can be had) and no fish more
+    assert choose_contrast_rule([fish], [sea_life], 10.0, rejection=0.2) == (subject_threshold, contrast)
+    # no other pictures: the highest subject threshold that passes, the contrast check off
+    subject_only, off = choose_contrast_rule([fish], [], 10.0, rejection=0.0)
+    assert off == 1.0 and 0.0 < subject_only <= 0.3
+    # every pair refuses too many (all fish novel with no fish mass): the check never fires
+    hopeless = _scores([0.0, 0.0], [20, 20], [1.0, 1.0])
+    assert choose_contrast_rule([hopeless], [sea_life], 10.0, rejection=0.0) == (0.0, 1.0)
+
+
+def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
+    from training.open_set import open_set_samples, set_kind
+
+    clownfish = _photos(tmp_path / "clownfish_photos")
+    reef = tmp_path / "reef_photos" / "fish"
+    for family in ("wrasses", "groupers"):
+        (reef / family).mkdir(parents=True)
+        synthetic_image((20, 90, 200), seed=1).save(reef / family / "a.jpg")
+    flowers, sea_life = tmp_path / "flowers", tmp_path / "reef_photos" / "not_fish"
+    for folder in (flowers, sea_life):
+        folder.mkdir(parents=True)
+        synthetic_image((200, 90, 20), seed=2).save(folder / "b.png")
+    sets = open_set_samples([clownfish, reef], [flowers, sea_life], ["clownfish", "damselfish"])
+    assert {name: len(rows) for name, (_, rows) in sets.items()} == {
+        "known_photos": 4,
+        "unknown_photos": 4,
+        "unknown_photos:reef_photos/fish": 2,
+        "not_subject": 1,
+        "not_subject:reef_photos/not_fish": 1,
+    }
+    assert set_kind("unknown_photos:reef_photos/fish") == "unknown_photos" and set_kind("val") == "val"
+    assert open_set_samples(str(clownfish), None, ["clownfish"]).keys() == {"known_photos", "unknown_photos"}
+
+
+@pytest.mark.parametrize(
     "kwargs",
-    [{"confidence_threshold": 1.5}, {"subject_threshold": -0.1}, {"novelty_threshold": float("inf")}],
+    [
+        {"confidence_threshold": 1.5},
+        {"subject_threshold": -0.1},
+        {"novelty_threshold": float("inf")},
+        {"contrast_threshold": 1.5},
+    ],
 )
 def test_rule_rejects_thresholds_out_of_range(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="threshold"):
@@ -149,11 +241,17 @@ def test_train_chooses_and_records_the_open_set_thresholds(tmp_path: Path) -> No
         "not_sure": pytest.approx(serving["confidence_threshold"]),
         "unknown_species": pytest.approx(serving["novelty_threshold"]),
         "not_a_fish": pytest.approx(serving["subject_threshold"]),
+        "not_a_fish_contrast": pytest.approx(serving["contrast_threshold"]),
     }
+    # "fish" is a WordNet noun: the hierarchy's 16 fish classes and the other organisms travel in the release
+    fish = subject_classes_for("fish")
+    assert release["open_set"]["subject_classes"] == fish.subject
+    assert release["open_set"]["other_classes"] == fish.other_organisms
     prediction = predictor.predict([synthetic_image(COLOURS["clownfish"], seed=3)])[0]
     assert prediction.subject_score is not None and prediction.novelty is not None
+    assert prediction.other_score is not None
     assert prediction.verdict == predictor.open_set.verdict(
-        prediction.confidence, prediction.subject_score, prediction.novelty
+        prediction.confidence, prediction.subject_score, prediction.novelty, prediction.other_score
     )
     # the thresholds are overridable: a novelty threshold of 0 calls every fish an unknown species
     predictor.open_set = OpenSetRule(predictor.confidence_threshold, 0.0, 0.0, "fish")
@@ -177,17 +275,11 @@ def test_not_sure_threshold_rises_until_few_known_photos_are_confidently_wrong()
     probabilities[wrong] = probabilities[wrong].flip(1)
     targets = torch.zeros(10, dtype=torch.long)
 
-    def threshold(novelty: float, max_confidently_wrong: float) -> float:
+    def threshold(passes: bool, max_confidently_wrong: float) -> float:
         return confidence_threshold_for_known_photos(
-            probabilities,
-            targets,
-            None,
-            torch.full((10,), novelty),
-            subject_threshold=None,
-            novelty_threshold=1.0,
-            max_confidently_wrong=max_confidently_wrong,
+            probabilities, targets, np.full(10, passes), max_confidently_wrong=max_confidently_wrong
         )
 
-    assert float(confidence[8]) < threshold(0.0, 0.1) <= float(confidence[9]) + 1e-6  # one wrong answer (10 %) stays
-    assert threshold(0.0, 0.5) == 0.0  # 4 of 10 wrong is within 50 %
-    assert threshold(5.0, 0.0) == 0.0  # all are "unknown species" anyway
+    assert float(confidence[8]) < threshold(True, 0.1) <= float(confidence[9]) + 1e-6  # one wrong answer (10 %) stays
+    assert threshold(True, 0.5) == 0.0  # 4 of 10 wrong is within 50 %
+    assert threshold(False, 0.0) == 0.0  # all are "unknown species" or "not a fish" anyway

@@ -25,7 +25,7 @@ from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser,
 from model.network import WeightsUnavailableError
 from model.predictor import Predictor
 from model.runtime import resolve_device
-from training.config import parse_args
+from training.config import csv_list, parse_args
 from training.data import read_split, scan_image_folder
 from training.evaluation import (
     collect_outputs,
@@ -79,11 +79,16 @@ def evaluate_args_parser() -> argparse.ArgumentParser:
     add_inference_arguments(parser, precision="fp32", backend="torch")
     parser.add_argument(
         "--open-set-photos",
+        type=csv_list,
+        metavar="DIR,DIR,...",
         help="also report the verdicts on these photos: sub-folders named like a class are known species, others "
-        "unknown (e.g. ../shared/data/clownfish_photos)",
+        "unknown (e.g. ../shared/data/clownfish_photos,../shared/data/reef_photos/fish)",
     )
     parser.add_argument(
-        "--not-subject", help="also report the verdicts on these pictures of something else (e.g. flowers)"
+        "--not-subject",
+        type=csv_list,
+        metavar="DIR,DIR,...",
+        help="also report the verdicts on these pictures of something else (e.g. flowers)",
     )
     return parser
 

@@ -53,13 +53,14 @@ def option(
     )
 
 
-def _csv_list(value: str) -> list[str]:
+def csv_list(value: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated option value."""
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _int_list(value: str) -> list[int]:
     try:
-        return [int(v) for v in _csv_list(value)]
+        return [int(v) for v in csv_list(value)]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
 
@@ -220,17 +221,18 @@ class TrainConfig(BaseModel):
         ge=0,
     )
     subject: str | None = option(None, "open set", "what the classes are, for messages: e.g. 'fish', 'flower'")
-    open_set_photos: str | None = option(
+    open_set_photos: list[str] | None = option(
         None,
         "open set",
-        "folder of photos never trained on, one sub-folder per species: folders named like a class are known "
-        "photos, others unknown species; used only to choose the thresholds and report them",
+        "folders (comma-separated) of photos never trained on, one sub-folder per species: folders named like a "
+        "class are known photos, others unknown species; used only to choose the thresholds and report them",
     )
-    not_subject: str | None = option(
+    not_subject: list[str] | None = option(
         None,
         "open set",
-        "folder of pictures that are not of the subject (e.g. flowers for a fish model), to report how many "
-        "would be named as a class",
+        "folders (comma-separated) of pictures that are not of the subject (e.g. flowers, or sea life without fish, "
+        "for a fish model): where --subject names a WordNet noun they choose the 'not a fish' thresholds (see "
+        "model/open_set.py); always reported",
     )
     subject_rejection: float = option(
         0.02,
@@ -256,11 +258,11 @@ class TrainConfig(BaseModel):
         lt=1,
     )
 
-    @field_validator("classes", "head_hidden", mode="before")
+    @field_validator("classes", "head_hidden", "open_set_photos", "not_subject", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """``"daisy,rose"`` -> ``["daisy", "rose"]``, as on the command line (pydantic then converts the items)."""
-        return _csv_list(value) if isinstance(value, str) else value
+        return csv_list(value) if isinstance(value, str) else value
 
     @field_validator("arch")
     @classmethod
@@ -322,7 +324,7 @@ def _argparse_type(annotation: Any) -> dict[str, Any]:
         item = typing.get_args(annotation)[0]  # PositiveInt is Annotated[int, ...]
         if int in (item, *typing.get_args(item)):
             return {"type": _int_list, "metavar": "N,N,..."}
-        return {"type": _csv_list, "metavar": "A,B,..."}
+        return {"type": csv_list, "metavar": "A,B,..."}
     return {"type": annotation} if annotation in (int, float) else {}
 
 

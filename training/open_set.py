@@ -6,18 +6,23 @@ scores need (the subject's ImageNet classes, the class Gaussians), from the vali
 real photos of known and unknown species (``--open-set-photos``) and pictures of something else
 (``--not-subject``); :func:`choose_open_set` then chooses:
 
-- the ``not_a_fish`` threshold: the highest subject score that calls at most ``subject_rejection`` of each set of
-  the subject's pictures (validation, known photos, unknown-species photos) "not a fish";
 - the ``unknown_species`` threshold: the novelty that at most ``novelty_rejection`` of the known photos (the
   validation images when there are none) exceed;
+- the ``not_a_fish`` thresholds. Where ``--subject`` names a WordNet noun (:mod:`model.imagenet_hierarchy`), the
+  pair (subject score, contrast) of :meth:`model.open_set.OpenSetRule.not_subject` that calls at most
+  ``subject_rejection`` of each set of the subject's pictures (validation, known photos, unknown-species photos)
+  "not a fish" and, among those pairs, calls the most of the ``--not-subject`` pictures so (their mean fraction
+  over the folders; :func:`choose_contrast_rule`). Otherwise (releases before the hierarchy) the highest subject
+  score that calls at most ``subject_rejection`` of each set so, whatever the novelty, and the ``--not-subject``
+  pictures only measure the result;
 - a higher "not sure" threshold, where known photos would otherwise be confidently wrong too often.
 
-The ``--not-subject`` pictures are never used to choose anything: they only measure the result
-(:func:`verdict_counts`). Also here: the photo folders' samples.
+Also here: the photo folders' samples, one set per folder (:func:`open_set_samples`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -28,10 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.imagenet_hierarchy import SubjectClasses
 from model.open_set import (
     DEFAULT_SUBJECT_COVERAGE,
     ClassGaussians,
     OpenSetRule,
+    OpenSetScores,
     open_set_scores,
     subject_classes,
     subject_score,
@@ -79,21 +86,17 @@ def all_images(folder: str | os.PathLike[str]) -> list[Sample]:
 def verdict_report(predictor: Predictor, outputs: Outputs) -> dict[str, float]:
     """How ``predictor`` answers a set (its temperature, open-set statistics and thresholds): see
     :func:`verdict_counts`."""
-    subject, novelty = predictor.open_set_scores(outputs.features, outputs.imagenet_logits)
-    return verdict_counts(predictor.calibrated(outputs.logits), outputs.targets, subject, novelty, predictor.open_set)
+    scores = predictor.open_set_scores(outputs.features, outputs.imagenet_logits)
+    return verdict_counts(predictor.calibrated(outputs.logits), outputs.targets, scores, predictor.open_set)
 
 
 def verdict_counts(
-    probabilities: torch.Tensor,
-    targets: torch.Tensor,
-    subject: torch.Tensor | None,
-    novelty: torch.Tensor | None,
-    rule: OpenSetRule,
+    probabilities: torch.Tensor, targets: torch.Tensor, scores: OpenSetScores, rule: OpenSetRule
 ) -> dict[str, float]:
     """How ``rule`` answers a set, from its calibrated ``probabilities`` float ``(N, C)``, ``targets`` int64
-    ``(N,)`` (-1 for images of none of the classes) and scores ``(N,)`` (None where the model has none); each
-    image's verdict is :meth:`model.open_set.OpenSetRule.verdict` of its top-1 probability and scores, as
-    :meth:`model.predictor.Predictor.predictions` serves it.
+    ``(N,)`` (-1 for images of none of the classes) and open-set scores (each ``(N,)``, None where the model has
+    none); each image's verdict is :meth:`model.open_set.OpenSetRule.verdict` of its top-1 probability and scores,
+    as :meth:`model.predictor.Predictor.predictions` serves it.
 
     Returns:
         ``images``, the fraction of each verdict (``species``, ``not_sure``, ``unknown_species``,
@@ -103,14 +106,7 @@ def verdict_counts(
     """
     values, indices = probabilities.topk(1, dim=1)
     verdicts = np.array(
-        [
-            rule.verdict(
-                confidence,
-                float(subject[row]) if subject is not None else None,
-                float(novelty[row]) if novelty is not None else None,
-            )
-            for row, confidence in enumerate(values[:, 0].tolist())
-        ]
+        [rule.verdict(confidence, *scores.row(row)) for row, confidence in enumerate(values[:, 0].tolist())]
     )
     report: dict[str, float] = {"images": float(len(verdicts))}
     for verdict in VERDICTS:
@@ -130,29 +126,35 @@ class OpenSetFit:
     """What :func:`choose_open_set` chooses for a release.
 
     Attributes:
-        subject_classes: the subject's ImageNet classes (:func:`model.open_set.subject_classes`), or None
-            without a kept ImageNet head.
+        subject_classes: the subject's ImageNet classes (from the hierarchy, or
+            :func:`model.open_set.subject_classes`), or None without a kept ImageNet head.
         gaussians: the class means and shared covariance of the training features.
         rule: the thresholds of the four verdicts.
+        other_classes: with the hierarchy, the ImageNet classes of the other living things; else None.
     """
 
     subject_classes: list[int] | None
     gaussians: ClassGaussians
     rule: OpenSetRule
+    other_classes: list[int] | None = None
 
     def record(self) -> dict[str, Any]:
         """The checkpoint's ``open_set`` record: ``{"subject_classes": [...] (absent without an ImageNet head),
-        "gaussians": {...}}`` (see :mod:`model.checkpoint`)."""
+        "other_classes": [...] (with the hierarchy only), "gaussians": {...}}`` (see :mod:`model.checkpoint`)."""
         record: dict[str, Any] = {}
         if self.subject_classes is not None:
             record["subject_classes"] = self.subject_classes
+        if self.other_classes is not None:
+            record["other_classes"] = self.other_classes
         record["gaussians"] = self.gaussians.to_dict()
         return record
 
-    def scores(self, outputs: Outputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(subject_score (N,), novelty (N,))`` of a set's outputs, as serving computes them
-        (:func:`model.open_set.open_set_scores`); subject None without subject classes."""
-        return open_set_scores(outputs.features, outputs.imagenet_logits, self.subject_classes, self.gaussians)
+    def scores(self, outputs: Outputs) -> OpenSetScores:
+        """The open-set scores of a set's outputs, as serving computes them
+        (:func:`model.open_set.open_set_scores`)."""
+        return open_set_scores(
+            outputs.features, outputs.imagenet_logits, self.subject_classes, self.gaussians, self.other_classes
+        )
 
 
 def choose_open_set(
@@ -166,120 +168,225 @@ def choose_open_set(
     novelty_rejection: float = 0.05,
     max_confidently_wrong: float = 0.05,
     coverage: float = DEFAULT_SUBJECT_COVERAGE,
+    hierarchy: SubjectClasses | None = None,
+    not_subject: Sequence[Outputs] = (),
 ) -> OpenSetFit:
     """Fit the scores on ``train`` and choose the thresholds on ``calibration``: a pure function of the network's
     outputs and the options.
 
     Args:
         train: outputs on the un-augmented training images (targets are class indices).
-        calibration: ``"val"`` (required), and optionally ``"known_photos"`` and ``"unknown_photos"``: pictures
-            of the subject used to choose the thresholds.
+        calibration: ``"val"`` (required), and optionally ``"known_photos"`` and any number of other sets of the
+            subject's pictures (unknown-species photos), used to choose the thresholds.
         temperature: the softmax temperature fitted on the validation images.
         confidence_threshold: the "not sure" threshold chosen on the validation images.
         subject: noun for messages (e.g. ``"fish"``).
-        subject_rejection: fraction of each calibration set allowed below the subject threshold.
+        subject_rejection: fraction of each calibration set allowed to be called "not a fish".
         novelty_rejection: fraction of the known photos (else validation images) allowed above the novelty
             threshold.
         max_confidently_wrong: with known photos, the "not sure" threshold is raised (never lowered below
             ``confidence_threshold``) until at most this fraction of them get a ``species`` answer that names the
             wrong class (:func:`confidence_threshold_for_known_photos`).
-        coverage: see :func:`model.open_set.subject_classes`.
+        coverage: see :func:`model.open_set.subject_classes` (without ``hierarchy`` only).
+        hierarchy: the subject's and the other organisms' ImageNet classes
+            (:func:`model.imagenet_hierarchy.subject_classes_for`); None: the coverage rule.
+        not_subject: outputs on pictures that are not of the subject; with ``hierarchy``, the "not a fish"
+            thresholds call the most of them so (see :func:`choose_contrast_rule`).
     """
-    classes, subject_threshold = None, None
-    if train.imagenet_logits.shape[1]:
+    gaussians = ClassGaussians.fit(train.features, train.targets, train.logits.shape[1])
+    reference = calibration.get("known_photos", calibration["val"])
+    novelty_threshold = float(torch.quantile(gaussians.novelty(reference.features).double(), 1.0 - novelty_rejection))
+    logger.info("'unknown species' above novelty %.1f", novelty_threshold)
+    rule = OpenSetRule(confidence_threshold, novelty_threshold=novelty_threshold, subject=subject)
+    classes, others = None, None
+    if not train.imagenet_logits.shape[1]:
+        logger.info("the model keeps no ImageNet head: no 'not a fish' check")
+    elif hierarchy is not None:
+        classes, others = hierarchy.subject, hierarchy.other_organisms
+
+        def scores(outputs: Outputs) -> OpenSetScores:
+            return open_set_scores(outputs.features, outputs.imagenet_logits, classes, gaussians, others)
+
+        subject_threshold, contrast = choose_contrast_rule(
+            [scores(outputs) for outputs in calibration.values()],
+            [scores(outputs) for outputs in not_subject],
+            novelty_threshold,
+            subject_rejection,
+        )
+        rule = dataclasses.replace(rule, subject_threshold=subject_threshold, contrast_threshold=contrast)
+        logger.info(
+            "subject %s (WordNet %s): %d ImageNet classes, %d other organisms; beyond novelty %.1f, 'not a fish' "
+            "below subject score %.4f or where the other organisms' score exceeds it by %.3f",
+            subject,
+            hierarchy.synset,
+            len(classes),
+            len(others),
+            novelty_threshold,
+            subject_threshold,
+            contrast,
+        )
+    else:
         classes = subject_classes(torch.softmax(train.imagenet_logits, dim=1), coverage)
         quantiles = [
             float(torch.quantile(subject_score(outputs.imagenet_logits, classes).double(), subject_rejection))
             for outputs in calibration.values()
         ]
-        subject_threshold = max(0.0, min(quantiles))
+        rule = dataclasses.replace(rule, subject_threshold=max(0.0, min(quantiles)))
         logger.info(
             "subject: %d ImageNet classes (first: %s); 'not a fish' below subject score %.4f",
             len(classes),
             classes[:10],
-            subject_threshold,
+            rule.subject_threshold,
         )
-    else:
-        logger.info("the model keeps no ImageNet head: no 'not a fish' check")
-    gaussians = ClassGaussians.fit(train.features, train.targets, train.logits.shape[1])
-    reference = calibration.get("known_photos", calibration["val"])
-    novelty_threshold = float(torch.quantile(gaussians.novelty(reference.features).double(), 1.0 - novelty_rejection))
-    logger.info("'unknown species' above novelty %.1f", novelty_threshold)
     if "known_photos" in calibration:
         known = calibration["known_photos"]
-        confidence_threshold = max(
-            confidence_threshold,
-            confidence_threshold_for_known_photos(
-                calibrated_probabilities(known.logits, temperature),
-                known.targets,
-                subject_score(known.imagenet_logits, classes) if classes else None,
-                gaussians.novelty(known.features),
-                subject_threshold=subject_threshold,
-                novelty_threshold=novelty_threshold,
-                max_confidently_wrong=max_confidently_wrong,
+        known_scores = open_set_scores(known.features, known.imagenet_logits, classes, gaussians, others)
+        passes = np.array([rule.verdict(1.0, *known_scores.row(i)) == "species" for i in range(len(known.targets))])
+        rule = dataclasses.replace(
+            rule,
+            confidence_threshold=max(
+                confidence_threshold,
+                confidence_threshold_for_known_photos(
+                    calibrated_probabilities(known.logits, temperature),
+                    known.targets,
+                    passes,
+                    max_confidently_wrong=max_confidently_wrong,
+                ),
             ),
         )
         logger.info(
             "'not sure' below %.3f (at most %.0f %% of known photos confidently wrong)",
-            confidence_threshold,
+            rule.confidence_threshold,
             100 * max_confidently_wrong,
         )
-    rule = OpenSetRule(
-        confidence_threshold=confidence_threshold,
-        subject_threshold=subject_threshold,
-        novelty_threshold=novelty_threshold,
-        subject=subject,
-    )
-    return OpenSetFit(classes, gaussians, rule)
+    return OpenSetFit(classes, gaussians, rule, others)
+
+
+#: The grid of :func:`choose_contrast_rule`: subject-score thresholds from 0 to 0.5 and contrast thresholds from -1
+#: to 1, by 0.005 and 0.01 (the dev sets' scores: EXPERIMENTS.md, "not a fish").
+SUBJECT_GRID = torch.linspace(0.0, 0.5, 101, dtype=torch.float64)
+CONTRAST_GRID = torch.linspace(-1.0, 1.0, 201, dtype=torch.float64)
+
+
+def choose_contrast_rule(
+    subject_sets: Sequence[OpenSetScores],
+    other_sets: Sequence[OpenSetScores],
+    novelty_threshold: float,
+    rejection: float,
+) -> tuple[float, float]:
+    """The ``(subject_threshold, contrast_threshold)`` of the hierarchy rule
+    (:meth:`model.open_set.OpenSetRule.not_subject`), searched on :data:`SUBJECT_GRID` x :data:`CONTRAST_GRID`.
+
+    Among the pairs that call at most ``rejection`` of each set of the subject's pictures "not a fish", the one
+    that calls the largest mean fraction of the ``other_sets`` so; ties go to the pair that refuses fewest of the
+    subject's pictures, then to the higher contrast and lower subject threshold. Without ``other_sets``, the
+    highest subject threshold whose pairs pass, with the contrast check off (threshold 1). Where no pair passes
+    (every one refuses too many), ``(0, 1)``: the check never fires.
+
+    Args:
+        subject_sets: scores (subject, novelty and other all present) of each set of the subject's pictures.
+        other_sets: scores of each set of pictures that are not of the subject.
+        novelty_threshold: the "unknown species" threshold: only pictures above it can be refused.
+        rejection: in [0, 1).
+
+    Raises:
+        ValueError: a set without subject, novelty or other scores.
+    """
+
+    def refused_fractions(sets: Sequence[OpenSetScores]) -> torch.Tensor:
+        """``(len(sets), subject grid, contrast grid)``: the fraction of each set the pair refuses."""
+        fractions = []
+        for scores in sets:
+            if scores.subject is None or scores.novelty is None or scores.other is None:
+                raise ValueError("the hierarchy rule needs subject, novelty and other scores")
+            novel = (scores.novelty.double() > novelty_threshold)[None, None, :]
+            low = scores.subject.double()[None, None, :] < SUBJECT_GRID[:, None, None]
+            contrast = (scores.other - scores.subject).double()[None, None, :] > CONTRAST_GRID[None, :, None]
+            fractions.append((novel & (low | contrast)).double().mean(2))
+        return torch.stack(fractions) if fractions else torch.zeros(0, len(SUBJECT_GRID), len(CONTRAST_GRID))
+
+    subject_refused = refused_fractions(subject_sets)
+    allowed = (subject_refused <= rejection + 1e-12).all(0)
+    if not allowed.any():
+        logger.warning("no 'not a fish' thresholds refuse at most %.1f %% of each subject set", 100 * rejection)
+        return 0.0, 1.0
+    if not other_sets:
+        best_subject = int(allowed[:, -1].nonzero().max())
+        return float(SUBJECT_GRID[best_subject]), 1.0
+    gain = refused_fractions(other_sets).mean(0)
+    cost = subject_refused.mean(0)
+    # lexicographic: most of the other pictures refused, fewest of the subject's, higher contrast, lower subject
+    keys = [(float(gain[i, j]), -float(cost[i, j]), j, -i) for i, j in allowed.nonzero().tolist()]
+    _, _, j, minus_i = max(keys)
+    return float(SUBJECT_GRID[-minus_i]), float(CONTRAST_GRID[j])
+
+
+def _folders(folders: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None) -> list[str]:
+    """One folder or several as a list (None: none)."""
+    if not folders:
+        return []
+    if isinstance(folders, (str, os.PathLike)):
+        return [os.fspath(folders)]
+    return [os.fspath(f) for f in folders]
+
+
+def set_kind(name: str) -> str:
+    """The kind of a set of :func:`open_set_samples` (``"known_photos"``, ``"unknown_photos"``, ``"not_subject"``,
+    or ``"val"``), from its name: ``"not_subject:reef_photos/not_fish"`` -> ``"not_subject"``."""
+    return name.split(":", 1)[0]
 
 
 def open_set_samples(
-    photos: str | os.PathLike[str] | None, not_subject: str | os.PathLike[str] | None, class_names: Sequence[str]
-) -> dict[str, tuple[str | os.PathLike[str], list[Sample]]]:
-    """The sets :func:`verdict_report` describes: ``{"known_photos" | "unknown_photos" | "not_subject": (root,
-    samples)}``, for whichever folders are given and hold such images.
+    photos: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    not_subject: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    class_names: Sequence[str],
+) -> dict[str, tuple[str, list[Sample]]]:
+    """The sets :func:`verdict_report` describes, one per folder and kind, for whichever folders are given and
+    hold such images: ``{name: (root, samples)}``.
+
+    A set's name is its kind (``"known_photos"`` and ``"unknown_photos"`` from each of ``photos``,
+    ``"not_subject"`` from each of ``not_subject``), followed for the second folder of a kind and after by ``:``
+    and the folder's last two path parts (``"unknown_photos:reef_photos/fish"``; see :func:`set_kind`).
 
     Raises:
         FileNotFoundError: a folder that is given does not exist.
     """
-    sets: dict[str, tuple[str | os.PathLike[str], list[Sample]]] = {}
-    if photos:
-        known, unknown = photo_samples(photos, class_names)
-        sets.update(
-            {name: (photos, rows) for name, rows in (("known_photos", known), ("unknown_photos", unknown)) if rows}
-        )
-    if not_subject:
-        sets["not_subject"] = (not_subject, all_images(not_subject))
+    sets: dict[str, tuple[str, list[Sample]]] = {}
+
+    def add(kind: str, folder: str, rows: list[Sample]) -> None:
+        if rows:
+            name = kind if kind not in sets else f"{kind}:{'/'.join(Path(folder).resolve().parts[-2:])}"
+            sets[name] = (folder, rows)
+
+    for folder in _folders(photos):
+        known, unknown = photo_samples(folder, class_names)
+        add("known_photos", folder, known)
+        add("unknown_photos", folder, unknown)
+    for folder in _folders(not_subject):
+        add("not_subject", folder, all_images(folder))
     return sets
 
 
 def confidence_threshold_for_known_photos(
     probabilities: torch.Tensor,
     targets: torch.Tensor,
-    subject: torch.Tensor | None,
-    novelty: torch.Tensor,
+    passes: np.ndarray,
     *,
-    subject_threshold: float | None,
-    novelty_threshold: float,
     max_confidently_wrong: float,
 ) -> float:
     """The lowest calibrated confidence threshold at which at most ``max_confidently_wrong`` of the known photos
-    pass every check and name the wrong class.
+    pass every other check and name the wrong class.
 
     Args:
         probabilities: calibrated float ``(N, C)``; targets: int64 ``(N,)`` class indices.
-        subject, novelty: the photos' scores ``(N,)``; subject None where the model has none.
-        subject_threshold, novelty_threshold: the open-set thresholds chosen (subject None: no check).
+        passes: bool ``(N,)``: the photos that the "not a fish" and "unknown species" checks let through.
         max_confidently_wrong: the fraction of the photos allowed to be confidently wrong, in [0, 1].
 
     Returns:
         A threshold in [0, 1]: 0 when few enough are wrong at any confidence.
     """
     confidence, predicted = probabilities.max(1)
-    passes = novelty <= novelty_threshold
-    if subject is not None and subject_threshold is not None:
-        passes &= subject >= subject_threshold
-    wrong = (passes & (predicted != targets)).numpy()
+    wrong = passes & (predicted != targets).numpy()
     confidence = confidence.numpy()
     allowed = int(np.floor(max_confidently_wrong * len(confidence)))
     wrong_confidences = np.sort(confidence[wrong])[::-1]

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 
 from model.checkpoint import load_checkpoint, model_from_checkpoint, release_checkpoint, save_checkpoint
+from model.imagenet_hierarchy import subject_classes_for
 from model.predictor import Predictor, calibrated_probabilities
 from model.transforms import Preprocessing
 from training.config import TrainConfig
 from training.data import Sample
 from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
-from training.open_set import OpenSetFit, choose_open_set, open_set_samples, verdict_counts
+from training.open_set import OpenSetFit, choose_open_set, open_set_samples, set_kind, verdict_counts
 from training.reports import report
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def write_release(
         release["open_set"] = fit.record()
         release["serving"].update(
             subject_threshold=fit.rule.subject_threshold,
+            contrast_threshold=fit.rule.contrast_threshold,
             novelty_threshold=fit.rule.novelty_threshold,
             subject=fit.rule.subject,
             confidence_threshold=fit.rule.confidence_threshold,
@@ -168,27 +170,31 @@ def _choose_open_set(
     sets: dict[str, Outputs], cfg: TrainConfig, final: dict[str, Any]
 ) -> tuple[OpenSetFit, dict[str, dict[str, float]]]:
     """Choose the open-set thresholds (:func:`training.open_set.choose_open_set`) on every set but ``"train"``
-    (fitted on) and ``"not_subject"`` (only measured), at the fitted temperature and from the "not sure"
-    threshold of ``final``; then the verdicts on every set but ``"train"``.
+    (fitted on) and the ``not_subject`` ones (which choose only the hierarchy rule's thresholds, where ``--subject``
+    names a WordNet noun: :func:`model.imagenet_hierarchy.subject_classes_for`), at the fitted temperature and from
+    the "not sure" threshold of ``final``; then the verdicts on every set but ``"train"``.
 
     Returns:
-        ``(the choice, {set name: verdict report})``, sets in the order ``val``, ``known_photos``,
-        ``unknown_photos``, ``not_subject`` (those present).
+        ``(the choice, {set name: verdict report})``, sets in the order ``val``, then the folders' sets
+        (:func:`training.open_set.open_set_samples`).
     """
     temperature = float(final["temperature"])
+    not_subject = [outputs for name, outputs in sets.items() if set_kind(name) == "not_subject"]
     fit = choose_open_set(
         sets["train"],
-        {name: outputs for name, outputs in sets.items() if name not in ("train", "not_subject")},
+        {name: outputs for name, outputs in sets.items() if set_kind(name) not in ("train", "not_subject")},
         temperature=temperature,
         confidence_threshold=final["selective"]["confidence_threshold"],
         subject=cfg.subject,
         subject_rejection=cfg.subject_rejection,
         novelty_rejection=cfg.novelty_rejection,
         max_confidently_wrong=cfg.max_confidently_wrong,
+        hierarchy=subject_classes_for(cfg.subject),
+        not_subject=not_subject,
     )
     reports = {
         name: verdict_counts(
-            calibrated_probabilities(outputs.logits, temperature), outputs.targets, *fit.scores(outputs), fit.rule
+            calibrated_probabilities(outputs.logits, temperature), outputs.targets, fit.scores(outputs), fit.rule
         )
         for name, outputs in sets.items()
         if name != "train"
