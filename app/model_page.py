@@ -162,9 +162,9 @@ def confusion_rows(matrix: Any, classes: Sequence[str]) -> list[dict[str, Any]] 
 
 def verdict_thresholds(info: dict[str, Any]) -> dict[str, float]:
     """The thresholds behind this model's verdicts, ``{"not_sure": confidence, "unknown_species": novelty,
-    "not_a_fish": subject score, "not_a_fish_contrast": other-organism score minus subject score}``, from ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold
-    alone where the summary has none). Checks the model does not have (None) are left out, as is a ``not_sure``
-    threshold of 0 (never "not sure")."""
+    "not_a_fish": subject score, "not_a_fish_contrast": other-organism score minus subject score}``, from
+    ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold alone where the summary has none).
+    Checks the model does not have (None) are left out, as is a ``not_sure`` threshold of 0 (never "not sure")."""
     recorded = info.get("verdict_thresholds")
     if not isinstance(recorded, dict):
         recorded = {"not_sure": info.get("confidence_threshold")}

@@ -109,8 +109,9 @@ class TrainConfig(BaseModel):
     head: Literal[HEADS] = option(
         "linear",
         "model",
-        "classifier on the backbone's features: one linear layer, an MLP (--head-hidden, ReLU, dropout), or a "
-        "cosine classifier with a learnt scale (model.network.CosineHead)",
+        "classifier on the backbone's features: one linear layer, an MLP (--head-hidden, ReLU, dropout), a "
+        "cosine classifier with a learnt scale (model.network.CosineHead), or a linear layer on L2-normalised "
+        "features (model.network.NormalizedLinear, the head that python -m training.refit fits)",
     )
     head_hidden: list[PositiveInt] = option(
         [256, 128, 64], "model", "MLP widths", rule="needs one or more widths >= 1", min_length=1
@@ -288,7 +289,7 @@ class TrainConfig(BaseModel):
 
     def head_spec(self) -> dict[str, Any]:
         """The classifier head as :func:`model.network.build_model` takes it and checkpoints record it."""
-        if self.head in ("linear", "cosine"):
+        if self.head != "mlp":
             return {"type": self.head}
         return {"type": self.head, "hidden": list(self.head_hidden), "dropout": self.head_dropout}
 
