@@ -7,13 +7,13 @@ verdicts (:data:`model.predictor.VERDICTS`), with three scores, each compared wi
 ``subject_score``  How much the picture looks like the training data's subject (fish, flowers, ...), from the
                    network's *pretrained ImageNet classifier*, kept beside the new head (and kept working during
                    fine-tuning by distillation, "Learning without Forgetting", Li & Hoiem 2016): the ImageNet
-                   probability mass of the subject's ImageNet classes. Where ``--subject`` names a WordNet noun
-                   with ImageNet classes under it, those are its classes (:mod:`model.imagenet_hierarchy`: the 16
-                   fish classes), and ``other_score`` is the mass of the other living things (394 classes: coral,
-                   sea anemones, jellyfish, starfish, crabs, turtles...); otherwise the classes come from the
-                   training data (:func:`subject_classes`, the releases before the hierarchy). Either way it works
-                   for any subject, not only fish. See :meth:`OpenSetRule.not_subject` for when it says
-                   ``not_a_fish``.
+                   probability mass of the subject's ImageNet classes. Those classes come from the training data
+                   (:func:`subject_classes`: for reef-fish crops, fish, coral reef, scuba diver...), so it works
+                   for any subject, not only fish.
+``taxon_score``,   Where ``--subject`` names a WordNet noun with ImageNet classes under it
+``other_score``    (:mod:`model.imagenet_hierarchy`), the mass of those classes (the 16 fish classes) and of the
+                   other living things (394 classes: coral, sea anemones, jellyfish, starfish, crabs, turtles...).
+                   See :meth:`OpenSetRule.not_subject` for how the three scores say ``not_a_fish``.
 ``novelty``        Squared Mahalanobis distance of the image's penultimate features to the nearest class mean,
                    with one covariance shared by all classes (Lee et al., "A Simple Unified Framework for
                    Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018). Above its
@@ -23,10 +23,12 @@ verdicts (:data:`model.predictor.VERDICTS`), with three scores, each compared wi
 
 The checks run in that order: a picture that is not of the subject is never called an unknown species.
 
-Measured on the dev sets (EXPERIMENTS.md, "not a fish"): ImageNet's classes see Fish4Knowledge's murky video crops
-as something other than fish about as often as they see a sea anemone as a fish, so the hierarchy rule only judges
-pictures that are also unlike the training images (novelty above its threshold); the video crops pass, and among
-the pictures unlike them, sea life without fish is told from fish of other species.
+Measured on the dev sets (EXPERIMENTS.md, "not a fish"): the subject score alone lets most underwater pictures
+without fish through (its classes include coral reef and sea creatures), and ImageNet's classes see
+Fish4Knowledge's murky video crops as something other than fish about as often as they see a sea anemone as a fish.
+So the hierarchy's test only judges pictures that are also unlike the training images (novelty above its
+threshold): the video crops pass, and among the pictures unlike them, sea life without fish is told from fish of
+other species.
 """
 
 from __future__ import annotations
@@ -61,12 +63,13 @@ class OpenSetRule:
         subject_threshold: ``subject_score`` below which the answer is ``not_a_fish``, or None (no check).
         novelty_threshold: ``novelty`` above which the answer is ``unknown_species``, or None (no check).
         subject: a noun for the subject, e.g. ``"fish"``, for messages; None when the checkpoint has none.
-        contrast_threshold: with the ImageNet hierarchy (``other_score``): ``other_score - subject_score`` above
-            which the answer is ``not_a_fish``; in [-1, 1]. None: the rule of releases before the hierarchy
-            (``subject_score`` alone, whatever the novelty). See :meth:`not_subject`.
+        taxon_threshold: with the ImageNet hierarchy, ``taxon_score`` below which a picture unlike the training
+            images is ``not_a_fish``; in [0, 1], or None (releases before the hierarchy).
+        contrast_threshold: with the ImageNet hierarchy, ``other_score - taxon_score`` above which a picture
+            unlike the training images is ``not_a_fish``; in [-1, 1], or None. See :meth:`not_subject`.
 
     Raises:
-        ValueError: a threshold out of range (confidence and subject in [0, 1], novelty >= 0 and finite,
+        ValueError: a threshold out of range (confidence, subject and taxon in [0, 1], novelty >= 0 and finite,
             contrast in [-1, 1]).
     """
 
@@ -74,6 +77,7 @@ class OpenSetRule:
     subject_threshold: float | None = None
     novelty_threshold: float | None = None
     subject: str | None = None
+    taxon_threshold: float | None = None
     contrast_threshold: float | None = None
 
     def __post_init__(self) -> None:
@@ -85,40 +89,54 @@ class OpenSetRule:
             math.isfinite(self.novelty_threshold) and self.novelty_threshold >= 0
         ):
             raise ValueError(f"novelty threshold must be a finite number >= 0, got {self.novelty_threshold}")
+        if self.taxon_threshold is not None and not 0.0 <= self.taxon_threshold <= 1.0:
+            raise ValueError(f"taxon threshold must be in [0, 1], got {self.taxon_threshold}")
         if self.contrast_threshold is not None and not -1.0 <= self.contrast_threshold <= 1.0:
             raise ValueError(f"contrast threshold must be in [-1, 1], got {self.contrast_threshold}")
 
     def not_subject(
-        self, subject_score: float | None, novelty: float | None = None, other_score: float | None = None
+        self,
+        subject_score: float | None,
+        novelty: float | None = None,
+        taxon_score: float | None = None,
+        other_score: float | None = None,
     ) -> bool:
-        """Whether a picture is not of the subject (``not_a_fish``).
+        """Whether a picture is not of the subject (``not_a_fish``): either test says so.
 
-        Without ``contrast_threshold`` (releases before the hierarchy): ``subject_score < subject_threshold``.
-        With it: the picture must also be unlike the training images (``novelty`` above ``novelty_threshold``,
-        where both are known), and then either little of the subject (``subject_score < subject_threshold``) or
-        clearly another living thing (``other_score - subject_score > contrast_threshold``). A score that is None
-        skips its part; no ``subject_score`` or no ``subject_threshold``: never.
+        1. ``subject_score < subject_threshold``, whatever the novelty (flowers, cats, text: nothing like the
+           training data's ImageNet classes).
+        2. With the hierarchy's thresholds, for a picture unlike the training images (``novelty`` above
+           ``novelty_threshold``, where both are known): little of the subject's taxon (``taxon_score <
+           taxon_threshold``) or clearly another living thing (``other_score - taxon_score >
+           contrast_threshold``): a sea anemone, a coral, a turtle.
+
+        A score that is None skips the test that needs it.
         """
-        if self.subject_threshold is None or subject_score is None:
+        if self.subject_threshold is not None and subject_score is not None and subject_score < self.subject_threshold:
+            return True
+        if self.taxon_threshold is None or taxon_score is None:
             return False
-        if self.contrast_threshold is None:
-            return subject_score < self.subject_threshold
         if novelty is not None and self.novelty_threshold is not None and novelty <= self.novelty_threshold:
             return False
-        if subject_score < self.subject_threshold:
+        if taxon_score < self.taxon_threshold:
             return True
-        return other_score is not None and other_score - subject_score > self.contrast_threshold
+        return (
+            self.contrast_threshold is not None
+            and other_score is not None
+            and other_score - taxon_score > self.contrast_threshold
+        )
 
     def verdict(
         self,
         confidence: float,
         subject_score: float | None = None,
         novelty: float | None = None,
+        taxon_score: float | None = None,
         other_score: float | None = None,
     ) -> str:
         """The verdict for one image: ``"not_a_fish"`` (:meth:`not_subject`), ``"unknown_species"``,
         ``"not_sure"`` or ``"species"``, checked in that order. A score that is None skips its check."""
-        if self.not_subject(subject_score, novelty, other_score):
+        if self.not_subject(subject_score, novelty, taxon_score, other_score):
             return "not_a_fish"
         if self.novelty_threshold is not None and novelty is not None and novelty > self.novelty_threshold:
             return "unknown_species"
@@ -127,12 +145,13 @@ class OpenSetRule:
         return "species"
 
     def thresholds(self) -> dict[str, float | None]:
-        """``{"not_sure": ..., "unknown_species": ..., "not_a_fish": ..., "not_a_fish_contrast": ...}``, None where
-        a check is off."""
+        """``{"not_sure": ..., "unknown_species": ..., "not_a_fish": ..., "not_a_fish_taxon": ...,
+        "not_a_fish_contrast": ...}``, None where a check is off."""
         return {
             "not_sure": self.confidence_threshold,
             "unknown_species": self.novelty_threshold,
             "not_a_fish": self.subject_threshold,
+            "not_a_fish_taxon": self.taxon_threshold,
             "not_a_fish_contrast": self.contrast_threshold,
         }
 
@@ -230,18 +249,43 @@ class OpenSetScores(NamedTuple):
     """The open-set scores of a batch, each float ``(N,)`` or None where the model has no such score.
 
     Attributes:
-        subject: ImageNet probability mass of the subject's classes, in [0, 1].
+        subject: ImageNet probability mass of the subject's classes (from the training data), in [0, 1].
         novelty: squared Mahalanobis distance to the nearest class mean, >= 0.
-        other: ImageNet probability mass of the other living things (hierarchy rule only), in [0, 1].
+        taxon: ImageNet probability mass of the classes under the subject's WordNet noun, in [0, 1].
+        other: ImageNet probability mass of the other living things, in [0, 1].
     """
 
     subject: torch.Tensor | None
     novelty: torch.Tensor | None
+    taxon: torch.Tensor | None = None
     other: torch.Tensor | None = None
 
-    def row(self, index: int) -> tuple[float | None, float | None, float | None]:
-        """``(subject, novelty, other)`` of one image as floats (None where absent)."""
+    def row(self, index: int) -> tuple[float | None, float | None, float | None, float | None]:
+        """``(subject, novelty, taxon, other)`` of one image as floats (None where absent), in the order
+        :meth:`OpenSetRule.verdict` takes them after the confidence."""
         return tuple(float(s[index]) if s is not None else None for s in self)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class HierarchyClasses:
+    """The ImageNet classes of the hierarchy's test (:func:`model.imagenet_hierarchy.subject_classes_for`).
+
+    Attributes:
+        taxon: classes under the subject's WordNet noun (the 16 fish classes).
+        other: classes of the other living things.
+    """
+
+    taxon: list[int]
+    other: list[int]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """``{"taxon": [...], "other": [...]}`` for a checkpoint's ``open_set`` record."""
+        return {"taxon": list(self.taxon), "other": list(self.other)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> HierarchyClasses | None:
+        """Inverse of :meth:`to_dict`; None for None (releases before the hierarchy)."""
+        return cls(list(d["taxon"]), list(d["other"])) if d else None
 
 
 def open_set_scores(
@@ -249,16 +293,20 @@ def open_set_scores(
     imagenet_logits: torch.Tensor,
     subject_classes: Sequence[int] | None,
     gaussians: ClassGaussians | None,
-    other_classes: Sequence[int] | None = None,
+    hierarchy: HierarchyClasses | None = None,
 ) -> OpenSetScores:
     """The :class:`OpenSetScores` of a batch's outputs, float ``(N, D)`` features and ``(N, 1000)`` ImageNet
-    logits; None where the model has no such score (no subject classes, no class Gaussians, no other classes). The
+    logits; None where the model has no such score (no subject classes, no class Gaussians, no hierarchy). The
     one computation, for serving (``Predictor``) and for choosing the thresholds at release
     (``training.open_set``)."""
     subject = subject_score(imagenet_logits, subject_classes) if subject_classes else None
-    other = subject_score(imagenet_logits, other_classes) if subject_classes and other_classes else None
     novelty = gaussians.novelty(features) if gaussians is not None else None
-    return OpenSetScores(subject, novelty, other)
+    if hierarchy is None or not imagenet_logits.shape[1]:
+        return OpenSetScores(subject, novelty)
+    probabilities = torch.softmax(imagenet_logits.float(), dim=1)
+    return OpenSetScores(
+        subject, novelty, probabilities[:, hierarchy.taxon].sum(1), probabilities[:, hierarchy.other].sum(1)
+    )
 
 
 class OpenSetNetwork(torch.nn.Module):

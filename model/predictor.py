@@ -24,7 +24,14 @@ from PIL import Image
 from model import quantization
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.decoding import to_rgb
-from model.open_set import ClassGaussians, OpenSetNetwork, OpenSetRule, OpenSetScores, open_set_scores
+from model.open_set import (
+    ClassGaussians,
+    HierarchyClasses,
+    OpenSetNetwork,
+    OpenSetRule,
+    OpenSetScores,
+    open_set_scores,
+)
 from model.results import VERDICTS, ClassScoreResult, prediction_result
 from model.runtime import autocast, cpu_threads, resolve_backend, resolve_inference_precision
 from model.transforms import Preprocessing, eval_transform
@@ -196,8 +203,10 @@ class Prediction:
             of the subject's ImageNet classes), or None when the model has no such score.
         novelty: distance of the image's features to the nearest known class (squared Mahalanobis distance),
             or None when the model has no such score.
+        taxon_score: probability mass of the ImageNet classes under the subject's WordNet noun (the 16 fish
+            classes), in [0, 1], or None when the model has no such score (see :mod:`model.imagenet_hierarchy`).
         other_score: probability mass of ImageNet's other living things (coral, sea anemones, crabs...), in
-            [0, 1], or None when the model has no such score (see :mod:`model.imagenet_hierarchy`).
+            [0, 1], or None likewise.
     """
 
     top_k: list[ClassScore]
@@ -205,6 +214,7 @@ class Prediction:
     verdict: str = ""
     subject_score: float | None = None
     novelty: float | None = None
+    taxon_score: float | None = None
     other_score: float | None = None
 
     def __post_init__(self) -> None:
@@ -250,8 +260,8 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as declared by :class:`model.results.PredictionResult`: ``label, confidence, confident,
-        verdict, threshold, subject_score, novelty, other_score, display_name, common_name, scientific_name, top_k:
-        [ClassScore.to_dict(), ...]``."""
+        verdict, threshold, subject_score, novelty, taxon_score, other_score, display_name, common_name,
+        scientific_name, top_k: [ClassScore.to_dict(), ...]``."""
         return prediction_result(self).model_dump(mode="json")
 
 
@@ -289,8 +299,9 @@ class Predictor:
             ``confidence_threshold`` is replaced by ``confidence_threshold``. None: "not sure" only.
         subject_classes: ImageNet classes of the training data's subject, for ``subject_score`` (needs a model
             that keeps its pretrained ImageNet head, :func:`model.network.pretrained_head`).
-        other_classes: ImageNet classes of the other living things, for ``other_score`` (the hierarchy rule of
-            :meth:`model.open_set.OpenSetRule.not_subject`); None for releases before it.
+        hierarchy: the ImageNet classes of the subject's taxon and of the other living things, for
+            ``taxon_score`` and ``other_score`` (:meth:`model.open_set.OpenSetRule.not_subject`); None for releases
+            before the hierarchy.
         gaussians: class means and shared covariance of the training features, for ``novelty``.
 
     Raises:
@@ -317,13 +328,13 @@ class Predictor:
         open_set: OpenSetRule | None = None,
         subject_classes: Sequence[int] | None = None,
         gaussians: ClassGaussians | None = None,
-        other_classes: Sequence[int] | None = None,
+        hierarchy: HierarchyClasses | None = None,
     ) -> None:
         if not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         self.open_set = dataclasses.replace(open_set or OpenSetRule(), confidence_threshold=confidence_threshold)
         self.subject_classes = list(subject_classes) if subject_classes else None
-        self.other_classes = list(other_classes) if other_classes else None
+        self.hierarchy = hierarchy
         self.gaussians = gaussians
         self.temperature = temperature  # validated by the property's setter
         if precision not in ("auto", *SERVED_PRECISIONS):
@@ -430,6 +441,7 @@ class Predictor:
             subject_threshold=serving.get("subject_threshold") if subject_threshold is None else subject_threshold,
             novelty_threshold=serving.get("novelty_threshold") if novelty_threshold is None else novelty_threshold,
             subject=serving.get("subject"),
+            taxon_threshold=serving.get("taxon_threshold"),
             contrast_threshold=serving.get("contrast_threshold"),
         )
         predictor = cls(
@@ -447,7 +459,7 @@ class Predictor:
             metadata=metadata,
             open_set=rule,
             subject_classes=open_set.get("subject_classes"),
-            other_classes=open_set.get("other_classes"),
+            hierarchy=HierarchyClasses.from_dict(open_set.get("hierarchy")),
             gaussians=ClassGaussians.from_dict(open_set["gaussians"]) if "gaussians" in open_set else None,
         )
         logger.info(
@@ -595,9 +607,9 @@ class Predictor:
         return self.predictions(*self.outputs(batch), top_k=top_k)
 
     def open_set_scores(self, features: torch.Tensor, imagenet_logits: torch.Tensor) -> OpenSetScores:
-        """The subject score, novelty and other-organism score (each ``(N,)``) of a batch's outputs (see
+        """The subject score, novelty, taxon and other-organism scores (each ``(N,)``) of a batch's outputs (see
         :meth:`outputs`); None where this model has no such score (see :mod:`model.open_set`)."""
-        return open_set_scores(features, imagenet_logits, self.subject_classes, self.gaussians, self.other_classes)
+        return open_set_scores(features, imagenet_logits, self.subject_classes, self.gaussians, self.hierarchy)
 
     def predictions(
         self, logits: torch.Tensor, features: torch.Tensor, imagenet_logits: torch.Tensor, top_k: int = 5
@@ -611,14 +623,15 @@ class Predictor:
         predictions = []
         for row, (vals, idxs) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
             scores = [self.score(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=True)]
-            subject, novelty, other = open_set.row(row)
+            subject, novelty, taxon, other = open_set.row(row)
             predictions.append(
                 Prediction(
                     top_k=scores,
                     threshold=self.confidence_threshold,
-                    verdict=self.open_set.verdict(scores[0].confidence, subject, novelty, other),
+                    verdict=self.open_set.verdict(scores[0].confidence, subject, novelty, taxon, other),
                     subject_score=subject,
                     novelty=novelty,
+                    taxon_score=taxon,
                     other_score=other,
                 )
             )

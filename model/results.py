@@ -77,6 +77,11 @@ class PredictionResult(ClassScoreResult):
         description="distance of the picture's features to the nearest known class (squared Mahalanobis "
         "distance; larger is more unlike the training photos); null when the model has no such score"
     )
+    taxon_score: float | None = _probability(
+        "how much the picture looks like the subject's kind of living thing (probability of the ImageNet classes "
+        "under the subject's WordNet noun: the 16 fish classes); null when the model has no such score",
+        default=None,
+    )
     other_score: float | None = _probability(
         "how much the picture looks like another living thing than the subject (probability of ImageNet's other "
         "organisms: coral, sea anemones, crabs...); null when the model has no such score",
@@ -93,13 +98,17 @@ class VerdictThresholds(BaseModel):
     not_sure: float = _probability("`not_sure` below this confidence")
     unknown_species: float | None = Field(None, description="`unknown_species` above this `novelty`")
     not_a_fish: float | None = _probability("`not_a_fish` below this `subject_score`", default=None)
+    not_a_fish_taxon: float | None = _probability(
+        "for a picture above the `unknown_species` novelty, also `not_a_fish` below this `taxon_score`; null for "
+        "models without the ImageNet hierarchy",
+        default=None,
+    )
     not_a_fish_contrast: float | None = Field(
         None,
         ge=-1,
         le=1,
         description="for a picture above the `unknown_species` novelty, also `not_a_fish` when `other_score - "
-        "subject_score` exceeds this (and `not_a_fish` below the `subject_score` only for such a picture); null "
-        "for models before this rule",
+        "taxon_score` exceeds this; null for models without the ImageNet hierarchy",
     )
 
 

@@ -525,12 +525,19 @@ def test_model_page_explains_the_verdict_thresholds(
 def test_model_page_explains_the_hierarchy_rule_and_lists_every_folder(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    thresholds = {"not_sure": 0.5, "unknown_species": 7000.0, "not_a_fish": 0.05, "not_a_fish_contrast": 0.6}
+    thresholds = {
+        "not_sure": 0.5,
+        "unknown_species": 7000.0,
+        "not_a_fish": 0.25,
+        "not_a_fish_taxon": 0.05,
+        "not_a_fish_contrast": 0.6,
+    }
     answer_with_verdicts(monkeypatch, app, ["species"], subject="fish", verdict_thresholds=thresholds)
     html = re.sub(r"\s+", " ", client.get("/model").get_data(as_text=True))
-    assert "<dt>“Not a fish”</dt>" in html
-    assert "gives fish classes less than 5.0% of its probability" in html
-    assert "gives other living things (coral, sea anemones, crabs, turtles…) 60.0% more than fish" in html
+    terms = re.findall(r"<dt>(“[^<]+)</dt>", html)
+    assert terms[-2:] == ["“Not a fish” below", "“Not a fish”, among photos unlike its species"]
+    assert "gives the fish classes of its hierarchy less than 5.0% of its probability" in html
+    assert "gives other living things (coral, sea anemones, crabs, turtles…) 60.0% more than those" in html
 
     from app.model_page import open_set_rows
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -46,23 +47,25 @@ def test_rule_checks_subject_then_novelty_then_confidence(
 
 
 @pytest.mark.parametrize(
-    ("subject", "novelty", "other", "verdict"),
+    ("subject", "novelty", "taxon", "other", "verdict"),
     [
-        (0.01, 5.0, 0.0, "not_sure"),  # little fish, but as close to the training images as they are: judged by them
-        (0.01, 50.0, 0.0, "not_a_fish"),  # little fish and unlike the training images
-        (0.3, 50.0, 0.95, "not_a_fish"),  # another living thing (a sea anemone) far more than a fish
-        (0.3, 50.0, 0.6, "unknown_species"),  # fish enough: a fish it does not know
-        (0.3, 5.0, 0.95, "not_sure"),
-        (0.3, 50.0, None, "unknown_species"),  # no other-organism score: the contrast check is skipped
+        (0.01, 5.0, 0.5, 0.1, "not_a_fish"),  # nothing like the training data: whatever the novelty
+        (0.5, 5.0, 0.01, 0.0, "not_sure"),  # no fish taxon, but as close to the training images as they are
+        (0.5, 50.0, 0.01, 0.0, "not_a_fish"),  # no fish taxon and unlike the training images
+        (0.5, 50.0, 0.3, 0.95, "not_a_fish"),  # another living thing (a sea anemone) far more than a fish
+        (0.5, 50.0, 0.3, 0.6, "unknown_species"),  # fish enough: a fish it does not know
+        (0.5, 5.0, 0.3, 0.95, "not_sure"),
+        (0.5, 50.0, 0.3, None, "unknown_species"),  # no other-organism score: the contrast test is skipped
+        (0.5, 50.0, None, None, "unknown_species"),  # a model without the hierarchy
     ],
 )
-def test_hierarchy_rule_judges_only_pictures_unlike_the_training_images(
-    subject: float, novelty: float, other: float | None, verdict: str
+def test_hierarchy_test_judges_only_pictures_unlike_the_training_images(
+    subject: float, novelty: float, taxon: float | None, other: float | None, verdict: str
 ) -> None:
-    rule = OpenSetRule(0.5, subject_threshold=0.1, novelty_threshold=10.0, subject="fish", contrast_threshold=0.5)
-    assert rule.verdict(0.4, subject, novelty, other) == verdict
-    # the rule of releases before the hierarchy refuses little fish whatever the novelty
-    assert OpenSetRule(0.5, 0.1, 10.0, "fish").verdict(0.9, 0.01, 5.0) == "not_a_fish"
+    rule = OpenSetRule(0.5, 0.1, 10.0, "fish", taxon_threshold=0.1, contrast_threshold=0.5)
+    assert rule.verdict(0.4, subject, novelty, taxon, other) == verdict
+    # without the hierarchy's thresholds the taxon and other scores do nothing
+    assert OpenSetRule(0.5, 0.1, 10.0, "fish").verdict(0.9, 0.5, 50.0, 0.0, 1.0) == "unknown_species"
 
 
 def test_hierarchy_gives_the_fish_classes_and_the_other_living_things() -> None:
@@ -80,29 +83,36 @@ def test_hierarchy_gives_the_fish_classes_and_the_other_living_things() -> None:
     )
 
 
-def _scores(subject: list[float], novelty: list[float], other: list[float]) -> OpenSetScores:
-    return OpenSetScores(torch.tensor(subject), torch.tensor(novelty), torch.tensor(other))
+def _scores(subject: list[float], novelty: list[float], taxon: list[float], other: list[float]) -> OpenSetScores:
+    return OpenSetScores(*(torch.tensor(v, dtype=torch.float32) for v in (subject, novelty, taxon, other)))
 
 
 def test_contrast_rule_refuses_the_most_other_pictures_within_the_subject_budget() -> None:
     from training.open_set import choose_contrast_rule
 
-    # fish: familiar crops (novelty 1) with no fish mass at all, novel photos with some fish mass
-    fish = _scores([0.0, 0.0, 0.3, 0.4, 0.5, 0.6], [1, 1, 20, 20, 20, 20], [0.9, 0.9, 0.5, 0.3, 0.2, 0.1])
+    rule = OpenSetRule(0.0, subject_threshold=0.2, novelty_threshold=10.0, subject="fish")
+    # fish: familiar crops (novelty 1) with no fish taxon at all, novel photos with some; one the subject-score test
+    # refuses already (subject 0.1), which the hierarchy's budget does not count
+    fish = _scores(
+        [0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1],
+        [1, 1, 20, 20, 20, 20, 20],
+        [0.0, 0.0, 0.3, 0.4, 0.5, 0.6, 0.0],
+        [0.9, 0.9, 0.5, 0.3, 0.2, 0.1, 0.0],
+    )
     # sea life without fish: novel, mostly other organisms; one looks like a fish
-    sea_life = _scores([0.05, 0.1, 0.1, 0.6], [30, 30, 30, 30], [0.9, 0.6, 0.85, 0.1])
-    subject_threshold, contrast = choose_contrast_rule([fish], [sea_life], novelty_threshold=10.0, rejection=0.0)
-    rule = OpenSetRule(0.0, subject_threshold, 10.0, "fish", contrast)
-    assert not any(rule.not_subject(*fish.row(i)) for i in range(6))  # no fish refused (rejection 0)
-    assert [rule.not_subject(*sea_life.row(i)) for i in range(4)] == [True, True, True, False]
-    # allowed to refuse one fish in six, it refuses the same sea life (no more can be had) and no fish more
-    assert choose_contrast_rule([fish], [sea_life], 10.0, rejection=0.2) == (subject_threshold, contrast)
-    # no other pictures: the highest subject threshold that passes, the contrast check off
-    subject_only, off = choose_contrast_rule([fish], [], 10.0, rejection=0.0)
-    assert off == 1.0 and 0.0 < subject_only <= 0.3
-    # every pair refuses too many (all fish novel with no fish mass): the check never fires
-    hopeless = _scores([0.0, 0.0], [20, 20], [1.0, 1.0])
-    assert choose_contrast_rule([hopeless], [sea_life], 10.0, rejection=0.0) == (0.0, 1.0)
+    sea_life = _scores([0.9] * 4, [30] * 4, [0.05, 0.1, 0.1, 0.6], [0.9, 0.6, 0.85, 0.1])
+    taxon, contrast = choose_contrast_rule([fish], [sea_life], rule, rejection=0.0)
+    chosen = dataclasses.replace(rule, taxon_threshold=taxon, contrast_threshold=contrast)
+    assert [chosen.not_subject(*fish.row(i)) for i in range(7)] == [False] * 6 + [True]  # only the one refused before
+    assert [chosen.not_subject(*sea_life.row(i)) for i in range(4)] == [True, True, True, False]
+    # allowed to refuse one fish in seven, it refuses the same sea life (no more can be had) and no fish more
+    assert choose_contrast_rule([fish], [sea_life], rule, rejection=0.15) == (taxon, contrast)
+    # no other pictures: the highest taxon threshold that passes, the contrast test off
+    taxon_only, off = choose_contrast_rule([fish], [], rule, rejection=0.0)
+    assert off == 1.0 and 0.0 < taxon_only <= 0.3
+    # every pair refuses too many (all fish novel without fish taxon): the test never fires
+    hopeless = _scores([0.9, 0.9], [20, 20], [0.0, 0.0], [1.0, 1.0])
+    assert choose_contrast_rule([hopeless], [sea_life], rule, rejection=0.0) == (0.0, 1.0)
 
 
 def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
@@ -136,6 +146,7 @@ def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
         {"subject_threshold": -0.1},
         {"novelty_threshold": float("inf")},
         {"contrast_threshold": 1.5},
+        {"taxon_threshold": -0.5},
     ],
 )
 def test_rule_rejects_thresholds_out_of_range(kwargs: dict[str, float]) -> None:
@@ -241,17 +252,20 @@ def test_train_chooses_and_records_the_open_set_thresholds(tmp_path: Path) -> No
         "not_sure": pytest.approx(serving["confidence_threshold"]),
         "unknown_species": pytest.approx(serving["novelty_threshold"]),
         "not_a_fish": pytest.approx(serving["subject_threshold"]),
+        "not_a_fish_taxon": pytest.approx(serving["taxon_threshold"]),
         "not_a_fish_contrast": pytest.approx(serving["contrast_threshold"]),
     }
     # "fish" is a WordNet noun: the hierarchy's 16 fish classes and the other organisms travel in the release
     fish = subject_classes_for("fish")
-    assert release["open_set"]["subject_classes"] == fish.subject
-    assert release["open_set"]["other_classes"] == fish.other_organisms
+    assert release["open_set"]["hierarchy"] == {"taxon": fish.subject, "other": fish.other_organisms}
     prediction = predictor.predict([synthetic_image(COLOURS["clownfish"], seed=3)])[0]
-    assert prediction.subject_score is not None and prediction.novelty is not None
-    assert prediction.other_score is not None
+    assert None not in (prediction.subject_score, prediction.novelty, prediction.taxon_score, prediction.other_score)
     assert prediction.verdict == predictor.open_set.verdict(
-        prediction.confidence, prediction.subject_score, prediction.novelty, prediction.other_score
+        prediction.confidence,
+        prediction.subject_score,
+        prediction.novelty,
+        prediction.taxon_score,
+        prediction.other_score,
     )
     # the thresholds are overridable: a novelty threshold of 0 calls every fish an unknown species
     predictor.open_set = OpenSetRule(predictor.confidence_threshold, 0.0, 0.0, "fish")

@@ -8,12 +8,12 @@ real photos of known and unknown species (``--open-set-photos``) and pictures of
 
 - the ``unknown_species`` threshold: the novelty that at most ``novelty_rejection`` of the known photos (the
   validation images when there are none) exceed;
-- the ``not_a_fish`` thresholds. Where ``--subject`` names a WordNet noun (:mod:`model.imagenet_hierarchy`), the
-  pair (subject score, contrast) of :meth:`model.open_set.OpenSetRule.not_subject` that calls at most
-  ``subject_rejection`` of each set of the subject's pictures (validation, known photos, unknown-species photos)
-  "not a fish" and, among those pairs, calls the most of the ``--not-subject`` pictures so (their mean fraction
-  over the folders; :func:`choose_contrast_rule`). Otherwise (releases before the hierarchy) the highest subject
-  score that calls at most ``subject_rejection`` of each set so, whatever the novelty, and the ``--not-subject``
+- the ``not_a_fish`` thresholds (:meth:`model.open_set.OpenSetRule.not_subject`): the highest subject score that
+  calls at most ``subject_rejection`` of each set of the subject's pictures (validation, known photos,
+  unknown-species photos) "not a fish"; then, where ``--subject`` names a WordNet noun
+  (:mod:`model.imagenet_hierarchy`), the pair (taxon score, contrast) of the hierarchy's test that calls at most
+  ``subject_rejection`` more of each set so and, among those pairs, the most of the ``--not-subject`` pictures
+  (their mean fraction over the folders; :func:`choose_contrast_rule`). Without the hierarchy the ``--not-subject``
   pictures only measure the result;
 - a higher "not sure" threshold, where known photos would otherwise be confidently wrong too often.
 
@@ -37,6 +37,7 @@ from model.imagenet_hierarchy import SubjectClasses
 from model.open_set import (
     DEFAULT_SUBJECT_COVERAGE,
     ClassGaussians,
+    HierarchyClasses,
     OpenSetRule,
     OpenSetScores,
     open_set_scores,
@@ -126,26 +127,27 @@ class OpenSetFit:
     """What :func:`choose_open_set` chooses for a release.
 
     Attributes:
-        subject_classes: the subject's ImageNet classes (from the hierarchy, or
-            :func:`model.open_set.subject_classes`), or None without a kept ImageNet head.
+        subject_classes: the subject's ImageNet classes (:func:`model.open_set.subject_classes`), or None
+            without a kept ImageNet head.
         gaussians: the class means and shared covariance of the training features.
         rule: the thresholds of the four verdicts.
-        other_classes: with the hierarchy, the ImageNet classes of the other living things; else None.
+        hierarchy: the taxon's and the other living things' ImageNet classes, or None (no hierarchy test).
     """
 
     subject_classes: list[int] | None
     gaussians: ClassGaussians
     rule: OpenSetRule
-    other_classes: list[int] | None = None
+    hierarchy: HierarchyClasses | None = None
 
     def record(self) -> dict[str, Any]:
         """The checkpoint's ``open_set`` record: ``{"subject_classes": [...] (absent without an ImageNet head),
-        "other_classes": [...] (with the hierarchy only), "gaussians": {...}}`` (see :mod:`model.checkpoint`)."""
+        "hierarchy": {"taxon", "other"} (with the hierarchy only), "gaussians": {...}}`` (see
+        :mod:`model.checkpoint`)."""
         record: dict[str, Any] = {}
         if self.subject_classes is not None:
             record["subject_classes"] = self.subject_classes
-        if self.other_classes is not None:
-            record["other_classes"] = self.other_classes
+        if self.hierarchy is not None:
+            record["hierarchy"] = self.hierarchy.to_dict()
         record["gaussians"] = self.gaussians.to_dict()
         return record
 
@@ -153,7 +155,7 @@ class OpenSetFit:
         """The open-set scores of a set's outputs, as serving computes them
         (:func:`model.open_set.open_set_scores`)."""
         return open_set_scores(
-            outputs.features, outputs.imagenet_logits, self.subject_classes, self.gaussians, self.other_classes
+            outputs.features, outputs.imagenet_logits, self.subject_classes, self.gaussians, self.hierarchy
         )
 
 
@@ -198,33 +200,9 @@ def choose_open_set(
     novelty_threshold = float(torch.quantile(gaussians.novelty(reference.features).double(), 1.0 - novelty_rejection))
     logger.info("'unknown species' above novelty %.1f", novelty_threshold)
     rule = OpenSetRule(confidence_threshold, novelty_threshold=novelty_threshold, subject=subject)
-    classes, others = None, None
+    classes, taxa = None, None
     if not train.imagenet_logits.shape[1]:
         logger.info("the model keeps no ImageNet head: no 'not a fish' check")
-    elif hierarchy is not None:
-        classes, others = hierarchy.subject, hierarchy.other_organisms
-
-        def scores(outputs: Outputs) -> OpenSetScores:
-            return open_set_scores(outputs.features, outputs.imagenet_logits, classes, gaussians, others)
-
-        subject_threshold, contrast = choose_contrast_rule(
-            [scores(outputs) for outputs in calibration.values()],
-            [scores(outputs) for outputs in not_subject],
-            novelty_threshold,
-            subject_rejection,
-        )
-        rule = dataclasses.replace(rule, subject_threshold=subject_threshold, contrast_threshold=contrast)
-        logger.info(
-            "subject %s (WordNet %s): %d ImageNet classes, %d other organisms; beyond novelty %.1f, 'not a fish' "
-            "below subject score %.4f or where the other organisms' score exceeds it by %.3f",
-            subject,
-            hierarchy.synset,
-            len(classes),
-            len(others),
-            novelty_threshold,
-            subject_threshold,
-            contrast,
-        )
     else:
         classes = subject_classes(torch.softmax(train.imagenet_logits, dim=1), coverage)
         quantiles = [
@@ -238,9 +216,33 @@ def choose_open_set(
             classes[:10],
             rule.subject_threshold,
         )
+    if classes is not None and hierarchy is not None:
+        taxa = HierarchyClasses(hierarchy.subject, hierarchy.other_organisms)
+
+        def scores(outputs: Outputs) -> OpenSetScores:
+            return open_set_scores(outputs.features, outputs.imagenet_logits, classes, gaussians, taxa)
+
+        taxon_threshold, contrast = choose_contrast_rule(
+            [scores(outputs) for outputs in calibration.values()],
+            [scores(outputs) for outputs in not_subject],
+            rule,
+            subject_rejection,
+        )
+        rule = dataclasses.replace(rule, taxon_threshold=taxon_threshold, contrast_threshold=contrast)
+        logger.info(
+            "subject %s (WordNet %s): %d ImageNet classes, %d other organisms; beyond novelty %.1f, also 'not a "
+            "fish' below taxon score %.4f or where the other organisms' score exceeds it by %.3f",
+            subject,
+            hierarchy.synset,
+            len(taxa.taxon),
+            len(taxa.other),
+            novelty_threshold,
+            taxon_threshold,
+            contrast,
+        )
     if "known_photos" in calibration:
         known = calibration["known_photos"]
-        known_scores = open_set_scores(known.features, known.imagenet_logits, classes, gaussians, others)
+        known_scores = open_set_scores(known.features, known.imagenet_logits, classes, gaussians, taxa)
         passes = np.array([rule.verdict(1.0, *known_scores.row(i)) == "species" for i in range(len(known.targets))])
         rule = dataclasses.replace(
             rule,
@@ -259,51 +261,55 @@ def choose_open_set(
             rule.confidence_threshold,
             100 * max_confidently_wrong,
         )
-    return OpenSetFit(classes, gaussians, rule, others)
+    return OpenSetFit(classes, gaussians, rule, taxa)
 
 
-#: The grid of :func:`choose_contrast_rule`: subject-score thresholds from 0 to 0.5 and contrast thresholds from -1
-#: to 1, by 0.005 and 0.01 (the dev sets' scores: EXPERIMENTS.md, "not a fish").
-SUBJECT_GRID = torch.linspace(0.0, 0.5, 101, dtype=torch.float64)
+#: The grid of :func:`choose_contrast_rule`: taxon-score thresholds from 0 to 0.5 and contrast thresholds from -1 to
+#: 1, by 0.005 and 0.01 (the dev sets' scores: EXPERIMENTS.md, "not a fish").
+TAXON_GRID = torch.linspace(0.0, 0.5, 101, dtype=torch.float64)
 CONTRAST_GRID = torch.linspace(-1.0, 1.0, 201, dtype=torch.float64)
 
 
 def choose_contrast_rule(
     subject_sets: Sequence[OpenSetScores],
     other_sets: Sequence[OpenSetScores],
-    novelty_threshold: float,
+    rule: OpenSetRule,
     rejection: float,
 ) -> tuple[float, float]:
-    """The ``(subject_threshold, contrast_threshold)`` of the hierarchy rule
-    (:meth:`model.open_set.OpenSetRule.not_subject`), searched on :data:`SUBJECT_GRID` x :data:`CONTRAST_GRID`.
+    """The ``(taxon_threshold, contrast_threshold)`` of the hierarchy's test
+    (:meth:`model.open_set.OpenSetRule.not_subject`), searched on :data:`TAXON_GRID` x :data:`CONTRAST_GRID`.
 
-    Among the pairs that call at most ``rejection`` of each set of the subject's pictures "not a fish", the one
+    Counting only the pictures that ``rule`` (its subject-score test and novelty threshold) does not already call
+    "not a fish": among the pairs that call at most ``rejection`` of each set of the subject's pictures so, the one
     that calls the largest mean fraction of the ``other_sets`` so; ties go to the pair that refuses fewest of the
-    subject's pictures, then to the higher contrast and lower subject threshold. Without ``other_sets``, the
-    highest subject threshold whose pairs pass, with the contrast check off (threshold 1). Where no pair passes
-    (every one refuses too many), ``(0, 1)``: the check never fires.
+    subject's pictures, then to the higher contrast and the lower taxon threshold. Without ``other_sets``, the
+    highest taxon threshold that passes, with the contrast test off (threshold 1). Where no pair passes, ``(0,
+    1)``: the test never fires.
 
     Args:
-        subject_sets: scores (subject, novelty and other all present) of each set of the subject's pictures.
+        subject_sets: scores (subject, novelty, taxon and other) of each set of the subject's pictures.
         other_sets: scores of each set of pictures that are not of the subject.
-        novelty_threshold: the "unknown species" threshold: only pictures above it can be refused.
+        rule: the thresholds chosen so far (subject score, novelty).
         rejection: in [0, 1).
 
     Raises:
-        ValueError: a set without subject, novelty or other scores.
+        ValueError: a set without novelty, taxon or other scores.
     """
 
     def refused_fractions(sets: Sequence[OpenSetScores]) -> torch.Tensor:
-        """``(len(sets), subject grid, contrast grid)``: the fraction of each set the pair refuses."""
+        """``(len(sets), taxon grid, contrast grid)``: the fraction of each set that the pair alone refuses."""
         fractions = []
         for scores in sets:
-            if scores.subject is None or scores.novelty is None or scores.other is None:
-                raise ValueError("the hierarchy rule needs subject, novelty and other scores")
-            novel = (scores.novelty.double() > novelty_threshold)[None, None, :]
-            low = scores.subject.double()[None, None, :] < SUBJECT_GRID[:, None, None]
-            contrast = (scores.other - scores.subject).double()[None, None, :] > CONTRAST_GRID[None, :, None]
-            fractions.append((novel & (low | contrast)).double().mean(2))
-        return torch.stack(fractions) if fractions else torch.zeros(0, len(SUBJECT_GRID), len(CONTRAST_GRID))
+            if scores.novelty is None or scores.taxon is None or scores.other is None:
+                raise ValueError("the hierarchy's test needs novelty, taxon and other scores")
+            judged = scores.novelty.double() > (rule.novelty_threshold or 0.0)
+            if scores.subject is not None and rule.subject_threshold is not None:
+                judged &= scores.subject.double() >= rule.subject_threshold  # not refused already
+            judged = judged[None, None, :]
+            low = scores.taxon.double()[None, None, :] < TAXON_GRID[:, None, None]
+            contrast = (scores.other - scores.taxon).double()[None, None, :] > CONTRAST_GRID[None, :, None]
+            fractions.append((judged & (low | contrast)).double().mean(2))
+        return torch.stack(fractions) if fractions else torch.zeros(0, len(TAXON_GRID), len(CONTRAST_GRID))
 
     subject_refused = refused_fractions(subject_sets)
     allowed = (subject_refused <= rejection + 1e-12).all(0)
@@ -311,14 +317,13 @@ def choose_contrast_rule(
         logger.warning("no 'not a fish' thresholds refuse at most %.1f %% of each subject set", 100 * rejection)
         return 0.0, 1.0
     if not other_sets:
-        best_subject = int(allowed[:, -1].nonzero().max())
-        return float(SUBJECT_GRID[best_subject]), 1.0
+        return float(TAXON_GRID[int(allowed[:, -1].nonzero().max())]), 1.0
     gain = refused_fractions(other_sets).mean(0)
     cost = subject_refused.mean(0)
-    # lexicographic: most of the other pictures refused, fewest of the subject's, higher contrast, lower subject
+    # lexicographic: most of the other pictures refused, fewest of the subject's, higher contrast, lower taxon
     keys = [(float(gain[i, j]), -float(cost[i, j]), j, -i) for i, j in allowed.nonzero().tolist()]
     _, _, j, minus_i = max(keys)
-    return float(SUBJECT_GRID[-minus_i]), float(CONTRAST_GRID[j])
+    return float(TAXON_GRID[-minus_i]), float(CONTRAST_GRID[j])
 
 
 def _folders(folders: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None) -> list[str]:

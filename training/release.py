@@ -103,6 +103,7 @@ def write_release(
         release["open_set"] = fit.record()
         release["serving"].update(
             subject_threshold=fit.rule.subject_threshold,
+            taxon_threshold=fit.rule.taxon_threshold,
             contrast_threshold=fit.rule.contrast_threshold,
             novelty_threshold=fit.rule.novelty_threshold,
             subject=fit.rule.subject,
