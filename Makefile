@@ -50,10 +50,11 @@ test-fast: install-dev
 	$(PY) -m pytest -x -q -m "not slow and not browser and not real_data"
 
 # The exact recipe of weights/fish4knowledge_lite0.pt (see weights/README.md): EfficientNet-Lite0 from its ImageNet
-# weights (a pip package, no network), about 20 minutes on 2 CPU cores. The clownfish photos only choose and report
-# the open-set thresholds; they are never trained on.
-PHOTOS ?= ../shared/data/clownfish_photos
-NOT_FISH ?= ../shared/data/flowers
+# weights (a pip package, no network), about 20 minutes on 2 CPU cores. The real photos (clownfish, reef fish of
+# other species, reef sea life without fish) and the flowers only choose and report the open-set thresholds; they
+# are never trained on. Comma-separated: one set per folder.
+PHOTOS ?= ../shared/data/clownfish_photos,../shared/data/reef_photos/fish
+NOT_FISH ?= ../shared/data/flowers,../shared/data/reef_photos/not_fish
 train-default: install
 	$(PY) train.py --data $(DATA) --out runs/f4k_lite0 --arch tf_efficientnet_lite0 --weights imagenet \
 	  --image-size 192 --epochs 6 --head-epochs 1 --backbone-lr-scale 0.1 --batch-size 32 --lr 0.05 \

@@ -279,21 +279,39 @@ def test_a_model_from_scratch_has_no_subject_check(tiny_checkpoint: Path) -> Non
     assert prediction.subject_score is None and prediction.verdict in ("species", "not_sure")
 
 
-def test_not_sure_threshold_rises_until_few_known_photos_are_confidently_wrong() -> None:
-    from training.open_set import confidence_threshold_for_known_photos
+def test_not_sure_threshold_rises_until_few_photos_are_named_wrongly() -> None:
+    from training.open_set import lowest_confidence_threshold
 
-    # 10 photos of class 0: confidences of the best class rise with i; the 4 most confident ones are wrong
-    confidence = torch.linspace(0.5, 0.95, 10)
-    probabilities = torch.stack([confidence, 1 - confidence], 1)
-    wrong = torch.arange(10) >= 6
-    probabilities[wrong] = probabilities[wrong].flip(1)
-    targets = torch.zeros(10, dtype=torch.long)
+    # 10 photos: confidences of the best class rise with i; the 4 most confident ones are counted (named wrongly)
+    confidence = np.linspace(0.5, 0.95, 10)
+    counted = np.arange(10) >= 6
+    assert confidence[8] < lowest_confidence_threshold(confidence, counted, 0.1) <= confidence[9] + 1e-9  # one stays
+    assert lowest_confidence_threshold(confidence, counted, 0.5) == 0.0  # 4 of 10 is within 50 %
+    assert lowest_confidence_threshold(confidence, np.zeros(10, bool), 0.0) == 0.0  # none counted
+    assert lowest_confidence_threshold(confidence, np.ones(10, bool), 0.0) > 0.95  # none may be named: above all
 
-    def threshold(passes: bool, max_confidently_wrong: float) -> float:
-        return confidence_threshold_for_known_photos(
-            probabilities, targets, np.full(10, passes), max_confidently_wrong=max_confidently_wrong
+
+def test_unknown_photos_raise_the_not_sure_threshold_when_asked() -> None:
+    from training.evaluation import Outputs
+    from training.open_set import choose_open_set
+
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.arange(60) % 3
+
+    def outputs(n: int, known: bool) -> Outputs:
+        return Outputs(
+            logits=torch.randn(n, 3, generator=gen) * 3,
+            targets=targets[:n] if known else torch.full((n,), -1),
+            features=torch.randn(n, 4, generator=gen) * 0.1,  # all close to the class means: never "unknown"
+            imagenet_logits=torch.zeros(n, 0),
         )
 
-    assert float(confidence[8]) < threshold(True, 0.1) <= float(confidence[9]) + 1e-6  # one wrong answer (10 %) stays
-    assert threshold(True, 0.5) == 0.0  # 4 of 10 wrong is within 50 %
-    assert threshold(False, 0.0) == 0.0  # all are "unknown species" or "not a fish" anyway
+    train_set = Outputs(
+        logits=torch.randn(60, 3), targets=targets, features=torch.randn(60, 4), imagenet_logits=torch.zeros(60, 0)
+    )
+    calibration = {"val": outputs(30, True), "unknown_photos": outputs(40, False)}
+    kwargs = {"temperature": 1.0, "confidence_threshold": 0.0, "novelty_rejection": 0.0}
+    assert choose_open_set(train_set, calibration, **kwargs).rule.confidence_threshold == 0.0
+    rule = choose_open_set(train_set, calibration, max_unknown_named=0.1, **kwargs).rule
+    named = torch.softmax(calibration["unknown_photos"].logits, 1).max(1).values >= rule.confidence_threshold
+    assert rule.confidence_threshold > 0.0 and int(named.sum()) <= 4  # 10 % of 40

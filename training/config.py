@@ -258,6 +258,14 @@ class TrainConfig(BaseModel):
         ge=0,
         lt=1,
     )
+    max_unknown_named: float | None = option(
+        None,
+        "open set",
+        "with --open-set-photos: the 'not sure' threshold also rises until at most this fraction of each folder's "
+        "unknown-species photos are named as a species (default: no such bound)",
+        ge=0,
+        lt=1,
+    )
 
     @field_validator("classes", "head_hidden", "open_set_photos", "not_subject", mode="before")
     @classmethod

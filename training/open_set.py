@@ -172,6 +172,7 @@ def choose_open_set(
     coverage: float = DEFAULT_SUBJECT_COVERAGE,
     hierarchy: SubjectClasses | None = None,
     not_subject: Sequence[Outputs] = (),
+    max_unknown_named: float | None = None,
 ) -> OpenSetFit:
     """Fit the scores on ``train`` and choose the thresholds on ``calibration``: a pure function of the network's
     outputs and the options.
@@ -188,12 +189,14 @@ def choose_open_set(
             threshold.
         max_confidently_wrong: with known photos, the "not sure" threshold is raised (never lowered below
             ``confidence_threshold``) until at most this fraction of them get a ``species`` answer that names the
-            wrong class (:func:`confidence_threshold_for_known_photos`).
+            wrong class (:func:`lowest_confidence_threshold`).
         coverage: see :func:`model.open_set.subject_classes` (without ``hierarchy`` only).
         hierarchy: the subject's and the other organisms' ImageNet classes
             (:func:`model.imagenet_hierarchy.subject_classes_for`); None: the coverage rule.
         not_subject: outputs on pictures that are not of the subject; with ``hierarchy``, the "not a fish"
             thresholds call the most of them so (see :func:`choose_contrast_rule`).
+        max_unknown_named: where given, the "not sure" threshold also rises until at most this fraction of each
+            set of unknown-species photos (``calibration`` sets of kind ``unknown_photos``) is named as a species.
     """
     gaussians = ClassGaussians.fit(train.features, train.targets, train.logits.shape[1])
     reference = calibration.get("known_photos", calibration["val"])
@@ -240,26 +243,26 @@ def choose_open_set(
             taxon_threshold,
             contrast,
         )
-    if "known_photos" in calibration:
-        known = calibration["known_photos"]
-        known_scores = open_set_scores(known.features, known.imagenet_logits, classes, gaussians, taxa)
-        passes = np.array([rule.verdict(1.0, *known_scores.row(i)) == "species" for i in range(len(known.targets))])
-        rule = dataclasses.replace(
-            rule,
-            confidence_threshold=max(
-                confidence_threshold,
-                confidence_threshold_for_known_photos(
-                    calibrated_probabilities(known.logits, temperature),
-                    known.targets,
-                    passes,
-                    max_confidently_wrong=max_confidently_wrong,
-                ),
-            ),
-        )
+    raised = []
+    for name, outputs in calibration.items():
+        kind = set_kind(name)
+        if kind == "known_photos" or (kind == "unknown_photos" and max_unknown_named is not None):
+            scores = open_set_scores(outputs.features, outputs.imagenet_logits, classes, gaussians, taxa)
+            # the photos that the "not a fish" and "unknown species" checks let through
+            passes = np.array([rule.verdict(1.0, *scores.row(i)) == "species" for i in range(len(outputs.targets))])
+            confidence, predicted = calibrated_probabilities(outputs.logits, temperature).max(1)
+            if kind == "known_photos":  # named, and wrong
+                counted, allowed = passes & (predicted != outputs.targets).numpy(), max_confidently_wrong
+            else:  # named at all
+                counted, allowed = passes, float(max_unknown_named or 0.0)
+            raised.append(lowest_confidence_threshold(confidence.numpy(), counted, allowed))
+    if raised:
+        rule = dataclasses.replace(rule, confidence_threshold=max(confidence_threshold, *raised))
         logger.info(
-            "'not sure' below %.3f (at most %.0f %% of known photos confidently wrong)",
+            "'not sure' below %.3f (at most %.0f %% of known photos confidently wrong%s)",
             rule.confidence_threshold,
             100 * max_confidently_wrong,
+            "" if max_unknown_named is None else f", {100 * max_unknown_named:.0f} % of unknown ones named",
         )
     return OpenSetFit(classes, gaussians, rule, taxa)
 
@@ -372,30 +375,22 @@ def open_set_samples(
     return sets
 
 
-def confidence_threshold_for_known_photos(
-    probabilities: torch.Tensor,
-    targets: torch.Tensor,
-    passes: np.ndarray,
-    *,
-    max_confidently_wrong: float,
-) -> float:
-    """The lowest calibrated confidence threshold at which at most ``max_confidently_wrong`` of the known photos
-    pass every other check and name the wrong class.
+def lowest_confidence_threshold(confidence: np.ndarray, counted: np.ndarray, max_fraction: float) -> float:
+    """The lowest confidence threshold at which at most ``max_fraction`` of a set's images are both ``counted``
+    and at or above it (named as a species where they should not be).
 
     Args:
-        probabilities: calibrated float ``(N, C)``; targets: int64 ``(N,)`` class indices.
-        passes: bool ``(N,)``: the photos that the "not a fish" and "unknown species" checks let through.
-        max_confidently_wrong: the fraction of the photos allowed to be confidently wrong, in [0, 1].
+        confidence: float ``(N,)`` calibrated top-1 probabilities.
+        counted: bool ``(N,)``: the images that must not be named: the known photos that pass the other checks and
+            whose best class is wrong, or the unknown-species photos that pass them.
+        max_fraction: in [0, 1].
 
     Returns:
-        A threshold in [0, 1]: 0 when few enough are wrong at any confidence.
+        A threshold in [0, 1]: 0 when few enough are counted at any confidence.
     """
-    confidence, predicted = probabilities.max(1)
-    wrong = passes & (predicted != targets).numpy()
-    confidence = confidence.numpy()
-    allowed = int(np.floor(max_confidently_wrong * len(confidence)))
-    wrong_confidences = np.sort(confidence[wrong])[::-1]
-    if len(wrong_confidences) <= allowed:
+    allowed = int(np.floor(max_fraction * len(confidence)))
+    counted_confidences = np.sort(confidence[counted])[::-1]
+    if len(counted_confidences) <= allowed:
         return 0.0
-    # above the (allowed + 1)-th most confident wrong answer, only `allowed` wrong answers remain
-    return float(min(1.0, np.nextafter(wrong_confidences[allowed], np.inf)))
+    # above the (allowed + 1)-th most confident counted image, only `allowed` of them remain
+    return float(min(1.0, np.nextafter(counted_confidences[allowed], np.inf)))

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-set-photos", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
     parser.add_argument("--not-subject", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
     parser.add_argument("--subject", help="as train.py's")
-    for name in ("subject_rejection", "novelty_rejection", "max_confidently_wrong"):
+    for name in ("subject_rejection", "novelty_rejection", "max_confidently_wrong", "max_unknown_named"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, help="as train.py's")
     args = parser.parse_args(argv)
     setup_logging()

@@ -46,6 +46,7 @@ OPEN_SET_OPTIONS = (
     "subject_rejection",
     "novelty_rejection",
     "max_confidently_wrong",
+    "max_unknown_named",
 )
 
 
@@ -190,6 +191,7 @@ def _choose_open_set(
         subject_rejection=cfg.subject_rejection,
         novelty_rejection=cfg.novelty_rejection,
         max_confidently_wrong=cfg.max_confidently_wrong,
+        max_unknown_named=cfg.max_unknown_named,
         hierarchy=subject_classes_for(cfg.subject),
         not_subject=not_subject,
     )
