@@ -223,7 +223,7 @@ SETTINGS: dict[str, Setting] = _declare(
             "SUBJECT_THRESHOLD",
             float,
             None,
-            'below it the answer is "not a fish" (0 turns that off)',
+            'below this subject score the answer is "not a fish" (0 turns that test off, not the hierarchy one)',
             nullable=True,
             ge=0,
             le=1,
