@@ -69,11 +69,12 @@ def test_refit_releases_the_run_with_the_new_head(tmp_path: Path) -> None:
     assert main([str(run), "--out", str(tmp_path / "refit"), "--workers", "0"]) == 0
     release = load_checkpoint(tmp_path / "refit" / "release.pt")
     assert release["head"] == {"type": "normalized"} and release["config"]["head"] == "normalized"
-    assert release["config"]["refit"] == {"from": str(run), "C": 1.0}
+    assert release["config"]["refit"] == {"from": str(run), "C": 4.0}
     assert release["class_names"] == load_checkpoint(run / "release.pt")["class_names"]
     assert (tmp_path / "refit" / "split.csv").read_text() == (run / "split.csv").read_text()
     metrics = json.loads((tmp_path / "refit" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(release["metrics"]["val_accuracy"])
+    assert metrics["open_set"] == release["metrics"]["open_set"]  # the verdicts, as train.py writes them
     predictor = Predictor.from_checkpoint(tmp_path / "refit" / "release.pt")
     assert isinstance(predictor.model.get_submodule(classifier_name(predictor.model)), NormalizedLinear)
     assert predictor.predict([synthetic_image(COLOURS["clownfish"])])[0].label in COLOURS
