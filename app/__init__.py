@@ -78,7 +78,7 @@ def init_model(app: Flask) -> None:
     Raises:
         model.checkpoint.CheckpointError: the checkpoint at MODEL_PATH is missing or invalid; the message says how
             to point the app at another one.
-        ValueError, model.predictor.BackendUnavailableError: see :func:`app.inference.init_app`.
+        ValueError, model.backends.BackendUnavailableError: see :func:`app.inference.init_app`.
     """
     try:
         inference.init_app(app)

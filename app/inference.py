@@ -43,7 +43,7 @@ def init_app(app: Flask) -> None:
     Raises:
         model.checkpoint.CheckpointError: the checkpoint is missing or invalid; the message names MODEL_PATH.
         ValueError: PRECISION or BACKEND is not a known name.
-        model.predictor.BackendUnavailableError: BACKEND is openvino and it is not installed.
+        model.backends.BackendUnavailableError: BACKEND is openvino and it is not installed.
     """
     threads = app.config["THREADS"]
     path = app.config["MODEL_PATH"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from model.network import arch_library
-from model.predictor import pretty_label
+from model.results import pretty_label
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from typing import Any
 from PIL import Image
 
 from app.uploads import default_top_k
+from model.backends import BACKENDS, SERVED_PRECISIONS
 from model.decoding import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
-from model.predictor import BACKENDS, SERVED_PRECISIONS, Predictor
+from model.predictor import Predictor
 from model.results import response_schemas
 
 #: Version of the API described (not of the app): 2 added several images per request and the OpenAPI document.

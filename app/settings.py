@@ -236,7 +236,7 @@ SETTINGS: dict[str, Setting] = _declare(
             "auto",
             "`auto` (OpenVINO: the faster of fp32 and bf16, timed at start-up on this machine; torch: bf16 where the "
             "CPU or GPU computes it natively), `fp32`, `bf16`, `int8` (OpenVINO, after `quantize.py`)",
-            choices=("auto", "fp32", "bf16", "int8"),  # "auto" and model.predictor.SERVED_PRECISIONS
+            choices=("auto", "fp32", "bf16", "int8"),  # "auto" and model.backends.SERVED_PRECISIONS
         ),
         Setting(
             "BACKEND",
@@ -244,7 +244,7 @@ SETTINGS: dict[str, Setting] = _declare(
             "auto",
             "`auto` (OpenVINO on the CPU; torch on a GPU, or where OpenVINO cannot compile the model), `openvino`, "
             "`torch`",
-            choices=("auto", "openvino", "torch"),  # model.predictor.BACKENDS; model.runtime.resolve_backend
+            choices=("auto", "openvino", "torch"),  # model.backends.BACKENDS and resolve_backend
         ),
         Setting(
             "THREADS",

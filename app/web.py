@@ -29,8 +29,7 @@ from app.model_page import model_page_context, model_subject
 from app.uploads import check_uploads, decode_upload, default_top_k, form_limit_message
 from model.decoding import SUPPORTED_FORMATS_TEXT
 from model.errors import ImageError
-from model.predictor import Prediction
-from model.results import CSV_LAYOUT, csv_header, csv_row
+from model.results import CSV_LAYOUT, Prediction, csv_header, csv_row
 
 logger = logging.getLogger(__name__)
 

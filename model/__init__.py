@@ -17,7 +17,7 @@ _EXPORTS: dict[str, str] = {
     "save_checkpoint": "model.checkpoint",
     "WeightsUnavailableError": "model.network",
     "build_model": "model.network",
-    "Prediction": "model.predictor",
+    "Prediction": "model.results",
     "Predictor": "model.predictor",
     "Preprocessing": "model.transforms",
     "eval_transform": "model.transforms",
@@ -41,7 +41,8 @@ __all__ = [
 if TYPE_CHECKING:
     from model.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
     from model.network import WeightsUnavailableError, build_model
-    from model.predictor import Prediction, Predictor
+    from model.predictor import Predictor
+    from model.results import Prediction
     from model.transforms import Preprocessing, eval_transform, train_transform
 
 

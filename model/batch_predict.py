@@ -10,7 +10,7 @@ each file is read and decoded in a process of a :class:`model.decoder_pool.Decod
 :func:`model.decoding.decode_image`, with the app's checks (supported formats, the JPEG structure walk, the pixel
 limit ``--max-pixels``) and limits (the deadline ``--decode-timeout``, a memory limit), and shrunk on decoding to
 the model's resize size. The images then go through the checkpoint's eval preset (``predictor.transform``) and
-``predictor.predict_batch`` in batches, in this process, and get the fields of :class:`model.predictor.Prediction`
+``predictor.predict_batch`` in batches, in this process, and get the fields of :class:`model.results.Prediction`
 in the CSV layout of :mod:`model.results`. A file the decoder refuses gets a row with its ``error`` instead of
 stopping the run.
 """
@@ -39,8 +39,8 @@ from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser,
 from model.decoder_pool import DEFAULT_DECODE_TIMEOUT_S, DecoderPool
 from model.decoding import DEFAULT_MAX_PIXELS
 from model.errors import ImageError
-from model.predictor import Prediction, Predictor
-from model.results import VERDICTS, csv_header, csv_row
+from model.predictor import Predictor
+from model.results import VERDICTS, Prediction, csv_header, csv_row
 from model.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger("predict")

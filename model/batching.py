@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from model.predictor import Prediction, Predictor
+from model.predictor import Predictor
+from model.results import Prediction
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from model.backends import BACKENDS, SERVED_PRECISIONS, BackendUnavailableError
 from model.checkpoint import CheckpointError
-from model.predictor import BACKENDS, SERVED_PRECISIONS, BackendUnavailableError
 from model.quantization import QuantizationUnavailableError
 
 #: What loading or running a checkpoint raises for a user's mistake (a bad file, int8 not made, a backend that

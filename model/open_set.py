@@ -1,7 +1,7 @@
 """Open-set answers: one of the model's classes, another of its kind, or not its subject at all.
 
 A closed-set classifier always names one of its ``C`` classes. This module turns its outputs into one of four
-verdicts (:data:`model.predictor.VERDICTS`), with three scores, each compared with a threshold that
+verdicts (:data:`model.results.VERDICTS`), with three scores, each compared with a threshold that
 ``train.py`` chooses on validation data and records in the checkpoint (``serving``):
 
 ``subject_score``  How much the picture looks like the training data's subject (fish, flowers, ...), from the

@@ -11,17 +11,22 @@ import dataclasses
 import logging
 import math
 import os
-import statistics
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 
 from model import quantization
+from model.backends import (
+    BACKENDS,
+    INT8,
+    PRECISIONS,
+    SERVED_PRECISIONS,
+    BackendUnavailableError,
+    OpenVINONetwork,
+    resolve_backend,
+)
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.decoding import to_rgb
 from model.open_set import (
@@ -32,237 +37,11 @@ from model.open_set import (
     OpenSetScores,
     open_set_scores,
 )
-from model.results import VERDICTS, ClassScoreResult, prediction_result
-from model.runtime import autocast, cpu_threads, resolve_backend, resolve_inference_precision
+from model.results import ClassScore, Prediction
+from model.runtime import autocast, cpu_threads, resolve_inference_precision
 from model.transforms import Preprocessing, eval_transform
 
 logger = logging.getLogger(__name__)
-
-#: Float precisions of both backends (torch autocast, OpenVINO's inference precision).
-PRECISIONS = ("fp32", "bf16")
-#: int8 runs on OpenVINO only, from a network quantized beforehand (``quantize.py``, :mod:`model.quantization`).
-INT8 = "int8"
-#: Every precision a Predictor may run in (``"auto"`` resolves to one of them): the ``--precision`` choices and the
-#: API document's enum.
-SERVED_PRECISIONS = (*PRECISIONS, INT8)
-#: Inference engines behind the same Predictor API: OpenVINO (CPU), eager PyTorch, or ``"auto"`` (see
-#: :func:`resolve_backend`).
-BACKENDS = ("auto", "openvino", "torch")
-
-
-class BackendUnavailableError(RuntimeError):
-    """The requested inference backend is not installed or cannot compile the model."""
-
-
-class OpenVINONetwork:
-    """The network compiled by OpenVINO for the CPU; called on a float32 batch, it returns the torch module's
-    outputs as a tuple (for :class:`model.open_set.OpenSetNetwork`: logits, features, ImageNet logits).
-
-    Converted with ``openvino.convert_model`` from the loaded PyTorch module (no file is written), compiled with
-    the ``LATENCY`` performance hint (one stream: one request uses every thread) and ``INFERENCE_PRECISION_HINT``
-    bf16 or f32. Compiled models are thread-safe; each calling thread gets its own infer request.
-
-    ``precision="auto"`` compiles f32 and, where OpenVINO reports native bf16 (``OPTIMIZATION_CAPABILITIES``),
-    bf16 too, times each on one image and keeps the faster (:attr:`timings` holds the medians): the choice comes
-    from a measurement on the machine at hand, not from its flags. Measured on this project's 2-core AVX-512 BF16
-    machine, default model at 192 px: 1.9 ms f32, 1.05 ms bf16 per image (``make bench``).
-
-    Args:
-        model: the PyTorch network in eval mode, ``(N, 3, S, S)`` float32 to a tensor or a tuple of them.
-        image_size: ``S``, for the example input of the conversion and of the timing.
-        precision: ``"fp32"``, ``"bf16"``, ``"auto"``, or ``"int8"`` (then ``int8_model`` is what runs, its
-            remaining float operations in bf16 where the CPU has it natively, else f32).
-        num_threads: CPU threads for OpenVINO's inference (``INFERENCE_NUM_THREADS``); None for its default (all).
-        int8_model: the quantized ``openvino.Model`` of ``model`` (:mod:`model.quantization`), for ``"int8"``.
-
-    Attributes:
-        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``, the one compiled.
-        timings: ``{precision: median ms per image}`` of the ``"auto"`` measurement (empty otherwise).
-
-    Raises:
-        BackendUnavailableError: OpenVINO is not installed, or conversion failed.
-    """
-
-    #: Timed single-image inferences per candidate precision of ``"auto"`` (after 3 untimed ones).
-    AUTO_REPEATS = 15
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        image_size: int,
-        precision: str,
-        num_threads: int | None,
-        int8_model: Any = None,
-    ) -> None:
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "the openvino backend needs the openvino package: pip install openvino (or use backend torch)"
-            ) from exc
-        example = torch.zeros(1, 3, image_size, image_size)
-        try:
-            core = ov.Core()
-            native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-            if precision == INT8:
-                converted = int8_model  # Predictor checks that there is one
-            else:
-                converted = ov.convert_model(model.float().eval(), example_input=example)
-            candidates = [precision]
-            if precision == "auto":
-                candidates = ["fp32", "bf16"] if native_bf16 else ["fp32"]
-            compiled = {}
-            for name in candidates:
-                bf16 = name == "bf16" or (name == "int8" and native_bf16)
-                config: dict[str, Any] = {
-                    "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
-                }
-                if num_threads:
-                    config["INFERENCE_NUM_THREADS"] = num_threads
-                compiled[name] = core.compile_model(converted, "CPU", config)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise BackendUnavailableError(f"OpenVINO could not compile the model: {exc}") from exc
-        self.timings: dict[str, float] = {}
-        if len(compiled) > 1:
-            # interleaved, so that whatever else runs meanwhile (another worker starting) slows every candidate
-            image = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).numpy()
-            requests = {name: candidate.create_infer_request() for name, candidate in compiled.items()}
-            times: dict[str, list[float]] = {name: [] for name in compiled}
-            for repeat in range(3 + self.AUTO_REPEATS):
-                for name, request in requests.items():
-                    start = time.perf_counter()
-                    request.infer({0: image})
-                    if repeat >= 3:
-                        times[name].append((time.perf_counter() - start) * 1000)
-            self.timings = {name: statistics.median(values) for name, values in times.items()}
-            logger.info("OpenVINO precision auto: %s ms per image", {k: round(v, 2) for k, v in self.timings.items()})
-        self.precision = min(compiled, key=lambda name: self.timings.get(name, 0.0))
-        self.compiled = compiled[self.precision]
-        self._local = threading.local()
-
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The module's outputs, float32 tensors, for a float32 batch ``(N, 3, S, S)``."""
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        result = request.infer({0: batch.contiguous().numpy()})
-        return tuple(torch.from_numpy(result[i].copy()) for i in range(len(self.compiled.outputs)))
-
-
-def pretty_label(label: str) -> str:
-    """A class folder name for people: ``amphiprion_clarkii`` -> ``Amphiprion clarkii``."""
-    name = label.replace("_", " ").strip()
-    return name[:1].upper() + name[1:]
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    """One class and its probability, with the names people know it by (where the checkpoint has them).
-
-    Attributes:
-        label: the class name (its training folder name).
-        confidence: softmax probability in [0, 1].
-        common_name: e.g. ``"Clark's anemonefish"``, or None.
-        scientific_name: e.g. ``"Amphiprion clarkii"``, or None.
-    """
-
-    label: str
-    confidence: float
-    common_name: str | None = None
-    scientific_name: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        """``"Common name (Scientific name)"``, whichever of the two exists, or the prettified label."""
-        if self.common_name and self.scientific_name:
-            return f"{self.common_name} ({self.scientific_name})"
-        return self.common_name or self.scientific_name or pretty_label(self.label)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, as declared by :class:`model.results.ClassScoreResult`: ``label, confidence, display_name,
-        common_name, scientific_name``."""
-        return ClassScoreResult.model_validate(self, from_attributes=True).model_dump(mode="json")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The classification of one image: the ``top_k`` classes, most probable first, and what to tell the user.
-
-    Attributes:
-        top_k: at least one :class:`ClassScore`, sorted by descending confidence.
-        threshold: confidence below which the prediction is reported as "not sure" (0 disables it); chosen on
-            validation data when the model was trained (see ``training.metrics.selective_threshold``).
-        verdict: one of :data:`VERDICTS` (declared with the result in :mod:`model.results`): ``"species"``
-            (confident: name the class), ``"not_sure"`` (a known class, but below ``threshold``: offer the
-            candidates), ``"unknown_species"`` (the right kind of subject, probably none of the model's classes),
-            ``"not_a_fish"`` (not the kind of picture the model was trained on). Decided by
-            :class:`model.open_set.OpenSetRule` where the checkpoint records one; otherwise from ``threshold``
-            alone.
-        subject_score: how much the picture looks like the training data's subject, in [0, 1] (probability mass
-            of the subject's ImageNet classes), or None when the model has no such score.
-        novelty: distance of the image's features to the nearest known class (squared Mahalanobis distance),
-            or None when the model has no such score.
-        taxon_score: probability mass of the ImageNet classes under the subject's WordNet noun (the 16 fish
-            classes), in [0, 1], or None when the model has no such score (see :mod:`model.imagenet_hierarchy`).
-        other_score: probability mass of ImageNet's other living things (coral, sea anemones, crabs...), in
-            [0, 1], or None likewise.
-    """
-
-    top_k: list[ClassScore]
-    threshold: float = 0.0
-    verdict: str = ""
-    subject_score: float | None = None
-    novelty: float | None = None
-    taxon_score: float | None = None
-    other_score: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.verdict:
-            object.__setattr__(self, "verdict", "species" if self.top_k[0].confidence >= self.threshold else "not_sure")
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
-
-    @property
-    def best(self) -> ClassScore:
-        """The most probable class."""
-        return self.top_k[0]
-
-    @property
-    def label(self) -> str:
-        """Class name with the highest probability."""
-        return self.best.label
-
-    @property
-    def confidence(self) -> float:
-        """Its probability, in [0, 1]."""
-        return self.best.confidence
-
-    @property
-    def confident(self) -> bool:
-        """True only for the ``"species"`` verdict: say the species; otherwise say what :attr:`verdict` says."""
-        return self.verdict == "species"
-
-    @property
-    def display_name(self) -> str:
-        """Readable name of :attr:`label` (see :attr:`ClassScore.display_name`)."""
-        return self.best.display_name
-
-    @property
-    def common_name(self) -> str | None:
-        """Common name of :attr:`label`, or None."""
-        return self.best.common_name
-
-    @property
-    def scientific_name(self) -> str | None:
-        """Scientific name of :attr:`label`, or None."""
-        return self.best.scientific_name
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, as declared by :class:`model.results.PredictionResult`: ``label, confidence, confident,
-        verdict, threshold, subject_score, novelty, taxon_score, other_score, display_name, common_name,
-        scientific_name, top_k: [ClassScore.to_dict(), ...]``."""
-        return prediction_result(self).model_dump(mode="json")
 
 
 def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -284,7 +63,7 @@ class Predictor:
             :func:`model.runtime.resolve_inference_precision`; OpenVINO: the faster of the two measured, see
             :class:`OpenVINONetwork`).
         backend: ``"openvino"`` (CPU only), ``"torch"`` (eager PyTorch, channels_last), or ``"auto"``
-            (:func:`model.runtime.resolve_backend`; falls back to torch, with a warning, where OpenVINO cannot
+            (:func:`model.backends.resolve_backend`; falls back to torch, with a warning, where OpenVINO cannot
             compile the model).
         num_threads: CPU threads of OpenVINO's inference; None: all this process may use
             (:func:`model.runtime.cpu_threads`). The torch backend uses torch's own setting

@@ -3,8 +3,8 @@
 running app's limits by ``app.openapi``) and the one CSV layout of the results table (:data:`CSV_LAYOUT`), which
 the web page's download (``app.web``), ``predict.py`` and ``static/app.js`` (given the layout by the page) write.
 
-The models describe the :class:`model.predictor.Prediction` and :class:`model.predictor.ClassScore` objects that
-the predictor makes (read through their attributes) and ``Predictor.summary()``; their field names are the JSON
+The pydantic models describe the :class:`Prediction` and :class:`ClassScore` objects that the predictor makes
+(declared here too, and read through their attributes) and ``Predictor.summary()``; their field names are the JSON
 keys. The four verdicts (:data:`VERDICTS`) are part of the result, so they are declared here too.
 
 CSV columns: the file (``file_name`` on the page, ``path`` in ``predict.py``), then ``species, label, confidence,
@@ -17,15 +17,13 @@ not be classified has only its ``error``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
-if TYPE_CHECKING:
-    from model.predictor import Prediction
-
-#: The four kinds of answer, most specific first (see :class:`model.predictor.Prediction`'s ``verdict``).
+#: The four kinds of answer, most specific first (see :class:`Prediction`'s ``verdict``).
 Verdict = Literal["species", "not_sure", "unknown_species", "not_a_fish"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
 
@@ -43,6 +41,118 @@ def _probability(description: str | None = None, **kwargs: Any) -> Any:
     """A field documented as a probability in [0, 1]. The bounds are in the schema only: the numbers come from
     the model, and a float32 sum a hair over 1 must not fail an answer."""
     return Field(description=description, json_schema_extra={"minimum": 0, "maximum": 1}, **kwargs)
+
+
+def pretty_label(label: str) -> str:
+    """A class folder name for people: ``amphiprion_clarkii`` -> ``Amphiprion clarkii``."""
+    name = label.replace("_", " ").strip()
+    return name[:1].upper() + name[1:]
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class and its probability, with the names people know it by (where the checkpoint has them).
+
+    Attributes:
+        label: the class name (its training folder name).
+        confidence: softmax probability in [0, 1].
+        common_name: e.g. ``"Clark's anemonefish"``, or None.
+        scientific_name: e.g. ``"Amphiprion clarkii"``, or None.
+    """
+
+    label: str
+    confidence: float
+    common_name: str | None = None
+    scientific_name: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """``"Common name (Scientific name)"``, whichever of the two exists, or the prettified label."""
+        if self.common_name and self.scientific_name:
+            return f"{self.common_name} ({self.scientific_name})"
+        return self.common_name or self.scientific_name or pretty_label(self.label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as declared by :class:`ClassScoreResult`: ``label, confidence, display_name,
+        common_name, scientific_name``."""
+        return ClassScoreResult.model_validate(self, from_attributes=True).model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classification of one image: the ``top_k`` classes, most probable first, and what to tell the user.
+
+    Attributes:
+        top_k: at least one :class:`ClassScore`, sorted by descending confidence.
+        threshold: confidence below which the prediction is reported as "not sure" (0 disables it); chosen on
+            validation data when the model was trained (see ``training.metrics.selective_threshold``).
+        verdict: one of :data:`VERDICTS`: ``"species"``
+            (confident: name the class), ``"not_sure"`` (a known class, but below ``threshold``: offer the
+            candidates), ``"unknown_species"`` (the right kind of subject, probably none of the model's classes),
+            ``"not_a_fish"`` (not the kind of picture the model was trained on). Decided by the one rule,
+            :meth:`model.open_set.OpenSetRule.verdict`.
+        subject_score: how much the picture looks like the training data's subject, in [0, 1] (probability mass
+            of the subject's ImageNet classes), or None when the model has no such score.
+        novelty: distance of the image's features to the nearest known class (squared Mahalanobis distance),
+            or None when the model has no such score.
+        taxon_score: probability mass of the ImageNet classes under the subject's WordNet noun (the 16 fish
+            classes), in [0, 1], or None when the model has no such score (see :mod:`model.imagenet_hierarchy`).
+        other_score: probability mass of ImageNet's other living things (coral, sea anemones, crabs...), in
+            [0, 1], or None likewise.
+    """
+
+    top_k: list[ClassScore]
+    threshold: float
+    verdict: str
+    subject_score: float | None = None
+    novelty: float | None = None
+    taxon_score: float | None = None
+    other_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    @property
+    def best(self) -> ClassScore:
+        """The most probable class."""
+        return self.top_k[0]
+
+    @property
+    def label(self) -> str:
+        """Class name with the highest probability."""
+        return self.best.label
+
+    @property
+    def confidence(self) -> float:
+        """Its probability, in [0, 1]."""
+        return self.best.confidence
+
+    @property
+    def confident(self) -> bool:
+        """True only for the ``"species"`` verdict: say the species; otherwise say what :attr:`verdict` says."""
+        return self.verdict == "species"
+
+    @property
+    def display_name(self) -> str:
+        """Readable name of :attr:`label` (see :attr:`ClassScore.display_name`)."""
+        return self.best.display_name
+
+    @property
+    def common_name(self) -> str | None:
+        """Common name of :attr:`label`, or None."""
+        return self.best.common_name
+
+    @property
+    def scientific_name(self) -> str | None:
+        """Scientific name of :attr:`label`, or None."""
+        return self.best.scientific_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as declared by :class:`PredictionResult`: ``label, confidence, confident,
+        verdict, threshold, subject_score, novelty, taxon_score, other_score, display_name, common_name,
+        scientific_name, top_k: [ClassScore.to_dict(), ...]``."""
+        return prediction_result(self).model_dump(mode="json")
 
 
 class ClassScoreResult(BaseModel):
@@ -164,7 +274,7 @@ RESPONSE_MODELS: dict[str, type[BaseModel]] = {
 
 
 def prediction_result(prediction: Prediction) -> PredictionResult:
-    """The declared result of a :class:`model.predictor.Prediction` (its fields read from its attributes)."""
+    """The declared result of a :class:`Prediction` (its fields read from its attributes)."""
     return PredictionResult.model_validate(prediction, from_attributes=True)
 
 

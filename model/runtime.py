@@ -1,5 +1,5 @@
 """Where and how the network runs, for training and serving alike: the device, the precision ("auto" resolved
-from what the hardware computes natively), autocast, the inference backend (OpenVINO or torch) and CPU threads.
+from what the hardware computes natively), autocast and CPU threads (the inference backend: :mod:`model.backends`).
 
 Training (``training.trainer``, ``training.engine``), serving (``model.predictor``, ``app``), ``predict.py`` and
 ``tools/bench.py`` take these choices from here and nowhere else.
@@ -80,25 +80,6 @@ def resolve_inference_precision(name: str, device: str | torch.device = "cpu") -
         return name
     precision = resolve_precision(name, torch.device(device))
     return "fp32" if precision == "fp16" else precision  # training's choice, but serving has no fp16
-
-
-def resolve_backend(name: str, device: str | torch.device = "cpu") -> str:
-    """``"auto"`` becomes ``"openvino"`` on the CPU when the package is installed, else ``"torch"``.
-
-    OpenVINO runs the default model 2.5x faster than PyTorch's bf16 autocast for one photo and 1.9x for a batch of
-    16 on this project's 2-core AVX-512 BF16 machine, and 4.9x for one photo on a 2-core Xeon with AMX
-    (``make bench``). GPUs keep PyTorch. Other names are returned unchanged.
-    """
-    if name != "auto":
-        return name
-    if torch.device(device).type != "cpu":
-        return "torch"
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        logger.warning("openvino is not installed (pip install openvino): predicting with torch, which is slower")
-        return "torch"
-    return "openvino"
 
 
 def cpu_threads() -> int:

@@ -33,7 +33,7 @@ from app import create_app
 from model.checkpoint import CheckpointError
 from model.decoding import decode_image
 from model.errors import ImageError
-from model.predictor import VERDICTS, Prediction
+from model.results import VERDICTS, Prediction
 from model.runtime import cpu_threads
 from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, make_app, synthetic_image
 from tools.loadtest import multipart
@@ -263,7 +263,7 @@ def test_results_table_and_csv_say_each_verdict(
 
 def test_verdict_headline_words() -> None:
     from app.web import verdict_headline, with_article
-    from model.predictor import ClassScore
+    from model.results import ClassScore
 
     top = [ClassScore("a_b", 0.4, "Ab fish", "A b"), ClassScore("c_d", 0.3), ClassScore("e_f", 0.3)]
     said = {verdict: verdict_headline(Prediction(top, 0.5, verdict), "fish") for verdict in VERDICTS}

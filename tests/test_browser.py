@@ -31,8 +31,7 @@ from typing import Any
 import pytest
 
 from app.web import verdict_headline
-from model.predictor import VERDICTS, ClassScore, Prediction
-from model.results import csv_header
+from model.results import VERDICTS, ClassScore, Prediction, csv_header
 from tests.conftest import ROOT, SHARED_DATA, gunicorn_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-dev.txt")

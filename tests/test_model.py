@@ -13,6 +13,7 @@ import torchvision
 from PIL import Image
 
 import model.runtime as runtime
+from model.backends import BackendUnavailableError, resolve_backend
 from model.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -24,8 +25,7 @@ from model.checkpoint import (
 )
 from model.decoding import to_rgb
 from model.network import WeightsUnavailableError, build_model
-from model.predictor import BackendUnavailableError, Predictor
-from model.runtime import resolve_backend
+from model.predictor import Predictor
 from model.transforms import Preprocessing, eval_transform, train_transform
 
 

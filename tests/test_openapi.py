@@ -17,8 +17,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from model.decoding import SUPPORTED_FORMATS
-from model.predictor import VERDICTS
 from model.results import (
+    VERDICTS,
     BatchResponse,
     ClassScoreResult,
     IndexedPrediction,

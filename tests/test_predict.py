@@ -21,7 +21,8 @@ from PIL import Image
 from app.web import results_csv
 from model import batch_predict
 from model.decoding import decode_image
-from model.predictor import VERDICTS, Prediction, Predictor
+from model.predictor import Predictor
+from model.results import VERDICTS, Prediction
 from tests.conftest import COLOURS, ROOT, encode, make_app, make_imagefolder, synthetic_image
 from tools.hostile_images import progressive_with_repeated_scan, slow_png, with_sof_size
 

@@ -71,10 +71,10 @@ def test_markdown_row_shows_the_default_as_code_or_the_declared_text() -> None:
 
 def test_defaults_and_choices_agree_with_the_code_that_uses_them() -> None:
     from app.uploads import DEFAULT_MAX_IMAGES_PER_REQUEST
+    from model.backends import BACKENDS, SERVED_PRECISIONS
     from model.batching import MicroBatcher
     from model.decoder_pool import DEFAULT_DECODE_MEMORY_MB, DEFAULT_DECODE_TIMEOUT_S
     from model.decoding import DEFAULT_MAX_PIXELS
-    from model.predictor import BACKENDS, SERVED_PRECISIONS
 
     defaults = settings.defaults()
     assert defaults["MAX_IMAGE_PIXELS"] == DEFAULT_MAX_PIXELS

@@ -30,10 +30,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from model.backends import BackendUnavailableError
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.decoding import decode_image
 from model.network import build_model
-from model.predictor import BackendUnavailableError, Predictor
+from model.predictor import Predictor
 from model.quantization import QuantizationUnavailableError
 from model.runtime import autocast, cpu_threads, resolve_precision, set_torch_threads
 from model.transforms import Preprocessing, train_transform

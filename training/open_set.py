@@ -44,7 +44,8 @@ from model.open_set import (
     subject_classes,
     subject_score,
 )
-from model.predictor import VERDICTS, Predictor, calibrated_probabilities
+from model.predictor import Predictor, calibrated_probabilities
+from model.results import VERDICTS
 from training.data import Sample, is_image_file
 from training.evaluation import Outputs
 
