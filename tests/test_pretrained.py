@@ -17,9 +17,9 @@ from torch import nn
 import train
 from model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from model.decoding import to_rgb
+from model.heads import CosineHead
 from model.network import (
     PACKAGED_WEIGHTS,
-    CosineHead,
     WeightsUnavailableError,
     _replace_classifier,
     arch_library,

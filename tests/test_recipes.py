@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import train
 from model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from model.network import MLPHead, build_model, classifier_name
+from model.heads import MLPHead
+from model.network import build_model, classifier_name
 from model.predictor import Predictor
 from model.transforms import Preprocessing
 from tests.conftest import COLOURS, ROOT, make_imagefolder, synthetic_image

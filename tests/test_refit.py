@@ -1,5 +1,5 @@
 """LP after FT: ``python -m training.refit`` replaces a run's head with a class-balanced logistic regression on
-L2-normalised features (:class:`model.network.NormalizedLinear`) and releases it."""
+L2-normalised features (:class:`model.heads.NormalizedLinear`) and releases it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from sklearn.linear_model import LogisticRegression
 
 import train
 from model.checkpoint import load_checkpoint
-from model.network import NormalizedLinear, build_model, classifier_name
+from model.heads import NormalizedLinear
+from model.network import build_model, classifier_name
 from model.predictor import Predictor
 from tests.conftest import COLOURS, make_imagefolder, synthetic_image
 from training.refit import fit_normalized_head, main

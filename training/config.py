@@ -23,7 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from model.network import HEADS, arch_library
+from model.heads import HEADS
+from model.network import arch_library
 from model.transforms import AUGMENT_PRESETS
 
 #: ``--help`` groups, in the order shown: key used by :func:`option` -> title.
@@ -110,8 +111,8 @@ class TrainConfig(BaseModel):
         "linear",
         "model",
         "classifier on the backbone's features: one linear layer, an MLP (--head-hidden, ReLU, dropout), a "
-        "cosine classifier with a learnt scale (model.network.CosineHead), or a linear layer on L2-normalised "
-        "features (model.network.NormalizedLinear, the head that python -m training.refit fits)",
+        "cosine classifier with a learnt scale (model.heads.CosineHead), or a linear layer on L2-normalised "
+        "features (model.heads.NormalizedLinear, the head that python -m training.refit fits)",
     )
     head_hidden: list[PositiveInt] = option(
         [256, 128, 64], "model", "MLP widths", rule="needs one or more widths >= 1", min_length=1

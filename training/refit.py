@@ -4,7 +4,7 @@ Fine-tuning shapes the features and the head together; on photographs (a domain 
 Fish4Knowledge do not cover) the fine-tuned linear head leans on feature norms and on the largest classes. This
 step keeps the network and replaces its head with a class-balanced logistic regression (scikit-learn's
 ``LogisticRegression``, L2 penalty ``C``, ``class_weight="balanced"``) on the L2-normalised penultimate features of
-the un-augmented training images, served as :class:`model.network.NormalizedLinear`. Measured on the default model
+the un-augmented training images, served as :class:`model.heads.NormalizedLinear`. Measured on the default model
 (EXPERIMENTS.md, section 5): real-photo top-1 64.0 -> 72.8 % at validation macro-F1 0.953, C = 1.
 
     python -m training.refit runs/f4k_lite0 --out runs/f4k_lite0_refit [--C 4] [--data DIR]
@@ -33,7 +33,8 @@ from sklearn.linear_model import LogisticRegression
 
 from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.cli import setup_logging
-from model.network import NormalizedLinear, classifier_name
+from model.heads import NormalizedLinear
+from model.network import classifier_name
 from model.predictor import Predictor
 from model.transforms import Preprocessing
 from training.config import TrainConfig, config_from_dict, csv_list, save_config
@@ -51,7 +52,7 @@ DEFAULT_C = 4.0
 
 
 def fit_normalized_head(features: torch.Tensor, targets: torch.Tensor, num_classes: int, c: float) -> NormalizedLinear:
-    """A :class:`model.network.NormalizedLinear` head fitted as a class-balanced logistic regression.
+    """A :class:`model.heads.NormalizedLinear` head fitted as a class-balanced logistic regression.
 
     Args:
         features: float ``(N, D)`` penultimate features; targets: int64 ``(N,)`` in ``[0, num_classes)``, every
