@@ -22,8 +22,10 @@ Schema (format version 1), all values plain Python types or tensors:
                       data, and the softmax temperature T > 0 fitted there (temperature scaling; served
                       probabilities are ``softmax(logits / T)``, T = 1 when absent)
 ``open_set``          optional dict (release only): ``{"subject_classes": list[int], "gaussians": {"means",
-                      "precision"}}``, see :mod:`model.open_set`; ``serving`` then also holds
-                      ``subject_threshold``, ``novelty_threshold`` and ``subject``
+                      "precision"}}`` and, with the ImageNet hierarchy, ``"hierarchy": {"taxon": list[int],
+                      "other": list[int]}``, see :mod:`model.open_set`; ``serving`` then also holds
+                      ``subject_threshold``, ``novelty_threshold``, ``subject`` and (hierarchy)
+                      ``taxon_threshold`` and ``contrast_threshold``
 ``optimizer``,        state dicts for ``--resume``; absent from release checkpoints
 ``lr_scheduler``,
 ``scaler``,

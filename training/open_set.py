@@ -15,7 +15,8 @@ real photos of known and unknown species (``--open-set-photos``) and pictures of
   ``subject_rejection`` more of each set so and, among those pairs, the most of the ``--not-subject`` pictures
   (their mean fraction over the folders; :func:`choose_contrast_rule`). Without the hierarchy the ``--not-subject``
   pictures only measure the result;
-- a higher "not sure" threshold, where known photos would otherwise be confidently wrong too often.
+- a higher "not sure" threshold, where known photos would otherwise be confidently wrong too often (and, with
+  ``--max-unknown-named``, where unknown-species photos would be named too often).
 
 Also here: the photo folders' samples, one set per folder (:func:`open_set_samples`).
 """
