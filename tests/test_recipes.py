@@ -207,11 +207,11 @@ def test_balanced_sampler_and_class_weights_on_an_imbalanced_folder(tmp_path: Pa
         path.unlink()  # clownfish: 4 images against 16 and 16
     from training.data import scan_image_folder
     from training.distributed import DistributedContext
-    from training.trainer import _train_sampler
+    from training.run_data import train_sampler
 
     class_names, samples = scan_image_folder(data)
     cfg = TrainConfig(data=str(data), out="x", sampler="balanced")
-    sampler = _train_sampler(cfg, samples, len(class_names), DistributedContext())
+    sampler = train_sampler(cfg, samples, len(class_names), DistributedContext())
     drawn = Counter(samples[i].target for _ in range(50) for i in sampler)
     shares = [drawn[c] / sum(drawn.values()) for c in range(3)]
     assert shares == pytest.approx([1 / 3] * 3, abs=0.03)  # uniform despite 16 / 4 / 16

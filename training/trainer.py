@@ -1,6 +1,7 @@
 """``fit(config)``: a training run as a list of named steps, from an ImageFolder to checkpoints and an evaluation.
 
-After torchvision's ``references/classification/train.py``: :func:`start_run`, :func:`build_data`,
+After torchvision's ``references/classification/train.py``: :func:`start_run`,
+:func:`training.run_data.build_data`,
 :func:`build_network`, :func:`build_optimization` and :func:`resume` set the run up; each epoch is
 :func:`train_epoch` (the loop in :mod:`training.engine`), :func:`training.engine.evaluate`, :func:`save_epoch`
 and :func:`should_stop`; the release step (:mod:`training.release`) ends it.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import shutil
 import time
@@ -29,26 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, WeightedRandomSampler
+from torch.utils.data import DistributedSampler
 
 from model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from model.network import WEIGHTS_IMAGENET, build_model, default_preprocessing, pretrained_head
+from model.network import WEIGHTS_IMAGENET, build_model, pretrained_head
 from model.open_set import OpenSetNetwork, distillation_loss
 from model.runtime import autocast, resolve_device, resolve_precision
-from model.transforms import Preprocessing, eval_transform, train_transform
 from training.config import TrainConfig, save_config, validate
-from training.data import (
-    SPLIT_FILE,
-    ImageListDataset,
-    Sample,
-    class_counts,
-    collate_skip_none,
-    read_class_info,
-    read_split,
-    scan_image_folder,
-    split_samples,
-    write_split,
-)
 from training.distributed import DistributedContext, init_distributed
 from training.engine import evaluate, train_one_epoch
 from training.evaluation import ClassMismatchError
@@ -63,6 +50,7 @@ from training.optim import (
 )
 from training.release import OpenSetOptions, write_release
 from training.reports import append_metrics_row, write_json
+from training.run_data import RunData, build_data
 
 logger = logging.getLogger(__name__)
 
@@ -74,140 +62,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(
-    cfg: TrainConfig, out: Path, write: bool = True
-) -> tuple[list[str], Path, list[Sample], Path, list[Sample]]:
-    """Scan the data (``--classes`` only, when given) and make (or reuse) the split; ``write`` saves it as
-    ``out/split.csv``.
-
-    Returns:
-        ``(class_names, train_root, train_samples, val_root, val_samples)``.
-
-    Raises:
-        ClassMismatchError: ``--val-data`` has other classes than ``--data``.
-    """
-    class_names, samples = scan_image_folder(cfg.data, cfg.classes)
-    split_path = out / SPLIT_FILE
-    if cfg.val_data:
-        val_classes, val = scan_image_folder(cfg.val_data, cfg.classes)
-        if val_classes != class_names:
-            raise ClassMismatchError(f"--val-data classes {val_classes} differ from --data classes {class_names}")
-        train, val_root = samples, Path(cfg.val_data)
-    elif cfg.resume and split_path.exists():
-        val = read_split(split_path, class_names, "val")
-        train = read_split(split_path, class_names, "train")
-        val_root = Path(cfg.data)
-        logger.info("reusing the split in %s", split_path)
-    else:
-        train, val = split_samples(samples, cfg.val_fraction, cfg.seed, cfg.group_pattern)
-        val_root = Path(cfg.data)
-    if write:
-        write_split(split_path, train, val if not cfg.val_data else [], class_names)
-    logger.info(
-        "%d classes; %d train / %d val images; train per class %s",
-        len(class_names),
-        len(train),
-        len(val),
-        class_counts(train, class_names),
-    )
-    return class_names, Path(cfg.data), train, val_root, val
-
-
-def _train_sampler(
-    cfg: TrainConfig, samples: list[Sample], num_classes: int, ctx: DistributedContext
-) -> Sampler[int] | None:
-    """``--sampler balanced``: each class drawn equally often (with replacement), ``len / world_size`` draws per
-    process per epoch; under torchrun a ``DistributedSampler``; otherwise None (the loader shuffles)."""
-    if cfg.sampler == "balanced":
-        per_class = class_weights((s.target for s in samples), num_classes)
-        weights = torch.tensor([float(per_class[s.target]) for s in samples], dtype=torch.double)
-        return WeightedRandomSampler(
-            weights,
-            num_samples=math.ceil(len(samples) / ctx.world_size),
-            replacement=True,
-            generator=torch.Generator().manual_seed(cfg.seed + ctx.rank),
-        )
-    if ctx.enabled:
-        return DistributedSampler(samples, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
-    return None
-
-
 def _wrap(model: nn.Module, ctx: DistributedContext) -> nn.Module:
     """DistributedDataParallel under torchrun (over the parameters that require a gradient now), else ``model``."""
     if not ctx.enabled:
         return model
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-
-
-@dataclass
-class RunData:
-    """What :func:`build_data` makes: the classes, both splits, the preprocessing and the loaders.
-
-    Attributes:
-        class_names: the C class folder names, sorted; index i is logit i.
-        train_root, val_root: the folders the samples' paths are relative to.
-        train_samples, val_samples: the split (every process holds all of it).
-        class_info: ``--class-info``'s names per class, or None.
-        preprocessing: the network's input (size, crop, normalisation), recorded in every checkpoint.
-        sampler: the training sampler (see :func:`_train_sampler`), or None when the loader shuffles.
-        train_loader: augmented batches of ``(images (N,3,S,S) float32, targets (N,) int64)``.
-        val_loader: eval-transform batches; under torchrun this process's shard of the validation set.
-    """
-
-    class_names: list[str]
-    train_root: Path
-    train_samples: list[Sample]
-    val_root: Path
-    val_samples: list[Sample]
-    class_info: dict[str, dict[str, str]] | None
-    preprocessing: Preprocessing
-    sampler: Sampler[int] | None
-    train_loader: DataLoader[Any]
-    val_loader: DataLoader[Any]
-
-
-def build_data(cfg: TrainConfig, ctx: DistributedContext, out: Path) -> RunData:
-    """Scan and split the data (:func:`load_data`; rank 0 writes ``split.csv`` first), then make the datasets,
-    the training sampler and both loaders."""
-    # rank 0 writes the split first; the others then compute the same one (same seed) or read it on --resume
-    data = load_data(cfg, out, write=True) if ctx.is_main else None
-    ctx.barrier()
-    split = data or load_data(cfg, out, write=False)
-    class_names, train_root, train_samples, val_root, val_samples = split
-    preprocessing = default_preprocessing(cfg.arch, cfg.weights, image_size=cfg.image_size, crop_pct=cfg.crop_pct)
-    loader_kwargs: dict[str, Any] = {
-        "num_workers": cfg.workers,
-        "collate_fn": collate_skip_none,
-        "pin_memory": ctx.device.type == "cuda",
-        "persistent_workers": cfg.workers > 0,
-    }
-    sampler = _train_sampler(cfg, train_samples, len(class_names), ctx)
-    train_dataset = ImageListDataset(
-        train_root, train_samples, train_transform(preprocessing, cfg.augment), cache=cfg.cache_images
-    )
-    train_loader = DataLoader(
-        train_dataset,
-        batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=len(train_samples) // ctx.world_size > cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        **loader_kwargs,
-    )
-    val_dataset: Dataset[Any] = ImageListDataset(
-        val_root, val_samples, eval_transform(preprocessing), cache=cfg.cache_images
-    )
-    if ctx.enabled:  # each rank predicts a shard; gather_predictions reassembles the whole set
-        val_dataset = Subset(val_dataset, range(ctx.rank, len(val_samples), ctx.world_size))
-    val_loader = DataLoader(val_dataset, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kwargs)
-    return RunData(
-        *split,
-        class_info=read_class_info(cfg.class_info, class_names) if cfg.class_info else None,
-        preprocessing=preprocessing,
-        sampler=sampler,
-        train_loader=train_loader,
-        val_loader=val_loader,
-    )
 
 
 def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
