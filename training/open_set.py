@@ -223,13 +223,10 @@ def choose_open_set(
         )
     if classes is not None and hierarchy is not None:
         taxa = HierarchyClasses(hierarchy.subject, hierarchy.other_organisms)
-
-        def scores(outputs: Outputs) -> OpenSetScores:
-            return open_set_scores(outputs.features, outputs.imagenet_logits, classes, gaussians, taxa)
-
+        fit = OpenSetFit(classes, gaussians, rule, taxa)
         taxon_threshold, contrast = choose_contrast_rule(
-            [scores(outputs) for outputs in calibration.values()],
-            [scores(outputs) for outputs in not_subject],
+            [fit.scores(outputs) for outputs in calibration.values()],
+            [fit.scores(outputs) for outputs in not_subject],
             rule,
             subject_rejection,
         )
@@ -245,19 +242,9 @@ def choose_open_set(
             taxon_threshold,
             contrast,
         )
-    raised = []
-    for name, outputs in calibration.items():
-        kind = set_kind(name)
-        if kind == "known_photos" or (kind == "unknown_photos" and max_unknown_named is not None):
-            scores = open_set_scores(outputs.features, outputs.imagenet_logits, classes, gaussians, taxa)
-            # the photos that the "not a fish" and "unknown species" checks let through
-            passes = np.array([rule.verdict(1.0, *scores.row(i)) == "species" for i in range(len(outputs.targets))])
-            confidence, predicted = calibrated_probabilities(outputs.logits, temperature).max(1)
-            if kind == "known_photos":  # named, and wrong
-                counted, allowed = passes & (predicted != outputs.targets).numpy(), max_confidently_wrong
-            else:  # named at all
-                counted, allowed = passes, float(max_unknown_named or 0.0)
-            raised.append(lowest_confidence_threshold(confidence.numpy(), counted, allowed))
+    raised = raised_confidence_thresholds(
+        OpenSetFit(classes, gaussians, rule, taxa), calibration, temperature, max_confidently_wrong, max_unknown_named
+    )
     if raised:
         rule = dataclasses.replace(rule, confidence_threshold=max(confidence_threshold, *raised))
         logger.info(
@@ -267,6 +254,32 @@ def choose_open_set(
             "" if max_unknown_named is None else f", {100 * max_unknown_named:.0f} % of unknown ones named",
         )
     return OpenSetFit(classes, gaussians, rule, taxa)
+
+
+def raised_confidence_thresholds(
+    fit: OpenSetFit,
+    calibration: dict[str, Outputs],
+    temperature: float,
+    max_confidently_wrong: float,
+    max_unknown_named: float | None,
+) -> list[float]:
+    """The "not sure" thresholds that the photo sets of ``calibration`` ask for (:func:`lowest_confidence_threshold`
+    of each): for known photos, at most ``max_confidently_wrong`` of them named wrongly; for each set of
+    unknown-species photos (with ``max_unknown_named``), at most that fraction named at all. Only the photos that
+    ``fit``'s "not a fish" and "unknown species" checks let through count. Empty without such sets."""
+    raised = []
+    for name, outputs in calibration.items():
+        kind = set_kind(name)
+        if kind == "known_photos" or (kind == "unknown_photos" and max_unknown_named is not None):
+            scores = fit.scores(outputs)
+            passes = np.array([fit.rule.verdict(1.0, *scores.row(i)) == "species" for i in range(len(outputs.targets))])
+            confidence, predicted = calibrated_probabilities(outputs.logits, temperature).max(1)
+            if kind == "known_photos":  # named, and wrong
+                counted, allowed = passes & (predicted != outputs.targets).numpy(), max_confidently_wrong
+            else:  # named at all
+                counted, allowed = passes, float(max_unknown_named or 0.0)
+            raised.append(lowest_confidence_threshold(confidence.numpy(), counted, allowed))
+    return raised
 
 
 #: The grid of :func:`choose_contrast_rule`: taxon-score thresholds from 0 to 0.5 and contrast thresholds from -1 to
