@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from model.network import arch_library
+from model.open_set import set_kind
 from model.results import pretty_label
 
 logger = logging.getLogger(__name__)
@@ -200,8 +201,9 @@ def open_set_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     fields = ("images", "species", "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong")
     for kind, name in OPEN_SET_SETS:
         for key, values in sorted(report.items(), key=lambda item: ":" in item[0]):  # stable: first folder first
-            if isinstance(values, dict) and key.split(":", 1)[0] == kind:
-                label = f"{name} ({key.split(':', 1)[1]})" if ":" in key else name
+            if isinstance(values, dict) and set_kind(key) == kind:
+                folder = key.partition(":")[2]
+                label = f"{name} ({folder})" if folder else name
                 rows.append({"name": label, **{f: _number(values.get(f)) for f in fields}})
     return rows
 

@@ -299,14 +299,28 @@ def open_set_scores(
     logits; None where the model has no such score (no subject classes, no class Gaussians, no hierarchy). The
     one computation, for serving (``Predictor``) and for choosing the thresholds at release
     (``training.open_set``)."""
-    subject = subject_score(imagenet_logits, subject_classes) if subject_classes else None
     novelty = gaussians.novelty(features) if gaussians is not None else None
-    if hierarchy is None or not imagenet_logits.shape[1]:
-        return OpenSetScores(subject, novelty)
-    probabilities = torch.softmax(imagenet_logits.float(), dim=1)
+    if not imagenet_logits.shape[1]:
+        return OpenSetScores(None, novelty)
+    probabilities = torch.softmax(imagenet_logits.float(), dim=1)  # once, for every mass below
+
+    def mass(classes: Sequence[int] | None) -> torch.Tensor | None:
+        return probabilities[:, list(classes)].sum(1) if classes else None
+
     return OpenSetScores(
-        subject, novelty, probabilities[:, hierarchy.taxon].sum(1), probabilities[:, hierarchy.other].sum(1)
+        mass(subject_classes),
+        novelty,
+        mass(hierarchy.taxon if hierarchy else None),
+        mass(hierarchy.other if hierarchy else None),
     )
+
+
+def set_kind(name: str) -> str:
+    """The kind of a set in a release's verdict report (``metrics["open_set"]``: ``"val"``, ``"known_photos"``,
+    ``"unknown_photos"``, ``"not_subject"``), from its name, which a second folder of a kind follows with ``:`` and
+    the folder: ``"not_subject:reef_photos/not_fish"`` -> ``"not_subject"``. Written by ``training.open_set``, read
+    by the model page."""
+    return name.partition(":")[0]
 
 
 class OpenSetNetwork(torch.nn.Module):

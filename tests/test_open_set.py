@@ -116,7 +116,8 @@ def test_contrast_rule_refuses_the_most_other_pictures_within_the_subject_budget
 
 
 def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
-    from training.open_set import open_set_samples, set_kind
+    from model.open_set import set_kind
+    from training.open_set import open_set_samples
 
     clownfish = _photos(tmp_path / "clownfish_photos")
     reef = tmp_path / "reef_photos" / "fish"

@@ -42,6 +42,7 @@ from model.open_set import (
     OpenSetRule,
     OpenSetScores,
     open_set_scores,
+    set_kind,
     subject_classes,
     subject_score,
 )
@@ -353,12 +354,6 @@ def _folders(folders: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] 
     return [os.fspath(f) for f in folders]
 
 
-def set_kind(name: str) -> str:
-    """The kind of a set of :func:`open_set_samples` (``"known_photos"``, ``"unknown_photos"``, ``"not_subject"``,
-    or ``"val"``), from its name: ``"not_subject:reef_photos/not_fish"`` -> ``"not_subject"``."""
-    return name.split(":", 1)[0]
-
-
 def open_set_samples(
     photos: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
     not_subject: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
@@ -369,7 +364,8 @@ def open_set_samples(
 
     A set's name is its kind (``"known_photos"`` and ``"unknown_photos"`` from each of ``photos``,
     ``"not_subject"`` from each of ``not_subject``), followed for the second folder of a kind and after by ``:``
-    and the folder's last two path parts (``"unknown_photos:reef_photos/fish"``; see :func:`set_kind`).
+    and the folder's last two path parts (``"unknown_photos:reef_photos/fish"``; see
+    :func:`model.open_set.set_kind`).
 
     Raises:
         FileNotFoundError: a folder that is given does not exist.

@@ -37,7 +37,7 @@ from model.heads import NormalizedLinear
 from model.network import classifier_name
 from model.predictor import Predictor
 from model.transforms import Preprocessing
-from training.config import TrainConfig, config_from_dict, csv_list, save_config
+from training.config import TrainConfig, config_from_dict, csv_list, load_yaml, save_config
 from training.data import read_split
 from training.evaluation import collect_outputs
 from training.release import OPEN_SET_OPTIONS, OpenSetOptions, write_release
@@ -111,9 +111,7 @@ def refit(
     for name in ("best.pt", "config.yaml", "split.csv"):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run / name} is missing: is {run} a train.py run folder?")
-    import yaml
-
-    values = yaml.safe_load((run / "config.yaml").read_text())
+    values = load_yaml(run / "config.yaml")
     values.update(overrides or {}, out=str(out), head="normalized", resume=None)
     if data:
         values["data"] = data

@@ -27,12 +27,13 @@ import torch
 
 from model.checkpoint import load_checkpoint, model_from_checkpoint, release_checkpoint, save_checkpoint
 from model.imagenet_hierarchy import subject_classes_for
+from model.open_set import set_kind
 from model.predictor import Predictor, calibrated_probabilities
 from model.transforms import Preprocessing
 from training.config import TrainConfig
 from training.data import Sample
 from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
-from training.open_set import OpenSetFit, choose_open_set, open_set_samples, set_kind, verdict_counts
+from training.open_set import OpenSetFit, choose_open_set, open_set_samples, verdict_counts
 from training.reports import report
 
 logger = logging.getLogger(__name__)
