@@ -85,6 +85,121 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
 
+def _info(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The document's ``info`` object: title, API version, and a description stating the request limits."""
+    max_images = config["MAX_IMAGES_PER_REQUEST"]
+    max_bytes = config["MAX_CONTENT_LENGTH"]
+    max_megapixels = f"{config['MAX_IMAGE_PIXELS'] / 1e6:g}"
+    return {
+        "title": "Reef fish identifier API",
+        "version": API_VERSION,
+        "summary": "Identify the species of reef fish in photos.",
+        "description": (
+            f"Upload one or several photos ({SUPPORTED_FORMATS_TEXT}) and get the most likely species with "
+            f"their softmax probabilities. Limits: {max_bytes} bytes per request body, {max_images} images "
+            f'per request, {max_megapixels} megapixels per image. Errors are JSON `{{"error": message}}` '
+            "with status 400, 413 or 415; bad input never gets a 500."
+        ),
+    }
+
+
+def _predict_request_body(max_images: int, top_k: dict[str, Any]) -> dict[str, Any]:
+    """The multipart request body of ``POST /api/predict``: one to ``max_images`` ``image`` fields, in the
+    decoder's media types, and the optional ``top_k`` form field (``top_k`` is its schema)."""
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                            "minItems": 1,
+                            "maxItems": max_images,
+                            "description": f"the image file(s): {SUPPORTED_FORMATS_TEXT}",
+                        },
+                        "top_k": top_k,
+                    },
+                    "required": ["image"],
+                },
+                "encoding": {"image": {"contentType": ", ".join(supported_media_types())}},
+            }
+        },
+    }
+
+
+def _predict_responses(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The answers of ``POST /api/predict`` by status code: the prediction(s), and each error with the limits
+    from ``config`` that cause it."""
+    max_images = config["MAX_IMAGES_PER_REQUEST"]
+    max_bytes = config["MAX_CONTENT_LENGTH"]
+    max_megapixels = f"{config['MAX_IMAGE_PIXELS'] / 1e6:g}"
+    return {
+        "200": {
+            "description": "the prediction(s)",
+            "content": {"application/json": {"schema": {"oneOf": [_ref("PredictionResponse"), _ref("BatchResponse")]}}},
+        },
+        "400": _error_response(
+            "no `image` field, an empty file, a truncated or corrupt image (a JPEG with bytes its "
+            "structure cannot account for included), a bad `top_k`, a request body that cannot be read"
+        ),
+        "413": _error_response(
+            f"a body over {max_bytes} bytes, more than {max_images} images, too many form fields, an "
+            f"image over {max_megapixels} megapixels (decompression bomb), too elongated to classify "
+            "or too costly to decode (too many JPEG scans or segments, a large RLE BMP, a decode past "
+            f"its deadline of {config['DECODE_TIMEOUT_S']:g} s or its memory limit)"
+        ),
+        "415": _error_response(f"a file that is not a {SUPPORTED_FORMATS_TEXT} image"),
+        "503": _error_response(
+            "the worker is busy decoding other photos (MAX_CONCURRENT_DECODES), or the request passed "
+            "its deadline (REQUEST_DEADLINE_S): try again in a moment"
+        ),
+    }
+
+
+def _predict_operation(config: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    """The ``POST /api/predict`` operation: its ``top_k`` parameter (1 to ``num_classes``, default from
+    ``config``), request body and responses."""
+    top_k = {"type": "integer", "minimum": 1, "maximum": num_classes, "default": default_top_k(config, num_classes)}
+    return {
+        "operationId": "predict",
+        "summary": "Classify one or several images",
+        "description": (
+            "Send each image as a multipart field named `image` (repeat the field for several). "
+            "One image gives a `PredictionResponse`; several give a `BatchResponse` whose "
+            "`predictions` follow the order of the fields. All images of a request are classified "
+            "together; if any cannot be, the request fails with the error of the first bad one "
+            "(`index` names it). The format is detected from the bytes: file names and declared "
+            "content types are ignored. Animated images give their first frame; EXIF orientation "
+            "is applied; transparency is composited on white."
+        ),
+        "parameters": [
+            {
+                "name": "top_k",
+                "in": "query",
+                "required": False,
+                "description": "classes listed per image (also accepted as a form field)",
+                "schema": top_k,
+            }
+        ],
+        "requestBody": _predict_request_body(config["MAX_IMAGES_PER_REQUEST"], top_k),
+        "responses": _predict_responses(config),
+    }
+
+
+def _get_operation(operation_id: str, summary: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET`` operation with one JSON answer (status 200) of the given ``schema``."""
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {"200": {"description": description, "content": {"application/json": {"schema": schema}}}},
+        }
+    }
+
+
 def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this app.
 
@@ -96,121 +211,17 @@ def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[st
     Returns:
         A JSON-ready dict.
     """
-    num_classes = len(predictor.class_names)
-    max_images = config["MAX_IMAGES_PER_REQUEST"]
-    max_bytes = config["MAX_CONTENT_LENGTH"]
-    max_megapixels = f"{config['MAX_IMAGE_PIXELS'] / 1e6:g}"
-    top_k = {"type": "integer", "minimum": 1, "maximum": num_classes, "default": default_top_k(config, num_classes)}
-    media_types = supported_media_types()
     return {
         "openapi": "3.1.0",
-        "info": {
-            "title": "Reef fish identifier API",
-            "version": API_VERSION,
-            "summary": "Identify the species of reef fish in photos.",
-            "description": (
-                f"Upload one or several photos ({SUPPORTED_FORMATS_TEXT}) and get the most likely species with "
-                f"their softmax probabilities. Limits: {max_bytes} bytes per request body, {max_images} images "
-                f'per request, {max_megapixels} megapixels per image. Errors are JSON `{{"error": message}}` '
-                "with status 400, 413 or 415; bad input never gets a 500."
-            ),
-        },
+        "info": _info(config),
         "paths": {
-            "/api/predict": {
-                "post": {
-                    "operationId": "predict",
-                    "summary": "Classify one or several images",
-                    "description": (
-                        "Send each image as a multipart field named `image` (repeat the field for several). "
-                        "One image gives a `PredictionResponse`; several give a `BatchResponse` whose "
-                        "`predictions` follow the order of the fields. All images of a request are classified "
-                        "together; if any cannot be, the request fails with the error of the first bad one "
-                        "(`index` names it). The format is detected from the bytes: file names and declared "
-                        "content types are ignored. Animated images give their first frame; EXIF orientation "
-                        "is applied; transparency is composited on white."
-                    ),
-                    "parameters": [
-                        {
-                            "name": "top_k",
-                            "in": "query",
-                            "required": False,
-                            "description": "classes listed per image (also accepted as a form field)",
-                            "schema": top_k,
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "image": {
-                                            "type": "array",
-                                            "items": {"type": "string", "contentMediaType": "application/octet-stream"},
-                                            "minItems": 1,
-                                            "maxItems": max_images,
-                                            "description": f"the image file(s): {SUPPORTED_FORMATS_TEXT}",
-                                        },
-                                        "top_k": top_k,
-                                    },
-                                    "required": ["image"],
-                                },
-                                "encoding": {"image": {"contentType": ", ".join(media_types)}},
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "the prediction(s)",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"oneOf": [_ref("PredictionResponse"), _ref("BatchResponse")]}
-                                }
-                            },
-                        },
-                        "400": _error_response(
-                            "no `image` field, an empty file, a truncated or corrupt image (a JPEG with bytes its "
-                            "structure cannot account for included), a bad `top_k`, a request body that cannot be read"
-                        ),
-                        "413": _error_response(
-                            f"a body over {max_bytes} bytes, more than {max_images} images, too many form fields, an "
-                            f"image over {max_megapixels} megapixels (decompression bomb), too elongated to classify "
-                            "or too costly to decode (too many JPEG scans or segments, a large RLE BMP, a decode past "
-                            f"its deadline of {config['DECODE_TIMEOUT_S']:g} s or its memory limit)"
-                        ),
-                        "415": _error_response(f"a file that is not a {SUPPORTED_FORMATS_TEXT} image"),
-                        "503": _error_response(
-                            "the worker is busy decoding other photos (MAX_CONCURRENT_DECODES), or the request passed "
-                            "its deadline (REQUEST_DEADLINE_S): try again in a moment"
-                        ),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "health",
-                    "summary": "Liveness and the loaded model",
-                    "responses": {
-                        "200": {
-                            "description": "the app is up and its model is loaded",
-                            "content": {"application/json": {"schema": _ref("Health")}},
-                        }
-                    },
-                }
-            },
-            "/api/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "responses": {
-                        "200": {
-                            "description": "the OpenAPI 3.1 description of the API",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
+            "/api/predict": {"post": _predict_operation(config, len(predictor.class_names))},
+            "/healthz": _get_operation(
+                "health", "Liveness and the loaded model", "the app is up and its model is loaded", _ref("Health")
+            ),
+            "/api/openapi.json": _get_operation(
+                "openapi", "This document", "the OpenAPI 3.1 description of the API", {"type": "object"}
+            ),
         },
         "components": {"schemas": _schemas(config, predictor)},
     }
