@@ -139,6 +139,96 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def _open_header(data: bytes) -> Image.Image:
+    """Open ``data`` with Pillow, restricted to :data:`SUPPORTED_FORMATS`: the header is parsed, no pixels are
+    decoded. Returns the lazily loaded image.
+
+    Raises:
+        ImageError: 413 when Pillow's own bomb check fires, 400 for the signature of a supported format whose
+            header is broken or a header that raises while parsed, 415 for anything else Pillow cannot identify.
+    """
+    try:
+        # Pillow's own bomb check (global Image.MAX_IMAGE_PIXELS, untouched) can raise or warn here.
+        return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except _BOMB_ERRORS as exc:
+        raise ImageError("image is too large: it has too many pixels to decode safely", 413) from exc
+    except UnidentifiedImageError as exc:
+        if (fmt := sniff_format(data)) is not None:
+            raise ImageError(f"corrupt {fmt} file: its header cannot be read", 400) from exc
+        raise ImageError(f"not a supported image: upload a {SUPPORTED_FORMATS_TEXT} file", 415) from exc
+    except DECODE_ERRORS as exc:
+        logger.info("refused an image whose header could not be read: %s", exc)
+        raise ImageError("corrupt image file: its header cannot be read", 400) from exc
+
+
+def _check_header_limits(image: Image.Image, data: bytes, *, max_pixels: int, resize_short_side: int | None) -> None:
+    """Refuse, from the size in ``image``'s header (opened from ``data``, not decoded), what would cost too much
+    to decode or classify, in this order: more than ``max_pixels`` pixels, a WebP over its fraction of them
+    (:data:`WEBP_PIXEL_FRACTION`), an RLE-compressed BMP over :data:`MAX_RLE_BMP_PIXELS` or
+    :data:`MAX_RLE_BMP_BYTES`, and an image too elongated for its short side to be scaled to
+    ``resize_short_side`` within ``max_pixels``.
+
+    Raises:
+        ImageError: 413 for the first limit exceeded.
+    """
+    width, height = image.size
+    if width * height > max_pixels:
+        limit = f"{max_pixels / 1e6:g} megapixels"
+        raise ImageError(f"image is too large: {width} x {height} pixels, the limit is {limit}", 413)
+    if image.format == "WEBP" and width * height > max_pixels // WEBP_PIXEL_FRACTION:
+        limit = f"{max_pixels // WEBP_PIXEL_FRACTION / 1e6:g} megapixels"
+        raise ImageError(f"image is too large: {width} x {height} pixels, the limit for WebP is {limit}", 413)
+    if image.format == "BMP" and image.info.get("compression") in (1, 2):  # BI_RLE8, BI_RLE4
+        rle_bytes = len(data) - (image.tile[0].offset if image.tile else 0)
+        if width * height > MAX_RLE_BMP_PIXELS or rle_bytes > MAX_RLE_BMP_BYTES:
+            raise ImageError(
+                f"image is too large: {width} x {height} pixels of RLE-compressed BMP, the limit is"
+                f" {MAX_RLE_BMP_PIXELS / 1e6:g} megapixels and {MAX_RLE_BMP_BYTES // 2**20} MiB for this"
+                " compression; send it as PNG or JPEG",
+                413,
+            )
+    if resize_short_side is not None and min(width, height) > 0:
+        scale = resize_short_side / min(width, height)
+        if scale > 1 and width * height * scale * scale > max_pixels:
+            raise ImageError(
+                f"image shape {width} x {height} is too elongated to classify; crop it closer to the fish", 413
+            )
+
+
+def _decode_upright_rgb(image: Image.Image, reduce_to: int | None) -> Image.Image:
+    """Decode the first frame of the opened ``image``, apply its EXIF orientation and convert it to RGB, shrunk
+    by an integer factor when ``reduce_to`` is given (see :func:`decode_image`): JPEGs through ``Image.draft``,
+    16/32-bit grayscale box-filtered in its integer mode before :func:`to_rgb`, others ``Image.reduce``-d after.
+
+    Returns:
+        A fully loaded ``PIL.Image`` in mode ``"RGB"``.
+
+    Raises:
+        ImageError: 413 when Pillow's bomb check fires while decoding, 400 for truncated or corrupt data.
+    """
+    try:
+        if reduce_to is not None:
+            image.draft("RGB", (reduce_to, reduce_to))  # JPEG only (a no-op for other formats), before load
+        image.load()  # decodes the first frame only; raises on truncated or corrupt data
+        ImageOps.exif_transpose(image, in_place=True)  # in place: not a full-size copy when nothing to turn
+        factor = min(image.size) // reduce_to if reduce_to else 1
+        if factor >= 2 and image.mode in _INTEGER_MODES:
+            # 16/32-bit grayscale: shrink in its integer mode, so to_rgb's float conversion sees a small image.
+            if image.mode not in _RESIZABLE_INTEGER_MODES:
+                image = image.convert("I")
+            reduced = (math.ceil(image.width / factor), math.ceil(image.height / factor))
+            image, factor = image.resize(reduced, Image.Resampling.BOX), 1
+        image = to_rgb(image)
+        if factor >= 2:
+            image = image.reduce(factor)
+        return image
+    except _BOMB_ERRORS as exc:
+        raise ImageError("image is too large: it has too many pixels to decode safely", 413) from exc
+    except DECODE_ERRORS as exc:
+        logger.info("refused an image that %s could not decode: %s", image.format, exc)
+        raise ImageError(f"truncated or corrupt {image.format} image: its data cannot be decoded", 400) from exc
+
+
 def decode_image(
     data: bytes,
     *,
@@ -180,59 +270,6 @@ def decode_image(
         raise ImageError("the file is empty", 400)
     if data.startswith(b"\xff\xd8"):  # JPEG or MPO, whatever Pillow will call it: walked before Pillow parses it
         check_jpeg_structure(data)
-    try:
-        # Pillow's own bomb check (global Image.MAX_IMAGE_PIXELS, untouched) can raise or warn here.
-        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except _BOMB_ERRORS as exc:
-        raise ImageError("image is too large: it has too many pixels to decode safely", 413) from exc
-    except UnidentifiedImageError as exc:
-        if (fmt := sniff_format(data)) is not None:
-            raise ImageError(f"corrupt {fmt} file: its header cannot be read", 400) from exc
-        raise ImageError(f"not a supported image: upload a {SUPPORTED_FORMATS_TEXT} file", 415) from exc
-    except DECODE_ERRORS as exc:
-        logger.info("refused an image whose header could not be read: %s", exc)
-        raise ImageError("corrupt image file: its header cannot be read", 400) from exc
-
-    width, height = image.size
-    if width * height > max_pixels:
-        limit = f"{max_pixels / 1e6:g} megapixels"
-        raise ImageError(f"image is too large: {width} x {height} pixels, the limit is {limit}", 413)
-    if image.format == "WEBP" and width * height > max_pixels // WEBP_PIXEL_FRACTION:
-        limit = f"{max_pixels // WEBP_PIXEL_FRACTION / 1e6:g} megapixels"
-        raise ImageError(f"image is too large: {width} x {height} pixels, the limit for WebP is {limit}", 413)
-    if image.format == "BMP" and image.info.get("compression") in (1, 2):  # BI_RLE8, BI_RLE4
-        rle_bytes = len(data) - (image.tile[0].offset if image.tile else 0)
-        if width * height > MAX_RLE_BMP_PIXELS or rle_bytes > MAX_RLE_BMP_BYTES:
-            raise ImageError(
-                f"image is too large: {width} x {height} pixels of RLE-compressed BMP, the limit is"
-                f" {MAX_RLE_BMP_PIXELS / 1e6:g} megapixels and {MAX_RLE_BMP_BYTES // 2**20} MiB for this"
-                " compression; send it as PNG or JPEG",
-                413,
-            )
-    if resize_short_side is not None and min(width, height) > 0:
-        scale = resize_short_side / min(width, height)
-        if scale > 1 and width * height * scale * scale > max_pixels:
-            raise ImageError(
-                f"image shape {width} x {height} is too elongated to classify; crop it closer to the fish", 413
-            )
-    try:
-        if reduce_to is not None:
-            image.draft("RGB", (reduce_to, reduce_to))  # JPEG only (a no-op for other formats), before load
-        image.load()  # decodes the first frame only; raises on truncated or corrupt data
-        ImageOps.exif_transpose(image, in_place=True)  # in place: not a full-size copy when nothing to turn
-        factor = min(image.size) // reduce_to if reduce_to else 1
-        if factor >= 2 and image.mode in _INTEGER_MODES:
-            # 16/32-bit grayscale: shrink in its integer mode, so to_rgb's float conversion sees a small image.
-            if image.mode not in _RESIZABLE_INTEGER_MODES:
-                image = image.convert("I")
-            reduced = (math.ceil(image.width / factor), math.ceil(image.height / factor))
-            image, factor = image.resize(reduced, Image.Resampling.BOX), 1
-        image = to_rgb(image)
-        if factor >= 2:
-            image = image.reduce(factor)
-        return image
-    except _BOMB_ERRORS as exc:
-        raise ImageError("image is too large: it has too many pixels to decode safely", 413) from exc
-    except DECODE_ERRORS as exc:
-        logger.info("refused an image that %s could not decode: %s", image.format, exc)
-        raise ImageError(f"truncated or corrupt {image.format} image: its data cannot be decoded", 400) from exc
+    image = _open_header(data)
+    _check_header_limits(image, data, max_pixels=max_pixels, resize_short_side=resize_short_side)
+    return _decode_upright_rgb(image, reduce_to)
