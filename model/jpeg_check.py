@@ -65,6 +65,10 @@ _END_OF_ENTROPY_DATA = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 #: A run of 0xFF bytes (a marker's first byte and its fill bytes), matched in C rather than byte by byte.
 _FF_RUN = re.compile(rb"\xff+")
 
+#: A frame header: its start-of-frame marker, width, height and each component's (horizontal, vertical) sampling
+#: factors.
+_Frame = tuple[int, int, int, list[tuple[int, int]]]
+
 
 def _corrupt(reason: str) -> ImageError:
     return ImageError(f"truncated or corrupt JPEG image: {reason}", 400)
@@ -91,22 +95,10 @@ def check_jpeg_structure(data: bytes) -> None:
     """
     if not data.startswith(b"\xff\xd8"):
         raise _corrupt("it does not start with a JPEG start-of-image marker")
-    end = len(data)
     pos, markers, scans, fill, entropy_bytes = 2, 0, 0, 0, 0
-    frame: tuple[int, int, int, list[tuple[int, int]]] | None = None  # marker, width, height, sampling factors
+    frame: _Frame | None = None
     while True:
-        if pos >= end:
-            raise _corrupt("it ends before its end-of-image marker")
-        if data[pos] != 0xFF:
-            raise _corrupt(f"unexpected data at byte {pos} where a marker should start")
-        run_end = _FF_RUN.match(data, pos).end()  # type: ignore[union-attr]  # data[pos] is 0xFF
-        fill += run_end - pos - 1
-        if fill > MAX_JPEG_FILL_BYTES:
-            raise _too_many_fill_bytes()
-        pos = run_end - 1
-        if pos + 1 >= end:
-            raise _corrupt("it ends before its end-of-image marker")
-        marker = data[pos + 1]
+        pos, marker, fill = _next_marker(data, pos, fill)
         if marker == 0xD9:  # EOI: the end of the first image
             break
         markers += 1
@@ -119,23 +111,11 @@ def check_jpeg_structure(data: bytes) -> None:
         if marker in _STANDALONE:
             pos += 2
             continue
-        if marker not in _SEGMENTS:
-            raise _corrupt(f"0x{marker:02X} at byte {pos + 1} is not a JPEG marker")
-        if pos + 4 > end:
-            raise _corrupt("it ends inside a segment header")
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        if length < 2 or pos + 2 + length > end:
-            raise _corrupt(f"the segment at byte {pos} runs past the end of the file")
-        segment = data[pos + 4 : pos + 2 + length]
-        pos += 2 + length
+        segment, pos = _read_segment(data, pos, marker)
         if marker in _SOF:
             if frame is not None:
                 raise _corrupt("it has more than one frame header")
-            if len(segment) < 6:
-                raise _corrupt("its frame header is too short")
-            height, width, count = struct.unpack_from(">HHB", segment, 1)
-            sampling = [(b >> 4, b & 0x0F) for b in segment[7 : 7 + 3 * count : 3]]
-            frame = (marker, width, height, sampling)
+            frame = _parse_frame(marker, segment)
         elif marker == 0xDA:  # SOS: the entropy-coded data follows, up to the next marker
             if frame is None:
                 raise _corrupt("a scan comes before the frame header")
@@ -146,15 +126,7 @@ def check_jpeg_structure(data: bytes) -> None:
                     " baseline or ordinary progressive JPEG",
                     413,
                 )
-            match = _END_OF_ENTROPY_DATA.search(data, pos)
-            if match is None:
-                raise _corrupt("it ends before its end-of-image marker")
-            next_marker = match.start()
-            while next_marker > pos and data[next_marker - 1] == 0xFF:  # the marker's fill bytes
-                next_marker -= 1
-                fill += 1
-                if fill > MAX_JPEG_FILL_BYTES:
-                    raise _too_many_fill_bytes()
+            next_marker, fill = _end_of_scan(data, pos, fill)
             entropy_bytes += next_marker - pos
             pos = next_marker
     if frame is None or scans == 0:
@@ -162,7 +134,95 @@ def check_jpeg_structure(data: bytes) -> None:
     _check_frame_cost(frame, entropy_bytes)
 
 
-def _check_frame_cost(frame: tuple[int, int, int, list[tuple[int, int]]], entropy_bytes: int) -> None:
+def _next_marker(data: bytes, pos: int, fill: int) -> tuple[int, int, int]:
+    """Step over the 0xFF fill bytes at ``pos``, where a marker must start, to the marker.
+
+    Args:
+        data: the whole file.
+        pos: where the marker should start (its first 0xFF, or the first of its fill bytes).
+        fill: the fill bytes counted so far in the file.
+
+    Returns:
+        ``(pos, marker, fill)``: the position of the marker's last 0xFF, its code (the byte after), and the
+        fill bytes counted so far, those before this marker included.
+
+    Raises:
+        ImageError: 400 when the file ends first, a byte other than 0xFF stands at ``pos``, or the fill bytes
+            exceed :data:`MAX_JPEG_FILL_BYTES`.
+    """
+    end = len(data)
+    if pos >= end:
+        raise _corrupt("it ends before its end-of-image marker")
+    if data[pos] != 0xFF:
+        raise _corrupt(f"unexpected data at byte {pos} where a marker should start")
+    run_end = _FF_RUN.match(data, pos).end()  # type: ignore[union-attr]  # data[pos] is 0xFF
+    fill += run_end - pos - 1
+    if fill > MAX_JPEG_FILL_BYTES:
+        raise _too_many_fill_bytes()
+    pos = run_end - 1
+    if pos + 1 >= end:
+        raise _corrupt("it ends before its end-of-image marker")
+    return pos, data[pos + 1], fill
+
+
+def _read_segment(data: bytes, pos: int, marker: int) -> tuple[bytes, int]:
+    """Read the segment of ``marker`` (a code with a length field) whose 0xFF is at ``pos``.
+
+    Returns:
+        ``(segment, pos)``: the segment's payload (after its length field) and the position just after it.
+
+    Raises:
+        ImageError: 400 when ``marker`` is not a JPEG marker code, or the segment's header or payload runs past
+            the end of the file.
+    """
+    end = len(data)
+    if marker not in _SEGMENTS:
+        raise _corrupt(f"0x{marker:02X} at byte {pos + 1} is not a JPEG marker")
+    if pos + 4 > end:
+        raise _corrupt("it ends inside a segment header")
+    (length,) = struct.unpack_from(">H", data, pos + 2)
+    if length < 2 or pos + 2 + length > end:
+        raise _corrupt(f"the segment at byte {pos} runs past the end of the file")
+    return data[pos + 4 : pos + 2 + length], pos + 2 + length
+
+
+def _parse_frame(marker: int, segment: bytes) -> _Frame:
+    """The frame of a start-of-frame ``marker`` from its ``segment`` payload: ``(marker, width, height,
+    sampling)``, with the (horizontal, vertical) sampling factors of each component.
+
+    Raises:
+        ImageError: 400 when the frame header is too short.
+    """
+    if len(segment) < 6:
+        raise _corrupt("its frame header is too short")
+    height, width, count = struct.unpack_from(">HHB", segment, 1)
+    sampling = [(b >> 4, b & 0x0F) for b in segment[7 : 7 + 3 * count : 3]]
+    return (marker, width, height, sampling)
+
+
+def _end_of_scan(data: bytes, pos: int, fill: int) -> tuple[int, int]:
+    """Find the end of the entropy-coded data of the scan that starts at ``pos``.
+
+    Returns:
+        ``(next_marker, fill)``: the position of the next marker (the first of its fill bytes), and the fill
+        bytes counted so far in the file (``fill``), those before that marker included.
+
+    Raises:
+        ImageError: 400 when no marker follows, or the fill bytes exceed :data:`MAX_JPEG_FILL_BYTES`.
+    """
+    match = _END_OF_ENTROPY_DATA.search(data, pos)
+    if match is None:
+        raise _corrupt("it ends before its end-of-image marker")
+    next_marker = match.start()
+    while next_marker > pos and data[next_marker - 1] == 0xFF:  # the marker's fill bytes
+        next_marker -= 1
+        fill += 1
+        if fill > MAX_JPEG_FILL_BYTES:
+            raise _too_many_fill_bytes()
+    return next_marker, fill
+
+
+def _check_frame_cost(frame: _Frame, entropy_bytes: int) -> None:
     """Refuse a Huffman-coded frame whose scans hold less than one bit per 8 x 8 block of each component, and an
     arithmetic-coded frame over :data:`MAX_ARITHMETIC_JPEG_PIXELS`."""
     marker, width, height, sampling = frame
