@@ -206,55 +206,98 @@ def choose_open_set(
     novelty_threshold = float(torch.quantile(gaussians.novelty(reference.features).double(), 1.0 - novelty_rejection))
     logger.info("'unknown species' above novelty %.1f", novelty_threshold)
     rule = OpenSetRule(confidence_threshold, novelty_threshold=novelty_threshold, subject=subject)
-    classes, taxa = None, None
-    if not train.imagenet_logits.shape[1]:
-        logger.info("the model keeps no ImageNet head: no 'not a fish' check")
-    else:
-        classes = subject_classes(torch.softmax(train.imagenet_logits, dim=1), coverage)
-        quantiles = [
-            float(torch.quantile(subject_score(outputs.imagenet_logits, classes).double(), subject_rejection))
-            for outputs in calibration.values()
-        ]
-        rule = dataclasses.replace(rule, subject_threshold=max(0.0, min(quantiles)))
-        logger.info(
-            "subject: %d ImageNet classes (first: %s); 'not a fish' below subject score %.4f",
-            len(classes),
-            classes[:10],
-            rule.subject_threshold,
-        )
+    classes, rule = _subject_rule(train, calibration, rule, coverage, subject_rejection)
+    taxa = None
     if classes is not None and hierarchy is not None:
         taxa = HierarchyClasses(hierarchy.subject, hierarchy.other_organisms)
-        fit = OpenSetFit(classes, gaussians, rule, taxa)
-        taxon_threshold, contrast = choose_contrast_rule(
-            [fit.scores(outputs) for outputs in calibration.values()],
-            [fit.scores(outputs) for outputs in not_subject],
-            rule,
-            subject_rejection,
+        rule = _hierarchy_rule(
+            OpenSetFit(classes, gaussians, rule, taxa), calibration, not_subject, hierarchy, subject_rejection
         )
-        rule = dataclasses.replace(rule, taxon_threshold=taxon_threshold, contrast_threshold=contrast)
-        logger.info(
-            "subject %s (WordNet %s): %d ImageNet classes, %d other organisms; beyond novelty %.1f, also 'not a "
-            "fish' below taxon score %.4f or where the other organisms' score exceeds it by %.3f",
-            subject,
-            hierarchy.synset,
-            len(taxa.taxon),
-            len(taxa.other),
-            novelty_threshold,
-            taxon_threshold,
-            contrast,
-        )
-    raised = raised_confidence_thresholds(
+    rule = _raised_confidence_rule(
         OpenSetFit(classes, gaussians, rule, taxa), calibration, temperature, max_confidently_wrong, max_unknown_named
     )
-    if raised:
-        rule = dataclasses.replace(rule, confidence_threshold=max(confidence_threshold, *raised))
-        logger.info(
-            "'not sure' below %.3f (at most %.0f %% of known photos confidently wrong%s)",
-            rule.confidence_threshold,
-            100 * max_confidently_wrong,
-            "" if max_unknown_named is None else f", {100 * max_unknown_named:.0f} % of unknown ones named",
-        )
     return OpenSetFit(classes, gaussians, rule, taxa)
+
+
+def _subject_rule(
+    train: Outputs,
+    calibration: dict[str, Outputs],
+    rule: OpenSetRule,
+    coverage: float,
+    subject_rejection: float,
+) -> tuple[list[int] | None, OpenSetRule]:
+    """The subject's ImageNet classes (:func:`model.open_set.subject_classes` of ``train``'s ImageNet softmax, at
+    ``coverage``) and ``rule`` with the "not a fish" subject-score threshold: the highest that calls at most
+    ``subject_rejection`` of each ``calibration`` set so. ``(None, rule)`` unchanged when the model keeps no
+    ImageNet head."""
+    if not train.imagenet_logits.shape[1]:
+        logger.info("the model keeps no ImageNet head: no 'not a fish' check")
+        return None, rule
+    classes = subject_classes(torch.softmax(train.imagenet_logits, dim=1), coverage)
+    quantiles = [
+        float(torch.quantile(subject_score(outputs.imagenet_logits, classes).double(), subject_rejection))
+        for outputs in calibration.values()
+    ]
+    rule = dataclasses.replace(rule, subject_threshold=max(0.0, min(quantiles)))
+    logger.info(
+        "subject: %d ImageNet classes (first: %s); 'not a fish' below subject score %.4f",
+        len(classes),
+        classes[:10],
+        rule.subject_threshold,
+    )
+    return classes, rule
+
+
+def _hierarchy_rule(
+    fit: OpenSetFit,
+    calibration: dict[str, Outputs],
+    not_subject: Sequence[Outputs],
+    hierarchy: SubjectClasses,
+    subject_rejection: float,
+) -> OpenSetRule:
+    """``fit.rule`` with the hierarchy's taxon and contrast thresholds (:func:`choose_contrast_rule` on ``fit``'s
+    scores of the ``calibration`` sets and of the ``not_subject`` pictures). ``fit`` holds the subject classes,
+    the Gaussians, the rule so far and the taxa of ``hierarchy`` (whose noun and class counts are logged)."""
+    taxon_threshold, contrast = choose_contrast_rule(
+        [fit.scores(outputs) for outputs in calibration.values()],
+        [fit.scores(outputs) for outputs in not_subject],
+        fit.rule,
+        subject_rejection,
+    )
+    logger.info(
+        "subject %s (WordNet %s): %d ImageNet classes, %d other organisms; beyond novelty %.1f, also 'not a "
+        "fish' below taxon score %.4f or where the other organisms' score exceeds it by %.3f",
+        fit.rule.subject,
+        hierarchy.synset,
+        len(hierarchy.subject),
+        len(hierarchy.other_organisms),
+        fit.rule.novelty_threshold,
+        taxon_threshold,
+        contrast,
+    )
+    return dataclasses.replace(fit.rule, taxon_threshold=taxon_threshold, contrast_threshold=contrast)
+
+
+def _raised_confidence_rule(
+    fit: OpenSetFit,
+    calibration: dict[str, Outputs],
+    temperature: float,
+    max_confidently_wrong: float,
+    max_unknown_named: float | None,
+) -> OpenSetRule:
+    """``fit.rule`` with its "not sure" threshold raised (never lowered) to the highest that the photo sets of
+    ``calibration`` ask for (:func:`raised_confidence_thresholds`); unchanged without such sets."""
+    raised = raised_confidence_thresholds(fit, calibration, temperature, max_confidently_wrong, max_unknown_named)
+    if not raised:
+        return fit.rule
+    rule = dataclasses.replace(fit.rule, confidence_threshold=max(fit.rule.confidence_threshold, *raised))
+    logger.info(
+        "'not sure' below %.3f (at most %.0f %% of known photos confidently wrong%s)",
+        rule.confidence_threshold,
+        100 * max_confidently_wrong,
+        "" if max_unknown_named is None else f", {100 * max_unknown_named:.0f} % of unknown ones named",
+    )
+    return rule
 
 
 def raised_confidence_thresholds(
