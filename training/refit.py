@@ -82,6 +82,44 @@ def fit_normalized_head(features: torch.Tensor, targets: torch.Tensor, num_class
     return head
 
 
+def _refit_config(run: Path, out: Path, data: str | None, overrides: dict[str, Any] | None) -> TrainConfig:
+    """The refit's config: ``run``'s ``config.yaml`` with ``overrides``, ``out``, the normalized head, no resume,
+    and ``data`` where given.
+
+    Raises:
+        FileNotFoundError: ``best.pt``, ``config.yaml`` or ``split.csv`` is missing from ``run``; ValueError: bad
+        options.
+    """
+    for name in ("best.pt", "config.yaml", "split.csv"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run / name} is missing: is {run} a train.py run folder?")
+    values = load_yaml(run / "config.yaml")
+    values.update(overrides or {}, out=str(out), head="normalized", resume=None)
+    if data:
+        values["data"] = data
+    return config_from_dict(values)
+
+
+def _write_refitted_run(
+    run: Path, out: Path, cfg: TrainConfig, ckpt: dict[str, Any], model: torch.nn.Module, c: float
+) -> None:
+    """Write ``out/split.csv`` (``run``'s), ``out/config.yaml`` (``cfg``) and ``out/best.pt``: ``ckpt`` with
+    ``model``'s weights (the refitted head), ``cfg``'s head and config (recording the refit from ``run`` with
+    ``C`` = ``c``), without the training state (optimizer, scheduler, scaler, training model). Creates ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "split.csv", out / "split.csv")
+    config = cfg.to_dict()
+    save_config(cfg, out / "config.yaml")
+    ckpt.update(
+        model={k: v.detach().clone() for k, v in model.state_dict().items()},
+        head=cfg.head_spec(),
+        config={**config, "refit": {"from": str(run), "C": c}},
+    )
+    for key in ("optimizer", "lr_scheduler", "scaler", "training_model"):
+        ckpt.pop(key, None)
+    save_checkpoint(ckpt, out / "best.pt")
+
+
 def refit(
     run: Path,
     out: Path,
@@ -108,14 +146,7 @@ def refit(
         FileNotFoundError: a file of the run is missing; model.checkpoint.CheckpointError: ``best.pt`` unreadable;
         ValueError: bad options.
     """
-    for name in ("best.pt", "config.yaml", "split.csv"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name} is missing: is {run} a train.py run folder?")
-    values = load_yaml(run / "config.yaml")
-    values.update(overrides or {}, out=str(out), head="normalized", resume=None)
-    if data:
-        values["data"] = data
-    cfg: TrainConfig = config_from_dict(values)
+    cfg = _refit_config(run, out, data, overrides)
     ckpt = load_checkpoint(run / "best.pt")
     class_names = list(ckpt["class_names"])
     train = read_split(run / "split.csv", class_names, "train")
@@ -127,18 +158,7 @@ def refit(
     model.set_submodule(classifier_name(model), head)
     logger.info("refitted %s's head on %d training images (C=%g, class-balanced)", run, len(train), c)
 
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "split.csv", out / "split.csv")
-    config = cfg.to_dict()
-    save_config(cfg, out / "config.yaml")
-    ckpt.update(
-        model={k: v.detach().clone() for k, v in model.state_dict().items()},
-        head=cfg.head_spec(),
-        config={**config, "refit": {"from": str(run), "C": c}},
-    )
-    for key in ("optimizer", "lr_scheduler", "scaler", "training_model"):
-        ckpt.pop(key, None)
-    save_checkpoint(ckpt, out / "best.pt")
+    _write_refitted_run(run, out, cfg, ckpt, model, c)
     final = write_release(
         out,
         Path(cfg.data),
