@@ -84,9 +84,8 @@ def train_one_epoch(
     ``batch_mix`` (see :func:`training.optim.build_batch_mix`) mixes each batch; ``ema`` is updated after each step;
     ``clip_grad_norm > 0`` clips the gradients' total L2 norm. With ``distill``, ``model`` is a
     :class:`model.open_set.OpenSetNetwork` (returning logits, features and ImageNet logits) and
-    ``distill(images, imagenet_logits)`` is added to the loss (Learning without Forgetting).
-    Under torch.distributed the returned loss, accuracy
-    and image count are summed over every process.
+    ``distill(images, imagenet_logits)`` is added to the loss (Learning without Forgetting). Under
+    torch.distributed the returned loss, accuracy and image count are summed over every process.
 
     Returns:
         ``{"loss": mean loss, "accuracy": top-1 on the augmented batches (against the dominant class of mixed
@@ -98,30 +97,13 @@ def train_one_epoch(
     train_mode(model)
     total_loss, correct, seen, skipped = 0.0, 0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(
-        data_loader,
-        desc=f"epoch {epoch}",
-        unit="batch",
-        leave=False,
-        disable=None if show_progress else True,
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(data_loader, epoch, show_progress)
     for batch in bar:
         if batch is None:  # every image of the batch was unreadable
             skipped += 1
             continue
-        images, targets = batch
-        if batch_mix is not None:
-            images, targets = batch_mix(images, targets)
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        targets = targets.to(device, non_blocking=True)
-        with autocast(device, precision):
-            if distill is None:
-                logits = model(images)
-                loss = criterion(logits, targets)
-            else:
-                logits, _, imagenet_logits = model(images)
-                loss = criterion(logits, targets) + distill(images, imagenet_logits)
+        images, targets = _prepare_batch(batch, batch_mix, device)
+        logits, loss = _forward_loss(model, criterion, images, targets, device, precision, distill)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; try a lower --lr")
         optimizer_step(loss, model, optimizer, scaler, clip_grad_norm)
@@ -137,6 +119,62 @@ def train_one_epoch(
         bar.set_postfix(
             loss=f"{total_loss / seen:.3f}", img_s=f"{seen / elapsed:.1f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}"
         )
+    return _epoch_summary(total_loss, correct, seen, skipped, epoch=epoch, start=start, device=device)
+
+
+def _progress_bar(data_loader: Iterable[Any], epoch: int, show_progress: bool) -> tqdm:
+    """A tqdm bar over ``data_loader`` for ``epoch`` (off when not ``show_progress``; else tqdm's default: off
+    without a terminal)."""
+    return tqdm(
+        data_loader,
+        desc=f"epoch {epoch}",
+        unit="batch",
+        leave=False,
+        disable=None if show_progress else True,
+        dynamic_ncols=True,
+    )
+
+
+def _prepare_batch(
+    batch: tuple[torch.Tensor, torch.Tensor], batch_mix: Callable[..., Any] | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (N,3,S,S), targets)`` of ``batch``, mixed by ``batch_mix`` where given (targets then ``(N, C)``
+    soft labels, else int64 ``(N,)``), on ``device``, the images channels-last."""
+    images, targets = batch
+    if batch_mix is not None:
+        images, targets = batch_mix(images, targets)
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    targets = targets.to(device, non_blocking=True)
+    return images, targets
+
+
+def _forward_loss(
+    model: nn.Module,
+    criterion: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    precision: str,
+    distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (N, C), loss)`` of ``model`` on ``images`` under autocast at ``precision``: ``criterion``
+    against ``targets``, plus ``distill(images, imagenet_logits)`` where given (``model`` then returns logits,
+    features and ImageNet logits)."""
+    with autocast(device, precision):
+        if distill is None:
+            logits = model(images)
+            loss = criterion(logits, targets)
+        else:
+            logits, _, imagenet_logits = model(images)
+            loss = criterion(logits, targets) + distill(images, imagenet_logits)
+    return logits, loss
+
+
+def _epoch_summary(
+    total_loss: float, correct: int, seen: int, skipped: int, *, epoch: int, start: float, device: torch.device
+) -> dict[str, float]:
+    """The dict :func:`train_one_epoch` returns, from this process's summed loss, correct and seen counts (summed
+    over every process under torch.distributed) and its ``start`` time; warns of ``skipped`` batches."""
     total_loss, total_correct, total_seen = sum_over_processes([total_loss, correct, seen], device)
     correct, seen = int(total_correct), int(total_seen)
     elapsed = time.perf_counter() - start
