@@ -347,6 +347,18 @@ def build_model(
             model.add_module(PRETRAINED_HEAD, old)
         return model
 
+    return _model_from_local_weights(arch, num_classes, weights, head)
+
+
+def _model_from_local_weights(arch: str, num_classes: int, weights: str, head: dict[str, Any] | None) -> nn.Module:
+    """``arch`` with a fresh ``num_classes``-way ``head``, loaded from the file at the path ``weights`` (a state
+    dict or one of our checkpoints, ``module.`` prefixes stripped; see :func:`build_model`). Tensors whose shape
+    differs from the model's, and classifier tensors the new head has no place for, are dropped (left as
+    initialised, and logged); any other tensor missing or left over fails.
+
+    Raises:
+        WeightsUnavailableError: the file can't be read, or is not a state dict of ``arch``.
+    """
     model = library_model(arch, WEIGHTS_NONE)
     path = Path(weights)
     try:
