@@ -250,18 +250,7 @@ def train_transform(p: Preprocessing, augment: str = "basic") -> T.Compose:
         return eval_transform(p)
     interpolation = InterpolationMode(p.interpolation)
     if augment in ("photo", "scene"):
-        return T.Compose(
-            [
-                T.RandomResizedCrop(p.image_size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
-                *([RandomZoomOut(p=0.5, scale=(0.35, 1.0))] if augment == "scene" else []),
-                T.RandomHorizontalFlip(),
-                T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05)], p=0.8),
-                T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
-                T.RandomAdjustSharpness(3, p=0.3),
-                T.RandomApply([T.JPEG((30, 95))], p=0.5),
-                *_to_float_tensor(p),
-            ]
-        )
+        return _photo_transform(p, interpolation, zoom_out=augment == "scene")
     pil_ops: list[Callable[[Any], Any]] = [
         T.RandomResizedCrop(p.image_size, scale=(0.35, 1.0), interpolation=interpolation, antialias=True),
         T.RandomHorizontalFlip(),
@@ -275,6 +264,25 @@ def train_transform(p: Preprocessing, augment: str = "basic") -> T.Compose:
     elif augment == "morphology":
         pil_ops.append(RandomMorphology(p=0.5, sizes=(3,)))
     return T.Compose([*pil_ops, *_to_float_tensor(p), *tensor_ops])
+
+
+def _photo_transform(p: Preprocessing, interpolation: InterpolationMode, *, zoom_out: bool) -> T.Compose:
+    """The ``"photo"`` preset of :func:`train_transform`, or with ``zoom_out`` the ``"scene"`` one: random resized
+    crop (scale 0.25 to 1) to ``p.image_size`` with ``interpolation``, :class:`RandomZoomOut` (``p=0.5``, scale
+    0.35 to 1) when ``zoom_out``, flip, colour jitter, blur or sharpening, JPEG re-compression, normalisation.
+    Maps an RGB ``PIL.Image`` to a float32 tensor ``(3, image_size, image_size)``."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(p.image_size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
+            *([RandomZoomOut(p=0.5, scale=(0.35, 1.0))] if zoom_out else []),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05)], p=0.8),
+            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
+            T.RandomAdjustSharpness(3, p=0.3),
+            T.RandomApply([T.JPEG((30, 95))], p=0.5),
+            *_to_float_tensor(p),
+        ]
+    )
 
 
 def eval_transform(p: Preprocessing) -> T.Compose:
