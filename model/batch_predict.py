@@ -259,6 +259,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Check the numbers and the output path of :func:`get_args_parser`'s ``args``.
+
+    Raises:
+        ValueError: ``--top-k`` or ``--batch-size`` below 1, ``--workers`` below 0, ``--decode-timeout`` not a
+            finite number > 0, ``--max-pixels`` below 1, or ``--output`` an existing folder.
+    """
+    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
+        raise ValueError("--top-k and --batch-size must be at least 1, --workers at least 0")
+    if not (args.decode_timeout > 0 and math.isfinite(args.decode_timeout)):
+        raise ValueError(f"--decode-timeout must be a number of seconds > 0, got {args.decode_timeout}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
+    if args.output.is_dir():
+        raise ValueError(f"--output {args.output} is a folder; give a file name")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Classify, write the CSV, print a summary; exit code 0 on success (files that could not be decoded
     included: they get error rows), 2 on a user error (missing folder, no images, bad checkpoint or option), 1 when
@@ -266,14 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
-        if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
-            raise ValueError("--top-k and --batch-size must be at least 1, --workers at least 0")
-        if not (args.decode_timeout > 0 and math.isfinite(args.decode_timeout)):
-            raise ValueError(f"--decode-timeout must be a number of seconds > 0, got {args.decode_timeout}")
-        if args.max_pixels < 1:
-            raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
-        if args.output.is_dir():
-            raise ValueError(f"--output {args.output} is a folder; give a file name")
+        _check_options(args)
         paths = list_images(args.folder)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         device = resolve_device(args.device)
