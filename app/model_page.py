@@ -1,17 +1,20 @@
 """The model page's view-model: what ``templates/model.html`` shows, made from ``Predictor.describe()``.
 
-The checkpoint's record (training config, validation metrics, per-class scores, confusion matrix, open-set report,
-verdict thresholds) becomes plain rows and ``(term, description)`` facts; missing or malformed parts are left out,
-so any checkpoint renders. No Flask here: :func:`model_page_context` is all that ``app.web`` renders.
+The checkpoint's model card (:class:`model.checkpoint.ModelCard`: how it was trained, its validation metrics,
+per-class scores, confusion matrix and open-set report) and the verdict thresholds become plain rows and
+``(term, description)`` facts; what the checkpoint lacks is left out, so any checkpoint renders. No Flask here:
+:func:`model_page_context` is all that ``app.web`` renders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
+from model.checkpoint import ClassMetrics, EvaluationRecord, ModelCard, TrainingRecord
 from model.network import arch_library
 from model.open_set import set_kind
 from model.results import pretty_label
@@ -36,89 +39,98 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def training_facts(config: dict[str, Any], metrics: dict[str, Any], epoch: Any) -> list[tuple[str, str]]:
-    """How the model was trained, as ``(term, description)`` pairs, from the checkpoint's training ``config``.
+def training_facts(training: TrainingRecord, evaluation: EvaluationRecord, epoch: int | None) -> list[tuple[str, str]]:
+    """How the model was trained, as ``(term, description)`` pairs, from the checkpoint's :class:`TrainingRecord`.
 
     Only settings that describe the model are listed: file-system paths (data, output, resume, local weights)
     and machine settings (workers, device) are left out. Missing settings are skipped.
     """
     facts: list[tuple[str, str]] = []
-    if config.get("arch"):
-        facts.append(("Architecture", str(config["arch"])))
-    weights = config.get("weights")
-    if weights is not None:
+    if training.arch:
+        facts.append(("Architecture", training.arch))
+    if training.weights is not None:
         try:
-            library = arch_library(str(config.get("arch")))
+            library = arch_library(str(training.arch))
         except ValueError:
             library = "an unknown library"
         described = {"none": "none: trained from scratch", "imagenet": f"ImageNet-pretrained ({library})"}
-        facts.append(("Initial weights", described.get(str(weights), "a local pretrained state dict")))
-    if (epochs := config.get("epochs")) is not None:
-        text = f"{epochs}"
-        best = _number(metrics.get("best_epoch"))
-        best = best if best is not None else _number(epoch)
+        facts.append(("Initial weights", described.get(training.weights, "a local pretrained state dict")))
+    if training.epochs is not None:
+        text = f"{training.epochs}"
+        best = evaluation.best_epoch if evaluation.best_epoch is not None else epoch
         if best is not None:
             text += f" (the weights served are from epoch {int(best) + 1}, the best by validation macro-F1)"
         facts.append(("Epochs", text))
-    if (size := config.get("image_size")) is not None:
+    if (size := training.image_size) is not None:
         text = f"{size} × {size} pixels"
-        if (crop := _number(config.get("crop_pct"))) is not None:
-            text += f" (evaluation: short side resized to {round(size / crop)} px, centre crop)"
+        if training.crop_pct is not None:
+            text += f" (evaluation: short side resized to {round(size / training.crop_pct)} px, centre crop)"
         facts.append(("Input size", text))
-    if (batch := config.get("batch_size")) is not None:
-        facts.append(("Batch size", str(batch)))
-    if (lr := config.get("lr")) is not None:
-        parts = [str(config.get("optimizer", "SGD")), f"learning rate {lr:g}"]
-        if (momentum := _number(config.get("momentum"))) is not None:
-            parts.append(f"momentum {momentum:g}")
-        if (decay := _number(config.get("weight_decay"))) is not None:
-            parts.append(f"weight decay {decay:g}")
-        facts.append(("Optimizer", ", ".join(parts)))
-    if scheduler := config.get("scheduler"):
-        text = str(scheduler)
-        if scheduler == "step" and config.get("lr_step_size"):
-            text += f": learning rate × {config.get('lr_gamma', 0.1):g} every {config['lr_step_size']} epochs"
-        if warmup := _number(config.get("warmup_epochs")):
-            text += f", after {warmup:g} epochs of linear warm-up"
-        facts.append(("Learning-rate schedule", text))
-    if (smoothing := _number(config.get("label_smoothing"))) is not None:
-        facts.append(("Label smoothing", f"{smoothing:g}"))
-    if config.get("val_data"):
-        facts.append(("Data split", "a separate validation folder"))
-    elif (fraction := _number(config.get("val_fraction"))) is not None:
-        text = f"{fraction:.0%} of the images held out for validation, stratified by species"
-        if config.get("group_pattern"):
-            text += (
-                f"; files whose names share the group of the pattern {config['group_pattern']} (e.g. frames of "
-                "one video track) stay on one side, so validation images are not near-copies of training images"
-            )
-        facts.append(("Data split", text))
-    if (seed := config.get("seed")) is not None:
-        facts.append(("Random seed", str(seed)))
-    if config.get("release_dtype"):
-        facts.append(("Weights stored as", str(config["release_dtype"])))
+    if training.batch_size is not None:
+        facts.append(("Batch size", str(training.batch_size)))
+    facts += _optimizer_facts(training)
+    if training.label_smoothing is not None:
+        facts.append(("Label smoothing", f"{training.label_smoothing:g}"))
+    if split := _split_fact(training):
+        facts.append(("Data split", split))
+    if training.seed is not None:
+        facts.append(("Random seed", str(training.seed)))
+    if training.release_dtype:
+        facts.append(("Weights stored as", training.release_dtype))
     return facts
 
 
+def _optimizer_facts(training: TrainingRecord) -> list[tuple[str, str]]:
+    """The optimizer and the learning-rate schedule, as :func:`training_facts` pairs (none where not recorded)."""
+    facts: list[tuple[str, str]] = []
+    if training.lr is not None:
+        parts = [training.optimizer, f"learning rate {training.lr:g}"]
+        if training.momentum is not None:
+            parts.append(f"momentum {training.momentum:g}")
+        if training.weight_decay is not None:
+            parts.append(f"weight decay {training.weight_decay:g}")
+        facts.append(("Optimizer", ", ".join(parts)))
+    if scheduler := training.scheduler:
+        text = scheduler
+        if scheduler == "step" and training.lr_step_size:
+            text += f": learning rate × {training.lr_gamma:g} every {training.lr_step_size} epochs"
+        if training.warmup_epochs:
+            text += f", after {training.warmup_epochs:g} epochs of linear warm-up"
+        facts.append(("Learning-rate schedule", text))
+    return facts
+
+
+def _split_fact(training: TrainingRecord) -> str | None:
+    """How the validation images were held out, or None where the checkpoint does not say."""
+    if training.val_data:
+        return "a separate validation folder"
+    if training.val_fraction is None:
+        return None
+    text = f"{training.val_fraction:.0%} of the images held out for validation, stratified by species"
+    if training.group_pattern:
+        text += (
+            f"; files whose names share the group of the pattern {training.group_pattern} (e.g. frames of "
+            "one video track) stay on one side, so validation images are not near-copies of training images"
+        )
+    return text
+
+
 def class_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
-    """One dict per class: ``label, display_name, common_name, scientific_name`` and, where the checkpoint has
-    them, its validation ``precision, recall, f1, support``."""
+    """One dict per class: ``label, display_name, common_name, scientific_name`` (``Predictor.describe()``'s
+    ``class_info``) and, where the checkpoint has them, its validation ``precision, recall, f1, support``."""
     names = info.get("class_info") or {}
-    per_class = (info.get("metrics") or {}).get("per_class") or {}
+    per_class = info["card"].evaluation.per_class
     rows = []
     for label in info["classes"]:
         known = names.get(label) or {}
-        scores = per_class.get(label) if isinstance(per_class.get(label), dict) else {}
+        scores = per_class.get(label) or ClassMetrics()
         rows.append(
             {
                 "label": label,
                 "display_name": known.get("display_name") or pretty_label(label),
                 "common_name": known.get("common_name"),
                 "scientific_name": known.get("scientific_name"),
-                "precision": _number(scores.get("precision")),
-                "recall": _number(scores.get("recall")),
-                "f1": _number(scores.get("f1")),
-                "support": _number(scores.get("support")),
+                **dataclasses.asdict(scores),
             }
         )
     return rows
@@ -188,43 +200,39 @@ OPEN_SET_SETS = (
 )
 
 
-def open_set_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The verdicts measured when the model was trained (``metrics["open_set"]``, see ``training.open_set``), one
-    row per set it was measured on, in :data:`OPEN_SET_SETS`' order (a second folder of a kind, named
-    ``"kind:folder"``, after the first, with its folder in brackets): ``{"name", "images", "species", "not_sure",
-    "unknown_species", "not_a_fish", "top1", "confidently_wrong"}`` (fractions, None where the set has no such
-    number)."""
-    report = metrics.get("open_set")
-    if not isinstance(report, dict):
-        return []
+def open_set_rows(evaluation: EvaluationRecord) -> list[dict[str, Any]]:
+    """The verdicts measured when the model was trained (the card's ``open_set`` report, see
+    ``training.open_set``), one row per set it was measured on, in :data:`OPEN_SET_SETS`' order (a second folder of
+    a kind, named ``"kind:folder"``, after the first, with its folder in brackets): ``{"name", "images", "species",
+    "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong"}`` (fractions, None where the set has
+    no such number)."""
     rows = []
-    fields = ("images", "species", "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong")
     for kind, name in OPEN_SET_SETS:
-        for key, values in sorted(report.items(), key=lambda item: ":" in item[0]):  # stable: first folder first
-            if isinstance(values, dict) and set_kind(key) == kind:
+        # stable: first folder first
+        for key, shares in sorted(evaluation.open_set.items(), key=lambda item: ":" in item[0]):
+            if set_kind(key) == kind:
                 folder = key.partition(":")[2]
-                label = f"{name} ({folder})" if folder else name
-                rows.append({"name": label, **{f: _number(values.get(f)) for f in fields}})
+                rows.append({"name": f"{name} ({folder})" if folder else name, **dataclasses.asdict(shares)})
     return rows
 
 
 def model_page_context(info: dict[str, Any]) -> dict[str, Any]:
     """The template variables of ``model.html`` for a model described by ``Predictor.describe()``: ``model``
-    (``info`` itself), ``metrics``, ``serving``, ``subject``, ``thresholds``, ``open_set``, ``classes``,
-    ``has_per_class``, ``training``, ``confusion`` and ``short_names`` (class name -> the name the confusion
-    matrix shows)."""
-    metrics = info.get("metrics") or {}
+    (``info`` itself), ``metrics`` (the card's :class:`EvaluationRecord`), ``serving`` (its
+    :class:`ServingRecord`), ``subject``, ``thresholds``, ``open_set``, ``classes``, ``has_per_class``,
+    ``training``, ``confusion`` and ``short_names`` (class name -> the name the confusion matrix shows)."""
+    card: ModelCard = info["card"]
     classes = class_rows(info)
     return {
         "model": info,
-        "metrics": metrics,
-        "serving": info.get("serving") or {},
+        "metrics": card.evaluation,
+        "serving": card.serving,
         "subject": model_subject(info),
         "thresholds": verdict_thresholds(info),
-        "open_set": open_set_rows(metrics),
+        "open_set": open_set_rows(card.evaluation),
         "classes": classes,
         "has_per_class": any(row["f1"] is not None for row in classes),
-        "training": training_facts(info.get("config") or {}, metrics, info.get("epoch")),
-        "confusion": confusion_rows(metrics.get("confusion_matrix"), info["classes"]),
+        "training": training_facts(card.training, card.evaluation, card.epoch),
+        "confusion": confusion_rows(card.evaluation.confusion_matrix, info["classes"]),
         "short_names": {row["label"]: row["common_name"] or row["display_name"] for row in classes},
     }

@@ -365,8 +365,9 @@ def _model_from_local_weights(arch: str, num_classes: int, weights: str, head: d
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
         raise WeightsUnavailableError(f"could not read weights from {path}: {exc}") from exc
-    if isinstance(state_dict, dict) and "model" in state_dict and isinstance(state_dict["model"], dict):
-        state_dict = state_dict["model"]  # one of our own checkpoints
+    from model.checkpoint.files import network_weights  # here: model.checkpoint imports this module
+
+    state_dict = network_weights(state_dict)  # one of our own checkpoints, or a bare state dict
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     _replace_classifier(model, num_classes, head)
     own = model.state_dict()

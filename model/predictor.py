@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,14 @@ from model.backends import (
     OpenVINONetwork,
     resolve_backend,
 )
-from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.checkpoint import (
+    ClassNames,
+    ModelCard,
+    OpenSetRecord,
+    ServingRecord,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from model.decoding import to_rgb
 from model.open_set import (
     ClassGaussians,
@@ -42,6 +49,47 @@ from model.runtime import autocast, cpu_threads, resolve_inference_precision
 from model.transforms import Preprocessing, eval_transform
 
 logger = logging.getLogger(__name__)
+
+
+def _first(*values: float | None) -> float | None:
+    """The first of ``values`` that is not None (an override, then the checkpoint's record, then a default)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _check_backend(backend: str, precision: str, device: str | torch.device, int8_model: Any) -> str:
+    """The backend that ``backend`` resolves to (:func:`model.backends.resolve_backend`) after checking that it
+    and ``precision`` are known names and fit ``device`` and ``int8_model`` (see :class:`Predictor`).
+
+    Raises:
+        ValueError: an unknown name, OpenVINO off the CPU, or int8 without OpenVINO or its quantized network.
+    """
+    if precision not in ("auto", *SERVED_PRECISIONS):
+        raise ValueError(f"precision must be 'auto', {INT8!r} or one of {PRECISIONS}, got {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "openvino" and torch.device(device).type != "cpu":
+        raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
+    resolved = resolve_backend(backend, device)
+    if precision == INT8 and (resolved != "openvino" or int8_model is None):
+        raise ValueError(
+            "precision int8 needs the openvino backend (backend auto or openvino, on the CPU) and the quantized "
+            "network (quantize.py)"
+        )
+    return resolved
+
+
+def _served_rule(
+    serving: ServingRecord, subject_threshold: float | None, novelty_threshold: float | None
+) -> OpenSetRule:
+    """The open-set thresholds of a checkpoint's serving record, the subject and novelty ones overridden where
+    given (not None); the confidence threshold is set by :class:`Predictor`."""
+    return OpenSetRule(
+        subject_threshold=_first(subject_threshold, serving.subject_threshold),
+        novelty_threshold=_first(novelty_threshold, serving.novelty_threshold),
+        subject=serving.subject,
+        taxon_threshold=serving.taxon_threshold,
+        contrast_threshold=serving.contrast_threshold,
+    )
 
 
 def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -72,8 +120,9 @@ class Predictor:
         confidence_threshold: predictions below it are flagged ``confident=False`` (0 disables the flag).
         temperature: T > 0; probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et al. 2017, fitted
             on validation data by ``training.metrics.fit_temperature``); 1 leaves the network's softmax as is.
-        class_info: optional ``{class name: {"common_name": str, "scientific_name": str}}``.
-        metadata: descriptive fields (arch, epoch, metrics...) reported by :meth:`describe`.
+        class_info: optional ``{class name: ClassNames}``, the names people know each class by.
+        card: what the checkpoint says of the model (:class:`model.checkpoint.ModelCard`), reported by
+            :meth:`summary` and :meth:`describe`; None: nothing is known of it.
         open_set: the thresholds of the four verdicts (:class:`model.open_set.OpenSetRule`); its
             ``confidence_threshold`` is replaced by ``confidence_threshold``. None: "not sure" only.
         subject_classes: ImageNet classes of the training data's subject, for ``subject_score`` (needs a model
@@ -102,8 +151,8 @@ class Predictor:
         int8_model: Any = None,
         confidence_threshold: float = 0.0,
         temperature: float = 1.0,
-        class_info: dict[str, dict[str, str | None]] | None = None,
-        metadata: dict[str, Any] | None = None,
+        class_info: Mapping[str, ClassNames] | None = None,
+        card: ModelCard | None = None,
         open_set: OpenSetRule | None = None,
         subject_classes: Sequence[int] | None = None,
         gaussians: ClassGaussians | None = None,
@@ -116,44 +165,21 @@ class Predictor:
         self.hierarchy = hierarchy
         self.gaussians = gaussians
         self.temperature = temperature  # validated by the property's setter
-        if precision not in ("auto", *SERVED_PRECISIONS):
-            raise ValueError(f"precision must be 'auto', {INT8!r} or one of {PRECISIONS}, got {precision!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "openvino" and torch.device(device).type != "cpu":
-            raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
-        requested_backend, backend = backend, resolve_backend(backend, device)
-        if precision == INT8 and (backend != "openvino" or int8_model is None):
-            raise ValueError(
-                "precision int8 needs the openvino backend (backend auto or openvino, on the CPU) and the quantized "
-                "network (quantize.py)"
-            )
+        requested_backend, backend = backend, _check_backend(backend, precision, device, int8_model)
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.network = OpenSetNetwork(self.model)
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.transform = eval_transform(preprocessing)
-        info = class_info or {}
-        self.class_info = {
-            name: (info.get(name, {}).get("common_name") or None, info.get(name, {}).get("scientific_name") or None)
-            for name in self.class_names
-        }
-        self.metadata = dict(metadata or {})
-        size = preprocessing.image_size
-        with torch.inference_mode():
-            logits, features, imagenet_logits = self.network(torch.zeros(1, 3, size, size, device=self.device))
-        if logits.shape[1] != len(self.class_names):
-            raise ValueError(f"model has {logits.shape[1]} outputs but {len(self.class_names)} class names")
-        if self.subject_classes and imagenet_logits.shape[1] <= max(self.subject_classes):
-            raise ValueError("subject classes need the model's pretrained ImageNet head, which it does not keep")
-        if self.gaussians is not None and self.gaussians.means.shape != (len(self.class_names), features.shape[1]):
-            raise ValueError(f"class means {tuple(self.gaussians.means.shape)} do not fit {tuple(features.shape)}")
+        self.class_info = {name: (class_info or {}).get(name) or ClassNames() for name in self.class_names}
+        self.card = card or ModelCard()
+        self._check_outputs()
         self._openvino: OpenVINONetwork | None = None
         if backend == "openvino":
             try:
                 self._openvino = OpenVINONetwork(
-                    self.network, size, precision, num_threads or cpu_threads(), int8_model=int8_model
+                    self.network, preprocessing.image_size, precision, num_threads or cpu_threads(), int8_model
                 )
                 precision = self._openvino.precision
             except BackendUnavailableError as exc:
@@ -163,6 +189,23 @@ class Predictor:
                 backend = "torch"
         self.backend = backend
         self.precision = resolve_inference_precision(precision, device) if backend == "torch" else precision
+
+    def _check_outputs(self) -> None:
+        """Run the network once on a zero image and check that its outputs fit the class names, the subject
+        classes and the class means.
+
+        Raises:
+            ValueError: they do not.
+        """
+        size = self.preprocessing.image_size
+        with torch.inference_mode():
+            logits, features, imagenet_logits = self.network(torch.zeros(1, 3, size, size, device=self.device))
+        if logits.shape[1] != len(self.class_names):
+            raise ValueError(f"model has {logits.shape[1]} outputs but {len(self.class_names)} class names")
+        if self.subject_classes and imagenet_logits.shape[1] <= max(self.subject_classes):
+            raise ValueError("subject classes need the model's pretrained ImageNet head, which it does not keep")
+        if self.gaussians is not None and self.gaussians.means.shape != (len(self.class_names), features.shape[1]):
+            raise ValueError(f"class means {tuple(self.gaussians.means.shape)} do not fit {tuple(features.shape)}")
 
     @classmethod
     def from_checkpoint(
@@ -177,22 +220,13 @@ class Predictor:
         novelty_threshold: float | None = None,
         subject_threshold: float | None = None,
     ) -> Predictor:
-        """Load a checkpoint written by ``train.py`` (see :mod:`model.checkpoint`).
+        """Load a checkpoint written by ``train.py`` (:func:`model.checkpoint.load_checkpoint`).
 
-        Args:
-            path: the checkpoint file.
-            device: where to run the network.
-            precision: ``"fp32"``, ``"bf16"``, ``"auto"``, or ``"int8"`` (OpenVINO, with the int8 network that
-                ``quantize.py`` wrote beside the checkpoint: :func:`model.quantization.int8_path`).
-            backend: ``"torch"``, ``"openvino"`` or ``"auto"``.
-            num_threads: OpenVINO's inference threads (see :class:`Predictor`).
-            confidence_threshold: overrides the threshold the checkpoint records (``serving.confidence_threshold``,
-                chosen on validation data; 0 when absent).
-            novelty_threshold, subject_threshold: override ``serving.novelty_threshold`` and
-                ``serving.subject_threshold`` (see :mod:`model.open_set`).
-
-        The softmax temperature is the checkpoint's ``serving.temperature`` (fitted on validation data), 1 when
-        absent (checkpoints written before temperature scaling).
+        ``device``, ``backend`` and ``num_threads`` are :class:`Predictor`'s; ``precision`` also takes ``"int8"``
+        (OpenVINO, with the network ``quantize.py`` wrote beside the checkpoint: :func:`model.quantization.int8_path`).
+        The thresholds given override those the checkpoint's :class:`model.checkpoint.ServingRecord` holds (the
+        confidence threshold is 0 where it holds none); the softmax temperature is the record's (fitted on
+        validation data), 1 where it holds none (checkpoints written before temperature scaling).
 
         Raises:
             model.checkpoint.CheckpointError: the file is missing or not a valid checkpoint.
@@ -202,49 +236,30 @@ class Predictor:
         ckpt = load_checkpoint(path)
         # only where it can run: Predictor refuses int8 on any other backend
         on_openvino = precision == INT8 and resolve_backend(backend, device) == "openvino"
-        int8_model = quantization.load(path) if on_openvino else None
-        serving = ckpt.get("serving", {})
-        if confidence_threshold is None:
-            confidence_threshold = float(serving.get("confidence_threshold", 0.0))
-        metadata = {
-            "arch": ckpt["arch"],
-            "epoch": ckpt.get("epoch"),
-            "metrics": ckpt.get("metrics", {}),
-            "config": ckpt.get("config", {}),
-            "serving": serving,
-            "checkpoint": os.path.basename(os.fspath(path)),
-            "created": ckpt.get("created"),
-        }
-        open_set = ckpt.get("open_set") or {}
-        rule = OpenSetRule(
-            subject_threshold=serving.get("subject_threshold") if subject_threshold is None else subject_threshold,
-            novelty_threshold=serving.get("novelty_threshold") if novelty_threshold is None else novelty_threshold,
-            subject=serving.get("subject"),
-            taxon_threshold=serving.get("taxon_threshold"),
-            contrast_threshold=serving.get("contrast_threshold"),
-        )
+        serving = ckpt.serving or ServingRecord()
+        open_set = ckpt.open_set or OpenSetRecord()
         predictor = cls(
             model_from_checkpoint(ckpt),
-            ckpt["class_names"],
-            Preprocessing.from_dict(ckpt["preprocessing"]),
+            ckpt.class_names,
+            ckpt.preprocessing,
             device=device,
             precision=precision,
             backend=backend,
             num_threads=num_threads,
-            int8_model=int8_model,
-            confidence_threshold=confidence_threshold,
-            temperature=float(serving.get("temperature", 1.0)),
-            class_info=ckpt.get("class_info"),
-            metadata=metadata,
-            open_set=rule,
-            subject_classes=open_set.get("subject_classes"),
-            hierarchy=HierarchyClasses.from_dict(open_set.get("hierarchy")),
-            gaussians=ClassGaussians.from_dict(open_set["gaussians"]) if "gaussians" in open_set else None,
+            int8_model=quantization.load(path) if on_openvino else None,
+            confidence_threshold=_first(confidence_threshold, serving.confidence_threshold, 0.0),
+            temperature=_first(serving.temperature, 1.0),
+            class_info=ckpt.class_info,
+            card=ModelCard.of(ckpt, os.path.basename(os.fspath(path))),
+            open_set=_served_rule(serving, subject_threshold, novelty_threshold),
+            subject_classes=open_set.subject_classes,
+            hierarchy=open_set.hierarchy,
+            gaussians=open_set.gaussians,
         )
         logger.info(
             "loaded %s: %s, %d classes, input %d px, temperature %.3g, %s %s on %s",
             path,
-            ckpt["arch"],
+            ckpt.arch,
             len(predictor.class_names),
             predictor.preprocessing.image_size,
             predictor.temperature,
@@ -281,17 +296,16 @@ class Predictor:
 
     def score(self, label: str, confidence: float) -> ClassScore:
         """A :class:`ClassScore` for ``label`` with the names the checkpoint records for it."""
-        common, scientific = self.class_info.get(label, (None, None))
-        return ClassScore(label, confidence, common, scientific)
+        names = self.class_info.get(label) or ClassNames()
+        return ClassScore(label, confidence, names.common_name, names.scientific_name)
 
     def summary(self) -> dict[str, Any]:
         """Short JSON-ready description for API responses: arch, checkpoint, input size, precision, threshold,
         softmax temperature and the headline validation metrics."""
-        metrics = self.metadata.get("metrics", {})
         return {
-            "arch": self.metadata.get("arch"),
-            "checkpoint": self.metadata.get("checkpoint"),
-            "created": self.metadata.get("created"),
+            "arch": self.card.arch,
+            "checkpoint": self.card.checkpoint,
+            "created": self.card.created,
             "num_classes": len(self.class_names),
             "image_size": self.preprocessing.image_size,
             "precision": self.precision,
@@ -300,22 +314,22 @@ class Predictor:
             "subject": self.open_set.subject,
             "verdict_thresholds": self.open_set.thresholds(),
             "temperature": self.temperature,
-            "val_accuracy": metrics.get("val_accuracy"),
-            "val_macro_f1": metrics.get("val_macro_f1"),
+            "val_accuracy": self.card.evaluation.val_accuracy,
+            "val_macro_f1": self.card.evaluation.val_macro_f1,
         }
 
     def describe(self) -> dict[str, Any]:
-        """Full JSON-ready description for the model page: everything in :meth:`summary` plus the classes with
-        their names (``class_info``), the training ``config``, the ``metrics`` (possibly with ``per_class`` and
-        ``confusion_matrix``), ``epoch`` and the ``serving`` record."""
+        """What the pages show of the model: everything in :meth:`summary` plus the ``classes``, their names
+        (``class_info``: class name -> ``ClassScore``'s name fields) and the ``card``
+        (:class:`model.checkpoint.ModelCard`: how it was trained, its validation metrics, its serving record)."""
         return {
-            **self.metadata,
-            **{k: v for k, v in self.summary().items() if k not in ("val_accuracy", "val_macro_f1")},
+            **self.summary(),
             "classes": self.class_names,
             "class_info": {
                 name: {k: v for k, v in self.score(name, 0.0).to_dict().items() if k.endswith("name")}
                 for name in self.class_names
             },
+            "card": self.card,
         }
 
     @torch.inference_mode()

@@ -168,7 +168,6 @@ def checkpoint_factory(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathF
         save_checkpoint,
     )
     from model.network import build_model
-    from model.transforms import Preprocessing
 
     tiny = load_checkpoint(tiny_checkpoint)
     release_fields = ("metrics", "serving", "open_set")
@@ -176,20 +175,21 @@ def checkpoint_factory(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathF
     def make(name: str = "model.pt", **fields: Any) -> Path:
         written = {key: fields.pop(key) for key in release_fields if key in fields}
         spec: dict[str, Any] = {
-            "arch": tiny["arch"],
-            "class_names": tiny["class_names"],
-            "preprocessing": Preprocessing.from_dict(tiny["preprocessing"]),
-            "epoch": tiny["epoch"],
-            "config": tiny["config"],
+            "arch": tiny.arch,
+            "class_names": tiny.class_names,
+            "preprocessing": tiny.preprocessing,
+            "epoch": tiny.epoch,
+            "config": tiny.config,
             **fields,
         }
-        if {"arch", "head"} & set(fields) or len(spec["class_names"]) != len(tiny["class_names"]):
+        if {"arch", "head"} & set(fields) or len(spec["class_names"]) != len(tiny.class_names):
             torch.manual_seed(0)
             network = build_model(spec["arch"], num_classes=len(spec["class_names"]), head=spec.get("head"))
         else:
             network = model_from_checkpoint(tiny)
-        ckpt = release_checkpoint(make_checkpoint(model=network, metrics=tiny["metrics"], **spec))
-        return save_checkpoint({**ckpt, **written}, tmp_path_factory.mktemp("checkpoint") / name)
+        ckpt = release_checkpoint(make_checkpoint(model=network, metrics=tiny.metrics, **spec))
+        # the release step's records as raw schema dicts, as the file holds them
+        return save_checkpoint({**ckpt.to_dict(), **written}, tmp_path_factory.mktemp("checkpoint") / name)
 
     return make
 

@@ -540,6 +540,7 @@ def test_model_page_explains_the_hierarchy_rule_and_lists_every_folder(
     assert "gives other living things (coral, sea anemones, crabs, turtles…) 60.0% more than those" in html
 
     from app.model_page import open_set_rows
+    from model.checkpoint import EvaluationRecord
 
     report = {
         "not_subject:reef_photos/not_fish": {"images": 150, "not_a_fish": 0.4},
@@ -547,7 +548,9 @@ def test_model_page_explains_the_hierarchy_rule_and_lists_every_folder(
         "not_subject": {"images": 2000, "not_a_fish": 0.8},
         "unknown_photos:reef_photos/fish": {"images": 274, "unknown_species": 0.5},
     }
-    assert [(row["name"], row["images"]) for row in open_set_rows({"open_set": report})] == [
+    assert [
+        (row["name"], row["images"]) for row in open_set_rows(EvaluationRecord.from_dict({"open_set": report}))
+    ] == [
         ("Validation photos (video crops of its species)", 821),
         ("Photographs of species it does not know (reef_photos/fish)", 274),
         ("Pictures of something else", 2000),
@@ -877,8 +880,12 @@ def test_model_page_reports_the_verdicts_measured_at_training(
         "unknown_photos": {"images": 153.0, "species": 0.085, "not_sure": 0.765, "unknown_species": 0.124,
                            "not_a_fish": 0.026},
     }  # fmt: skip
-    metadata = {**predictor.metadata, "metrics": {**predictor.metadata.get("metrics", {}), "open_set": report}}
-    monkeypatch.setattr(predictor, "metadata", metadata)
+    from model.checkpoint import EvaluationRecord
+
+    evaluation = dataclasses.replace(
+        predictor.card.evaluation, open_set=EvaluationRecord.from_dict({"open_set": report}).open_set
+    )
+    monkeypatch.setattr(predictor, "card", dataclasses.replace(predictor.card, evaluation=evaluation))
     answer_with_verdicts(monkeypatch, app, ["species"], subject="fish")
     html = client.get("/model").get_data(as_text=True)
     table = re.sub(r"\s+", " ", html.split('id="open-set-table"')[1].split("</table>")[0])

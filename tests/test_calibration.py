@@ -159,7 +159,8 @@ def test_predictor_serves_the_checkpoint_temperature(tiny_checkpoint: Path, warm
     warm = Predictor.from_checkpoint(warm_checkpoint)
     assert plain.temperature == 1.0 and warm.temperature == 2.5
     assert plain.summary()["temperature"] == 1.0 and warm.summary()["temperature"] == 2.5
-    assert warm.describe()["temperature"] == 2.5 and warm.describe()["serving"]["temperature"] == 2.5
+    assert warm.describe()["temperature"] == 2.5 and warm.describe()["card"].serving.temperature == 2.5
+    assert plain.describe()["card"].serving.temperature is None  # the page says nothing of a temperature
 
     batch = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     logits = plain.logits(batch)

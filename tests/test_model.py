@@ -17,6 +17,10 @@ from model.backends import BackendUnavailableError, resolve_backend
 from model.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
+    ClassMetrics,
+    EvaluationRecord,
+    ServingRecord,
+    TrainingRecord,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
@@ -172,7 +176,11 @@ def test_checkpoint_schema_and_weights_only_load(tmp_path: Path) -> None:
     assert raw["epoch"] == 4 and raw["metrics"] == {"val_macro_f1": 0.5} and raw["config"]["lr"] == 0.1
     assert set(raw["versions"]) == {"torch", "torchvision", "timm", "python"}
     assert "optimizer" in raw and "state" in raw["optimizer"]
-    assert load_checkpoint(path)["arch"] == "resnet18"
+    loaded = load_checkpoint(path)
+    assert loaded.arch == "resnet18" and loaded.class_names == ["a", "b", "c"] and loaded.epoch == 4
+    assert loaded.preprocessing == Preprocessing.for_image_size(32) and loaded.config["lr"] == 0.1
+    assert loaded.training_state is not None and loaded.training_state.optimizer is not None
+    assert loaded.serving is None and loaded.open_set is None  # a training checkpoint, not a release
 
 
 def test_release_checkpoint_is_fp16_without_optimizer_and_predicts_the_same(tmp_path: Path) -> None:
@@ -180,9 +188,10 @@ def test_release_checkpoint_is_fp16_without_optimizer_and_predicts_the_same(tmp_
     full_path = save_checkpoint(full, tmp_path / "full.pt")
     slim_path = save_checkpoint(release_checkpoint(full), tmp_path / "slim.pt")
     slim = load_checkpoint(slim_path)
-    assert "optimizer" not in slim
-    assert slim["model"]["conv1.weight"].dtype == torch.float16
-    assert slim["model"]["bn1.num_batches_tracked"].dtype == torch.int64
+    assert slim.training_state is None and "optimizer" not in torch.load(slim_path, weights_only=True)
+    assert slim.state_dict["conv1.weight"].dtype == torch.float16
+    assert slim.state_dict["bn1.num_batches_tracked"].dtype == torch.int64
+    assert slim.config["release_dtype"] == "float16"
     assert slim_path.stat().st_size < 0.6 * full_path.stat().st_size
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
@@ -213,11 +222,72 @@ def test_bare_state_dict_and_newer_format_are_refused(tmp_path: Path) -> None:
     torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match="missing format_version"):
         load_checkpoint(tmp_path / "bare.pt")
-    future = _checkpoint()
+    future = _checkpoint().to_dict()
     future["format_version"] = FORMAT_VERSION + 1
     save_checkpoint(future, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="format version"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "fish4knowledge_lite0.pt"
+
+
+def _same(a: object, b: object, where: str = "") -> None:
+    """Assert two raw checkpoint values are equal: tensors by value and dtype, containers item by item."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (where, set(a) ^ set(b))
+        for key in a:
+            _same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{where}[{i}]")
+    else:
+        assert type(a) is type(b) and a == b, (where, a, b)
+
+
+def test_the_shipped_format_1_release_reads_typed_and_writes_back_the_same_file() -> None:
+    """The default model (format 1, written before the typed records) loads through the one loader, its records
+    typed, and ``to_dict`` gives back exactly what the file holds."""
+    raw = torch.load(SHIPPED, weights_only=True)
+    ckpt = load_checkpoint(SHIPPED)
+    assert ckpt.format_version == 1 and ckpt.arch == raw["arch"] and ckpt.class_names == raw["class_names"]
+    assert ckpt.serving is not None and ckpt.serving.temperature == raw["serving"]["temperature"]
+    assert ckpt.serving.subject == "fish" and ckpt.serving.taxon_threshold == raw["serving"]["taxon_threshold"]
+    assert ckpt.open_set is not None and ckpt.open_set.gaussians is not None
+    assert ckpt.open_set.hierarchy is not None and len(ckpt.open_set.hierarchy.taxon) == 16
+    assert ckpt.class_info["amphiprion_clarkii"].common_name == "Clark's anemonefish"
+    assert ckpt.evaluation.val_macro_f1 == raw["metrics"]["val_macro_f1"]
+    assert ckpt.evaluation.open_set["val"].images == raw["metrics"]["open_set"]["val"]["images"]
+    assert ckpt.training.arch == "tf_efficientnet_lite0" and ckpt.training.image_size == 192
+    _same(raw, ckpt.to_dict())
+
+
+def test_records_leave_out_what_a_checkpoint_lacks_or_holds_malformed() -> None:
+    evaluation = EvaluationRecord.from_dict(
+        {"val_accuracy": "high", "val_macro_f1": 0.9, "per_class": {"a": {"f1": 0.5, "support": True}},
+         "confusion_matrix": "none", "open_set": {"val": {"images": 10, "species": None}, "odd": 3}}
+    )  # fmt: skip
+    assert evaluation.val_accuracy is None and evaluation.val_macro_f1 == 0.9 and evaluation.confusion_matrix is None
+    assert evaluation.per_class == {"a": ClassMetrics(f1=0.5)} and set(evaluation.open_set) == {"val"}
+    training = TrainingRecord.from_dict({"arch": "resnet18", "epochs": "ten", "lr": 0.1, "seed": 3, "val_data": ""})
+    assert training == TrainingRecord(arch="resnet18", lr=0.1, seed=3)
+    assert training.optimizer == "SGD" and training.lr_gamma == 0.1  # older checkpoints: the defaults of then
+    assert ServingRecord.from_dict(None) == ServingRecord() and ServingRecord().to_dict() == {}
+    with pytest.raises(CheckpointError, match="serving.temperature must be a number"):
+        ServingRecord.from_dict({"temperature": "warm"})
+
+
+def test_a_malformed_required_value_is_a_checkpoint_error(tmp_path: Path) -> None:
+    raw = _checkpoint().to_dict()
+    save_checkpoint({**raw, "class_names": ["a", 2, "c"]}, tmp_path / "names.pt")
+    with pytest.raises(CheckpointError, match="class_names must be a list of strings"):
+        load_checkpoint(tmp_path / "names.pt")
+    save_checkpoint({**raw, "serving": {"confidence_threshold": [0.5]}}, tmp_path / "serving.pt")
+    with pytest.raises(CheckpointError, match="serving.pt: serving.confidence_threshold must be a number"):
+        load_checkpoint(tmp_path / "serving.pt")
 
 
 def test_pickled_code_is_never_executed(tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def test_train_chooses_and_records_the_open_set_thresholds(tmp_path: Path) -> No
         "--open-set-photos", str(photos), "--not-subject", str(not_subject),
     ]  # fmt: skip
     assert train.main(args) == 0
-    release = load_checkpoint(tmp_path / "run" / "release.pt")
+    release = load_checkpoint(tmp_path / "run" / "release.pt").to_dict()
     serving = release["serving"]
     assert serving["subject"] == "fish"
     assert 0 <= serving["subject_threshold"] <= 1 and serving["novelty_threshold"] > 0

@@ -219,7 +219,7 @@ def test_timm_checkpoint_round_trips(tmp_path: Path) -> None:
         config={},
     )
     loaded = load_checkpoint(save_checkpoint(ckpt, tmp_path / "r10t.pt"))
-    assert Preprocessing.from_dict(loaded["preprocessing"]) == preprocessing
+    assert loaded.preprocessing == preprocessing
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(model_from_checkpoint(loaded)(x), model(x))
@@ -233,7 +233,7 @@ def test_train_records_the_pretrained_preprocessing(tmp_path: Path, no_downloads
     args = ["--data", str(data), "--out", str(out), "--arch", "tf_efficientnet_lite0", "--weights", "imagenet"]
     args += ["--epochs", "1", "--batch-size", "8", "--image-size", "32", "--workers", "0", "--freeze-backbone"]
     assert train.main(args) == 0
-    release = load_checkpoint(out / "release.pt")
+    release = load_checkpoint(out / "release.pt").to_dict()
     assert release["arch"] == "tf_efficientnet_lite0"
     assert release["preprocessing"] == {
         "image_size": 32,

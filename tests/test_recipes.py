@@ -308,7 +308,7 @@ def test_config_file_sets_defaults_the_command_line_overrides_and_the_run_saves_
     assert saved["epochs"] == 2 and saved["head"] == "mlp" and saved["head_hidden"] == [16, 8]
     assert saved["lr"] == pytest.approx(3e-3) and saved["optimizer"] == "adamw"
     assert parse_args(["--config", str(out / "config.yaml")]) == config_from_dict(saved)  # it reads back
-    last, release = load_checkpoint(out / "last.pt"), load_checkpoint(out / "release.pt")
+    last, release = load_checkpoint(out / "last.pt").to_dict(), load_checkpoint(out / "release.pt").to_dict()
     assert last["config"] == saved and last["head"] == {"type": "mlp", "hidden": [16, 8], "dropout": 0.2}
     assert "training_model" in last and "training_model" not in release  # EMA: raw weights kept for --resume
     assert not torch.equal(last["training_model"]["conv1.weight"], last["model"]["conv1.weight"])
@@ -337,7 +337,7 @@ def test_head_epochs_then_the_whole_network_with_a_lower_backbone_lr(
         assert train.main(_args(data, out, "--head-epochs", "1", "--backbone-lr-scale", "0.2", "--head", "mlp")) == 0
     assert "backbone frozen (BatchNorm in eval mode) for the first 1 epoch(s)" in caplog.text
     assert "epoch 2: training the whole network, backbone LR x 0.2" in caplog.text
-    groups = load_checkpoint(out / "last.pt")["optimizer"]["param_groups"]
+    groups = load_checkpoint(out / "last.pt").training_state.optimizer["param_groups"]
     initial = {g["name"]: g["initial_lr"] for g in groups}
     assert initial["backbone"] == pytest.approx(0.2 * initial["head"])
 
@@ -357,7 +357,7 @@ def test_patience_stops_when_the_metric_stops_improving(data: Path, tmp_path: Pa
 def test_classes_option_trains_on_a_subset_of_the_folders(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train.main(_args(data, out, "--classes", "clownfish,blue_tang", epochs=1)) == 0
-    assert load_checkpoint(out / "release.pt")["class_names"] == ["blue_tang", "clownfish"]
+    assert load_checkpoint(out / "release.pt").class_names == ["blue_tang", "clownfish"]
     assert train.main(_args(data, tmp_path / "bad", "--classes", "clownfish,tulip", epochs=1)) == 2
 
 

@@ -68,10 +68,10 @@ def test_refit_releases_the_run_with_the_new_head(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert train.main(args) == 0
     assert main([str(run), "--out", str(tmp_path / "refit"), "--workers", "0"]) == 0
-    release = load_checkpoint(tmp_path / "refit" / "release.pt")
+    release = load_checkpoint(tmp_path / "refit" / "release.pt").to_dict()
     assert release["head"] == {"type": "normalized"} and release["config"]["head"] == "normalized"
     assert release["config"]["refit"] == {"from": str(run), "C": 4.0}
-    assert release["class_names"] == load_checkpoint(run / "release.pt")["class_names"]
+    assert release["class_names"] == load_checkpoint(run / "release.pt").class_names
     assert (tmp_path / "refit" / "split.csv").read_text() == (run / "split.csv").read_text()
     metrics = json.loads((tmp_path / "refit" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(release["metrics"]["val_accuracy"])

@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from model.backends import BackendUnavailableError
-from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from model.decoding import decode_image
 from model.network import build_model
 from model.predictor import Predictor
@@ -73,7 +73,7 @@ class NaiveBaseline:
     """The textbook way: the eager fp32 network, PIL decode, resize, centre crop, one image at a time (what
     ``tools/naive_app.py`` serves)."""
 
-    def __init__(self, ckpt: dict[str, Any], size: int = 224) -> None:
+    def __init__(self, ckpt: Checkpoint, size: int = 224) -> None:
         self.model = model_from_checkpoint(ckpt)
         self.transform = naive_app.naive_transform(size)
 
@@ -138,7 +138,7 @@ def bench_predict(ckpt_path: Path, photos: list[Path], repeats: int) -> dict[str
     """Single-photo latency (decode to verdict) and batched throughput of every predictor configuration, beside
     the naive baseline at 224 px and at the model's own size."""
     ckpt = load_checkpoint(ckpt_path)
-    size = ckpt["preprocessing"]["image_size"]
+    size = ckpt.preprocessing.image_size
     small = [p.read_bytes() for p in photos[:20]]
     big = phone_photo(photos[0])
     predictors = build_predictors(ckpt_path)
@@ -260,7 +260,7 @@ def http_configs(model: Path) -> list[tuple[str, list[str], dict[str, str]]]:
     naive seed-style app (``tools/naive_app.py``, one sync worker) at 224 px and at the model's own size."""
     cpus = cpu_threads()
     app = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
-    size = load_checkpoint(model)["preprocessing"]["image_size"]
+    size = load_checkpoint(model).preprocessing.image_size
     workers = loadtest_default_workers()
 
     def naive(px: int) -> list[str]:
@@ -690,7 +690,7 @@ def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
         ]
         logger.info("training %s", results["training"])
     elif section == "decode":
-        size = load_checkpoint(args.model)["preprocessing"]["resize_size"]
+        size = load_checkpoint(args.model).preprocessing.resize_size
         small = [p.read_bytes() for p in photos[:20]]
         results["decode"] = {
             "isolation": bench_decode.bench_isolation_cost(small, phone_photo(photos[0]), size, args.repeats * 4),

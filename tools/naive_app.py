@@ -36,7 +36,7 @@ def create_app(size: int = 224) -> Flask:
     path = os.environ.get("FISH_MODEL_PATH", str(ROOT / "weights" / "fish4knowledge_lite0.pt"))
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt).eval()
-    names = ckpt["class_names"]
+    names = ckpt.class_names
     transform = naive_transform(size)
     app = Flask(__name__)
 

@@ -29,11 +29,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from model.checkpoint import OpenSetRecord, ServingRecord
 from model.imagenet_hierarchy import SubjectClasses
 from model.open_set import (
     DEFAULT_SUBJECT_COVERAGE,
@@ -142,17 +142,24 @@ class OpenSetFit:
     rule: OpenSetRule
     hierarchy: HierarchyClasses | None = None
 
-    def record(self) -> dict[str, Any]:
-        """The checkpoint's ``open_set`` record: ``{"subject_classes": [...] (absent without an ImageNet head),
-        "hierarchy": {"taxon", "other"} (with the hierarchy only), "gaussians": {...}}`` (see
-        :mod:`model.checkpoint`)."""
-        record: dict[str, Any] = {}
-        if self.subject_classes is not None:
-            record["subject_classes"] = self.subject_classes
-        if self.hierarchy is not None:
-            record["hierarchy"] = self.hierarchy.to_dict()
-        record["gaussians"] = self.gaussians.to_dict()
-        return record
+    def record(self) -> OpenSetRecord:
+        """The checkpoint's open-set record (:class:`model.checkpoint.OpenSetRecord`)."""
+        return OpenSetRecord(self.subject_classes, self.gaussians, self.hierarchy)
+
+    def serving(self, base: ServingRecord, *, coverage: float, accuracy: float) -> ServingRecord:
+        """``base`` (the temperature and the selective "not sure" threshold) with this fit's thresholds, and the
+        ``coverage`` and ``accuracy`` of the ``species`` answers they give on the validation images."""
+        return dataclasses.replace(
+            base,
+            subject_threshold=self.rule.subject_threshold,
+            taxon_threshold=self.rule.taxon_threshold,
+            contrast_threshold=self.rule.contrast_threshold,
+            novelty_threshold=self.rule.novelty_threshold,
+            subject=self.rule.subject,
+            confidence_threshold=self.rule.confidence_threshold,
+            coverage=coverage,
+            selective_accuracy=accuracy,
+        )
 
     def scores(self, outputs: Outputs) -> OpenSetScores:
         """The open-set scores of a set's outputs, as serving computes them

@@ -31,12 +31,11 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.cli import setup_logging
 from model.heads import NormalizedLinear
 from model.network import classifier_name
 from model.predictor import Predictor
-from model.transforms import Preprocessing
 from training.config import TrainConfig, config_from_dict, csv_list, load_yaml, save_config
 from training.data import read_split
 from training.evaluation import collect_outputs
@@ -101,7 +100,7 @@ def _refit_config(run: Path, out: Path, data: str | None, overrides: dict[str, A
 
 
 def _write_refitted_run(
-    run: Path, out: Path, cfg: TrainConfig, ckpt: dict[str, Any], model: torch.nn.Module, c: float
+    run: Path, out: Path, cfg: TrainConfig, ckpt: Checkpoint, model: torch.nn.Module, c: float
 ) -> None:
     """Write ``out/split.csv`` (``run``'s), ``out/config.yaml`` (``cfg``) and ``out/best.pt``: ``ckpt`` with
     ``model``'s weights (the refitted head), ``cfg``'s head and config (recording the refit from ``run`` with
@@ -110,14 +109,13 @@ def _write_refitted_run(
     shutil.copyfile(run / "split.csv", out / "split.csv")
     config = cfg.to_dict()
     save_config(cfg, out / "config.yaml")
-    ckpt.update(
-        model={k: v.detach().clone() for k, v in model.state_dict().items()},
+    refitted = ckpt.replace(
+        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
         head=cfg.head_spec(),
         config={**config, "refit": {"from": str(run), "C": c}},
+        training_state=None,
     )
-    for key in ("optimizer", "lr_scheduler", "scaler", "training_model"):
-        ckpt.pop(key, None)
-    save_checkpoint(ckpt, out / "best.pt")
+    save_checkpoint(refitted, out / "best.pt")
 
 
 def refit(
@@ -148,11 +146,11 @@ def refit(
     """
     cfg = _refit_config(run, out, data, overrides)
     ckpt = load_checkpoint(run / "best.pt")
-    class_names = list(ckpt["class_names"])
+    class_names = list(ckpt.class_names)
     train = read_split(run / "split.csv", class_names, "train")
     val = read_split(run / "split.csv", class_names, "val")
     model = model_from_checkpoint(ckpt)
-    predictor = Predictor(model, class_names, Preprocessing.from_dict(ckpt["preprocessing"]))
+    predictor = Predictor(model, class_names, ckpt.preprocessing)
     outputs = collect_outputs(predictor, cfg.data, train, batch_size=batch_size, workers=workers)
     head = fit_normalized_head(outputs.features, outputs.targets, len(class_names), c)
     model.set_submodule(classifier_name(model), head)

@@ -25,11 +25,17 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import load_checkpoint, model_from_checkpoint, release_checkpoint, save_checkpoint
+from model.checkpoint import (
+    Checkpoint,
+    ServingRecord,
+    load_checkpoint,
+    model_from_checkpoint,
+    release_checkpoint,
+    save_checkpoint,
+)
 from model.imagenet_hierarchy import subject_classes_for
 from model.open_set import set_kind
 from model.predictor import Predictor, calibrated_probabilities
-from model.transforms import Preprocessing
 from training.config import TrainConfig
 from training.data import Sample
 from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
@@ -93,46 +99,37 @@ def write_release(
     logger.info(
         "final evaluation of %s (epoch %d) on %d val images:\n%s",
         out / "release.pt",
-        best["epoch"],
+        best.epoch,
         final["images"],
         report(final, predictor.class_names, out),
     )
-    release["metrics"] = release_metrics(final, best["epoch"])
-    release["serving"] = {**final["selective"], "temperature": float(final["temperature"])}
+    metrics = release_metrics(final, best.epoch)
+    serving = ServingRecord(**final["selective"], temperature=float(final["temperature"]))
+    config = release.config
     if open_set is not None:
         sets = {"val": val, **_open_set_outputs(predictor, open_set, batch_size, workers)}
         fit, reports = _choose_open_set(sets, open_set.config, final)
-        release["open_set"] = fit.record()
-        release["serving"].update(
-            subject_threshold=fit.rule.subject_threshold,
-            taxon_threshold=fit.rule.taxon_threshold,
-            contrast_threshold=fit.rule.contrast_threshold,
-            novelty_threshold=fit.rule.novelty_threshold,
-            subject=fit.rule.subject,
-            confidence_threshold=fit.rule.confidence_threshold,
-        )
-        # the options that chose the thresholds, which a release re-made with --resume may have changed
-        release["config"].update({name: getattr(open_set.config, name) for name in OPEN_SET_OPTIONS})
+        release = release.replace(open_set=fit.record())
         # the "not sure" threshold may have risen: describe it by what it does on the validation images
-        release["serving"]["coverage"] = reports["val"]["species"]
-        release["serving"]["selective_accuracy"] = reports["val"]["species_accuracy"]
-        release["metrics"]["open_set"] = reports
-        final["open_set"] = reports
-    _log_serving(final, release["serving"], target_accuracy)
-    save_checkpoint(release, out / "release.pt")
-    final["best_epoch"] = best["epoch"]
+        serving = fit.serving(serving, coverage=reports["val"]["species"], accuracy=reports["val"]["species_accuracy"])
+        # the options that chose the thresholds, which a release re-made with --resume may have changed
+        config = {**config, **{name: getattr(open_set.config, name) for name in OPEN_SET_OPTIONS}}
+        metrics["open_set"] = final["open_set"] = reports
+    _log_serving(final, serving, target_accuracy)
+    save_checkpoint(release.replace(metrics=metrics, serving=serving, config=config), out / "release.pt")
+    final["best_epoch"] = best.epoch
     return final
 
 
-def served_network(release: dict[str, Any], device: torch.device | str) -> Predictor:
+def served_network(release: Checkpoint, device: torch.device | str) -> Predictor:
     """A :class:`model.predictor.Predictor` over ``release``'s weights (torch, fp32), as ``Predictor.from_checkpoint``
     would load the file, before any temperature or threshold is chosen (temperature 1, no open-set checks)."""
     return Predictor(
         model_from_checkpoint(release),
-        release["class_names"],
-        Preprocessing.from_dict(release["preprocessing"]),
+        release.class_names,
+        release.preprocessing,
         device=device,
-        class_info=release.get("class_info"),
+        class_info=release.class_info,
     )
 
 
@@ -208,7 +205,7 @@ def _choose_open_set(
     return fit, reports
 
 
-def _log_serving(final: dict[str, Any], serving: dict[str, Any], target_accuracy: float) -> None:
+def _log_serving(final: dict[str, Any], serving: ServingRecord, target_accuracy: float) -> None:
     """Log the temperature and the "not sure" threshold the release serves with."""
     logger.info(
         "temperature %.3f: ECE %.4f -> %.4f on the val images", final["temperature"], final["ece_before"], final["ece"]
@@ -216,8 +213,8 @@ def _log_serving(final: dict[str, Any], serving: dict[str, Any], target_accuracy
     # the selective threshold, or the open-set one where that rose above it
     logger.info(
         "'not sure' threshold %.3f: %.1f%% of val images named, %.1f%% of those right (target %.0f%%)",
-        serving["confidence_threshold"],
-        100 * serving["coverage"],
-        100 * serving["selective_accuracy"],
+        serving.confidence_threshold,
+        100 * (serving.coverage or 0.0),
+        100 * (serving.selective_accuracy or 0.0),
         100 * target_accuracy,
     )

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from model.checkpoint import TrainingState, load_checkpoint, make_checkpoint, save_checkpoint
 from model.network import WEIGHTS_IMAGENET, build_model, pretrained_head
 from model.open_set import OpenSetNetwork, distillation_loss
 from model.runtime import autocast, resolve_device, resolve_precision
@@ -169,21 +169,23 @@ def resume(
         model.checkpoint.CheckpointError: unreadable file; ClassMismatchError: other classes or architecture.
     """
     ckpt = load_checkpoint(cfg.resume, map_location=ctx.device)
-    if ckpt["class_names"] != class_names or ckpt["arch"] != cfg.arch:
-        raise ClassMismatchError(f"--resume {cfg.resume} was trained as {ckpt['arch']} on {ckpt['class_names']}")
-    model.load_state_dict(ckpt.get("training_model", ckpt["model"]))
+    if ckpt.class_names != class_names or ckpt.arch != cfg.arch:
+        raise ClassMismatchError(f"--resume {cfg.resume} was trained as {ckpt.arch} on {ckpt.class_names}")
+    state = ckpt.training_state or TrainingState()
+    model.load_state_dict(state.training_model or ckpt.state_dict)
     if optim.ema is not None:
-        optim.ema.module.load_state_dict(ckpt["model"])
+        optim.ema.module.load_state_dict(ckpt.state_dict)
         optim.ema.n_averaged.fill_(1)
-    for key, obj in (("optimizer", optim.optimizer), ("lr_scheduler", optim.lr_scheduler), ("scaler", optim.scaler)):
-        if key in ckpt:
-            obj.load_state_dict(ckpt[key])
-    metrics = ckpt["metrics"]
+    saved = ((state.optimizer, optim.optimizer), (state.lr_scheduler, optim.lr_scheduler), (state.scaler, optim.scaler))
+    for state_dict, obj in saved:
+        if state_dict is not None:
+            obj.load_state_dict(state_dict)
+    scores = ckpt.evaluation
     progress = Progress(
-        start_epoch=ckpt["epoch"] + 1,
-        best_f1=float(metrics.get("best_val_macro_f1", -1.0)),
-        best_epoch=int(metrics.get("best_epoch", -1)),
-        stale=int(metrics.get("epochs_without_improvement", 0)),
+        start_epoch=(ckpt.epoch or 0) + 1,
+        best_f1=scores.best_val_macro_f1 if scores.best_val_macro_f1 is not None else -1.0,
+        best_epoch=int(scores.best_epoch) if scores.best_epoch is not None else -1,
+        stale=int(scores.epochs_without_improvement or 0),
     )
     logger.info("resumed from %s at epoch %d (best macro-F1 %.4f)", cfg.resume, progress.start_epoch, progress.best_f1)
     previous_best = Path(cfg.resume).parent / "best.pt"
@@ -319,9 +321,8 @@ def save_epoch(
         scaler=optim.scaler,
         class_info=data.class_info,
         head=cfg.head_spec(),
+        training_model=model if optim.ema is not None else None,
     )
-    if optim.ema is not None:
-        ckpt["training_model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(ckpt, out / "last.pt")
     if progress.best_epoch == epoch:
         save_checkpoint(ckpt, out / "best.pt")
