@@ -20,39 +20,24 @@ from PIL import Image
 
 from app.uploads import DEFAULT_MAX_IMAGES_PER_REQUEST
 from model.decoding import decode_image
-from tests.conftest import COLOURS, encode, make_app, synthetic_image
+from tests.helpers import (
+    COLOURS,
+    animation,
+    assert_json_error,
+    confidences,
+    encode,
+    make_app,
+    photo,
+    png_chunk,
+    post_images,
+    synthetic_image,
+)
 
 CLASS_NAMES = sorted(COLOURS)
 MiB = 2**20
 
 
-def post(client: FlaskClient, *files: bytes, url: str = "/api/predict", **form: str) -> Any:
-    """POST ``files`` as repeated multipart fields ``image`` (with hostile file names, which are never used)."""
-    data: dict[str, Any] = {"image": [(io.BytesIO(f), "../../etc/passwd") for f in files], **form}
-    return client.post(url, data=data, content_type="multipart/form-data")
-
-
-def assert_json_error(response: Any, status: int) -> dict[str, Any]:
-    """The response is ``{"error": str, ...}`` JSON with ``status``; returns the body."""
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    assert response.is_json
-    body = response.get_json()
-    assert isinstance(body["error"], str) and body["error"]
-    assert "Traceback" not in body["error"] and "passwd" not in body["error"]
-    return body
-
-
-def confidences(response: Any) -> dict[str, float]:
-    """``{label: confidence}`` over the ``top_k`` of a one-image answer."""
-    assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    return {score["label"]: score["confidence"] for score in response.get_json()["top_k"]}
-
-
 # --- input files -------------------------------------------------------------------------------------------------
-
-
-def png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
 @functools.cache
@@ -112,23 +97,6 @@ def psd_like() -> bytes:
     return b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 32, 32, 8, 3) + bytes(64)
 
 
-@functools.cache
-def photo_pixels(size: tuple[int, int]) -> Image.Image:
-    """Smooth colour gradients plus mild noise, like a camera picture."""
-    width, height = size
-    red = np.broadcast_to(np.linspace(0, 230, width, dtype=np.float32), (height, width))
-    green = np.broadcast_to(np.linspace(0, 230, height, dtype=np.float32)[:, None], (height, width))
-    rgb = np.stack([red, green, (red + green) / 2], axis=-1)
-    noise = np.random.default_rng(0).random((height, width, 1), dtype=np.float32) * 24
-    return Image.fromarray((rgb + noise).astype(np.uint8))
-
-
-@functools.cache
-def photo(size: tuple[int, int] = (4000, 3000), exif: bytes = b"", progressive: bool = False) -> bytes:
-    """A JPEG "photo" (12 MP by default), optionally with EXIF data, optionally progressive."""
-    return encode(photo_pixels(size), "JPEG", quality=90, exif=exif, progressive=progressive)
-
-
 def quadrants(size: tuple[int, int] = (64, 48)) -> Image.Image:
     """An asymmetric RGB image: four quadrants of different colours, so any rotation changes it."""
     width, height = size
@@ -145,12 +113,6 @@ def with_orientation(image: Image.Image, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(image, "JPEG", quality=95, exif=exif.tobytes())
-
-
-def animation(fmt: str, frames: list[Image.Image], **params: Any) -> bytes:
-    buf = io.BytesIO()
-    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **params)
-    return buf.getvalue()
 
 
 def two_frames() -> list[Image.Image]:
@@ -226,7 +188,7 @@ EXPECTED_WORDS = {400: ("corrupt", "truncated", "empty"), 413: ("too large", "el
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize(("make", "status"), list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
 def test_bad_input_gets_a_json_error(client: FlaskClient, make: Callable[[], bytes], status: int) -> None:
-    body = assert_json_error(post(client, make()), status)
+    body = assert_json_error(post_images(client, make()), status)
     assert any(word in body["error"] for word in EXPECTED_WORDS[status]), body["error"]
     assert "index" not in body  # only among several files
 
@@ -254,14 +216,14 @@ def test_missing_image_field(client: FlaskClient, request_kwargs: dict[str, Any]
 
 
 def test_body_over_the_default_limit(client: FlaskClient) -> None:
-    body = assert_json_error(post(client, bytes(16 * MiB + 1)), 413)
+    body = assert_json_error(post_images(client, bytes(16 * MiB + 1)), 413)
     assert "too large" in body["error"].lower()
 
 
 def test_body_over_a_configured_limit(tiny_checkpoint: Path) -> None:
     client = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_CONTENT_LENGTH=4096).test_client()
-    assert_json_error(post(client, photo((200, 150))), 413)
-    assert post(client, encode(synthetic_image(COLOURS["clownfish"], (8, 8)))).status_code == 200
+    assert_json_error(post_images(client, photo((200, 150))), 413)
+    assert post_images(client, encode(synthetic_image(COLOURS["clownfish"], (8, 8)))).status_code == 200
 
 
 # --- odd but valid images ----------------------------------------------------------------------------------------
@@ -317,7 +279,7 @@ KEEP_THEIR_SPECIES = {
 def test_odd_images_are_classified(client: FlaskClient, name: str) -> None:
     """Classified, and those of :data:`KEEP_THEIR_SPECIES` as their species."""
     assert set(KEEP_THEIR_SPECIES) <= set(ACCEPTED)
-    response = post(client, ACCEPTED[name]())
+    response = post_images(client, ACCEPTED[name]())
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     body = response.get_json()
     assert body["label"] in CLASS_NAMES and 0.0 <= body["confidence"] <= 1.0
@@ -331,8 +293,8 @@ def test_animations_are_classified_by_their_first_frame(client: FlaskClient, fmt
     data = animation(fmt, frames, **params)
     with Image.open(io.BytesIO(data)) as image:
         assert image.n_frames == 2
-    as_animation = confidences(post(client, data, top_k="3"))
-    first, second = (confidences(post(client, encode(f, "PNG"), top_k="3")) for f in frames)
+    as_animation = confidences(post_images(client, data, top_k="3"))
+    first, second = (confidences(post_images(client, encode(f, "PNG"), top_k="3")) for f in frames)
     assert as_animation == pytest.approx(first, abs=1e-6)
     assert max(abs(first[k] - second[k]) for k in first) > 1e-4  # the frames do give different answers
 
@@ -348,9 +310,9 @@ def test_exif_orientation_is_applied(client: FlaskClient, orientation: int) -> N
     with Image.open(io.BytesIO(data)) as stored:
         stored_pixels = stored.convert("RGB")  # what the JPEG holds, orientation not applied
     upright = stored_pixels.transpose(ORIENTATIONS[orientation])
-    as_tagged = confidences(post(client, data, top_k="3"))
-    assert as_tagged == pytest.approx(confidences(post(client, encode(upright, "PNG"), top_k="3")), abs=1e-6)
-    unrotated = confidences(post(client, encode(stored_pixels, "PNG"), top_k="3"))
+    as_tagged = confidences(post_images(client, data, top_k="3"))
+    assert as_tagged == pytest.approx(confidences(post_images(client, encode(upright, "PNG"), top_k="3")), abs=1e-6)
+    unrotated = confidences(post_images(client, encode(stored_pixels, "PNG"), top_k="3"))
     assert max(abs(as_tagged[k] - unrotated[k]) for k in as_tagged) > 1e-4
 
 
@@ -379,7 +341,7 @@ def test_the_api_decodes_big_photos_at_reduced_size(
         return preprocess(images)
 
     monkeypatch.setattr(predictor, "preprocess", recording_preprocess)
-    assert post(client, photo(), photo((4000, 3000), exif=exif_bytes(6))).status_code == 200
+    assert post_images(client, photo(), photo((4000, 3000), exif=exif_bytes(6))).status_code == 200
     resize = predictor.preprocessing.resize_size
     assert sizes[0][0] > sizes[0][1] and sizes[1] == sizes[0][::-1]
     assert all(resize <= min(size) < 2 * resize for size in sizes), sizes
@@ -402,7 +364,7 @@ def test_several_images_are_classified_in_one_batch(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files = [encode(synthetic_image(colour)) for colour in COLOURS.values()] + [zeros_png(300, 200)]
-    singles = [post(client, f, top_k="2").get_json() for f in files]
+    singles = [post_images(client, f, top_k="2").get_json() for f in files]
     assert [single["label"] for single in singles[:3]] == list(COLOURS)  # the trained tiny model knows each colour
     predictor = app.extensions["predictor"]
     batches: list[int] = []
@@ -413,7 +375,7 @@ def test_several_images_are_classified_in_one_batch(
         return predict_batch(batch, top_k=top_k)
 
     monkeypatch.setattr(predictor, "predict_batch", counting_predict_batch)
-    response = post(client, *files, top_k="2")
+    response = post_images(client, *files, top_k="2")
     assert response.status_code == 200
     assert batches == [len(files)]
     body = response.get_json()
@@ -430,16 +392,16 @@ def test_several_images_are_classified_in_one_batch(
 
 
 def test_one_image_keeps_the_one_object_shape(client: FlaskClient) -> None:
-    body = post(client, encode(synthetic_image(COLOURS["clownfish"]))).get_json()
+    body = post_images(client, encode(synthetic_image(COLOURS["clownfish"]))).get_json()
     assert {"label", "confidence", "top_k", "model"} <= set(body)
     assert "predictions" not in body and "index" not in body
 
 
 def test_image_count_is_capped(client: FlaskClient) -> None:
     tiny = encode(synthetic_image(COLOURS["clownfish"], (8, 8)))
-    response = post(client, *[tiny] * DEFAULT_MAX_IMAGES_PER_REQUEST)
+    response = post_images(client, *[tiny] * DEFAULT_MAX_IMAGES_PER_REQUEST)
     assert response.status_code == 200 and len(response.get_json()["predictions"]) == DEFAULT_MAX_IMAGES_PER_REQUEST
-    body = assert_json_error(post(client, *[tiny] * (DEFAULT_MAX_IMAGES_PER_REQUEST + 1)), 413)
+    body = assert_json_error(post_images(client, *[tiny] * (DEFAULT_MAX_IMAGES_PER_REQUEST + 1)), 413)
     assert body["error"] == f"too many images: {DEFAULT_MAX_IMAGES_PER_REQUEST + 1} in one request, the limit is 16"
 
 
@@ -447,8 +409,8 @@ def test_image_cap_is_configurable(tiny_checkpoint: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("FISH_MAX_IMAGES_PER_REQUEST", "2")
     client = make_app(MODEL_PATH=str(tiny_checkpoint)).test_client()
     tiny = encode(synthetic_image(COLOURS["clownfish"], (8, 8)))
-    assert post(client, tiny, tiny).status_code == 200
-    assert "the limit is 2" in assert_json_error(post(client, tiny, tiny, tiny), 413)["error"]
+    assert post_images(client, tiny, tiny).status_code == 200
+    assert "the limit is 2" in assert_json_error(post_images(client, tiny, tiny, tiny), 413)["error"]
     with pytest.raises(ValueError, match="MAX_IMAGES_PER_REQUEST"):
         make_app(MODEL_PATH=str(tiny_checkpoint), MAX_IMAGES_PER_REQUEST=0)
 
@@ -475,7 +437,7 @@ def test_a_bad_image_among_several_is_named(
         "empty": b"",
         "bomb": png_declaring_size(30_000, 30_000),
     }
-    body = assert_json_error(post(client, *[files[name] for name in bad]), status)
+    body = assert_json_error(post_images(client, *[files[name] for name in bad]), status)
     assert body["index"] == index
     assert body["error"].startswith(message), body["error"]
 
@@ -483,7 +445,7 @@ def test_a_bad_image_among_several_is_named(
 @pytest.mark.parametrize("top_k", ["0", "4", "two"])
 def test_bad_top_k_with_several_images(client: FlaskClient, top_k: str) -> None:
     tiny = encode(synthetic_image(COLOURS["clownfish"], (8, 8)))
-    assert "top_k" in assert_json_error(post(client, tiny, tiny, top_k=top_k), 400)["error"]
+    assert "top_k" in assert_json_error(post_images(client, tiny, tiny, top_k=top_k), 400)["error"]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import itertools
 import json
 import os
 import re
@@ -24,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
@@ -35,7 +33,7 @@ from model.decoding import decode_image
 from model.errors import ImageError
 from model.results import VERDICTS, Prediction
 from model.runtime import cpu_threads
-from tests.conftest import COLOURS, ROOT, encode, gunicorn_server, make_app, synthetic_image
+from tests.helpers import COLOURS, ROOT, answer_with_verdicts, encode, gunicorn_server, make_app, synthetic_image
 from tools.loadtest import multipart
 
 CLASS_NAMES = sorted(COLOURS)
@@ -99,24 +97,6 @@ def animated_gif(colours: list[tuple[int, int, int]]) -> bytes:
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return buf.getvalue()
-
-
-def answer_with_verdicts(monkeypatch: pytest.MonkeyPatch, app: Flask, verdicts: list[str], **summary: Any) -> None:
-    """Make ``app``'s predictor give ``verdicts`` in turn, one per image, in the order it classifies them (its real
-    top-k classes otherwise, with a ``subject_score`` and a ``novelty``), and add ``summary`` (``subject``,
-    ``verdict_thresholds``...) to its ``summary()`` and so to ``describe()``. Undone with ``monkeypatch``."""
-    predictor = app.extensions["predictor"]
-    predict_batch, describe_summary = predictor.predict_batch, predictor.summary
-    turn = itertools.cycle(verdicts)
-
-    def predict_with_verdicts(batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:
-        return [
-            dataclasses.replace(p, verdict=next(turn), subject_score=0.25, novelty=42.5)
-            for p in predict_batch(batch, top_k=top_k)
-        ]
-
-    monkeypatch.setattr(predictor, "predict_batch", predict_with_verdicts)  # what predict and the batcher call
-    monkeypatch.setattr(predictor, "summary", lambda: {**describe_summary(), **summary})
 
 
 # --- the upload page ---------------------------------------------------------------------------------------------
@@ -770,7 +750,7 @@ def test_environment_overrides_defaults_and_config_overrides_environment(
 ) -> None:
     monkeypatch.setenv("FISH_MODEL_PATH", str(tiny_checkpoint))
     monkeypatch.setenv("FISH_TOP_K", "2")
-    monkeypatch.setenv("FISH_BACKEND", "torch")  # see conftest.make_app
+    monkeypatch.setenv("FISH_BACKEND", "torch")  # see helpers.make_app
     app = create_app()
     assert app.config["MODEL_PATH"] == str(tiny_checkpoint) and app.config["TOP_K"] == 2
     assert len(post_image(app.test_client(), jpeg_bytes()).get_json()["top_k"]) == 2

@@ -9,7 +9,7 @@ import pytest
 
 from model.batching import MicroBatcher
 from model.predictor import Predictor
-from tests.conftest import COLOURS, synthetic_image
+from tests.helpers import COLOURS, synthetic_image
 
 
 def test_concurrent_callers_share_batches_and_get_their_own_answers(tiny_checkpoint: Path) -> None:

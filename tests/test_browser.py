@@ -32,7 +32,7 @@ import pytest
 
 from app.web import verdict_headline
 from model.results import VERDICTS, ClassScore, Prediction, csv_header
-from tests.conftest import ROOT, SHARED_DATA, gunicorn_server
+from tests.helpers import ROOT, SHARED_DATA, gunicorn_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-dev.txt")
 

@@ -17,7 +17,7 @@ from PIL import Image
 from model.network import build_model
 from model.predictor import Predictor
 from model.transforms import Preprocessing
-from tests.conftest import COLOURS, make_app
+from tests.helpers import COLOURS, make_app
 from training.data import scan_image_folder
 from training.evaluation import evaluate_predictor
 from training.metrics import (

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import struct
 import tracemalloc
-import zlib
 from typing import Any
 
 import numpy as np
@@ -19,28 +18,18 @@ from model import decoding, jpeg_check
 from model.decoding import MAX_RLE_BMP_PIXELS, decode_image
 from model.errors import ImageError
 from model.jpeg_check import MAX_JPEG_SCANS
-from tests.conftest import COLOURS, encode, synthetic_image
-from tests.test_api_inputs import animation, assert_json_error, confidences, png_chunk, post
+from tests.helpers import (
+    COLOURS,
+    animation,
+    assert_json_error,
+    confidences,
+    encode,
+    post_images,
+    rle8_bmp,
+    sixteen_bit_gradient_png,
+    synthetic_image,
+)
 from tools.hostile_images import noise, progressive_with_repeated_scan, with_sof_size
-
-
-def rle8_bmp(width: int, height: int, rle_data: bytes) -> bytes:
-    """A BMP (BITMAPINFOHEADER, 8 bits, BI_RLE8) with a grey palette and ``rle_data`` as its pixels."""
-    palette = bytes(b for i in range(256) for b in (i, i, i, 0))
-    offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rle_data), 2835, 2835, 256, 0)
-    return b"BM" + struct.pack("<IHHI", offset + len(rle_data), 0, 0, offset) + info + palette + rle_data
-
-
-def sixteen_bit_gradient_png(width: int, height: int) -> bytes:
-    """A 16-bit grayscale PNG of a horizontal gradient over the full 0-65535 range: big, yet only a few KB."""
-    row = b"\x00" + np.linspace(0, 65535, width).astype(">u2").tobytes()
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row * min(100, height - y)) for y in range(0, height, 100))
-    idat += compressor.flush()
-    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
 
 # --- JPEG --------------------------------------------------------------------------------------------------------
 
@@ -48,22 +37,22 @@ def sixteen_bit_gradient_png(width: int, height: int) -> bytes:
 def test_progressive_jpeg_with_too_many_scans_is_refused(client: FlaskClient) -> None:
     data = progressive_with_repeated_scan(MAX_JPEG_SCANS + 50)
     assert len(data) < 200_000
-    body = assert_json_error(post(client, with_sof_size(data, 7000, 7000)), 413)
+    body = assert_json_error(post_images(client, with_sof_size(data, 7000, 7000)), 413)
     assert body["error"].startswith("too many progressive scans"), body["error"]
-    assert_json_error(post(client, data), 413)  # whatever its size
+    assert_json_error(post_images(client, data), 413)  # whatever its size
 
 
 def test_ordinary_progressive_jpegs_are_classified(client: FlaskClient) -> None:
-    assert post(client, progressive_with_repeated_scan(0)).status_code == 200
+    assert post_images(client, progressive_with_repeated_scan(0)).status_code == 200
     plain = Image.new("RGB", (2001, 1999), COLOURS["clownfish"])  # the least data a JPEG can hold per block
     for params in ({"progressive": True, "optimize": True}, {"optimize": True}, {"progressive": True}):
-        assert post(client, encode(plain, "JPEG", **params)).status_code == 200, params
+        assert post_images(client, encode(plain, "JPEG", **params)).status_code == 200, params
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
 def test_truncated_jpeg_is_a_400(client: FlaskClient, keep: float) -> None:
     data = encode(noise((256, 256)), "JPEG", quality=95)
-    body = assert_json_error(post(client, data[: int(len(data) * keep)]), 400)
+    body = assert_json_error(post_images(client, data[: int(len(data) * keep)]), 400)
     assert body["error"].startswith("truncated or corrupt JPEG image"), body["error"]
     assert "Pillow" not in body["error"] and "bytes not processed" not in body["error"]
 
@@ -72,7 +61,7 @@ def test_truncated_jpeg_is_a_400(client: FlaskClient, keep: float) -> None:
 def test_jpeg_header_bigger_than_its_data_is_a_400(client: FlaskClient, progressive: bool) -> None:
     """Over 64 x 64 pixels of data, libjpeg would decode a 3000 x 3000 header as grey padding without an error."""
     data = with_sof_size(encode(noise(), "JPEG", quality=90, progressive=progressive), 3000, 3000)
-    body = assert_json_error(post(client, data), 400)
+    body = assert_json_error(post_images(client, data), 400)
     expected = "truncated or corrupt JPEG image: it holds too little data for its declared 3000 x 3000 pixels"
     assert body["error"] == expected
 
@@ -112,7 +101,7 @@ def test_rle_bmp_over_the_limit_is_refused(client: FlaskClient) -> None:
     rows = b"\x01\x05\x00\x00" * height + b"\x00\x01"  # one pixel, end of line (padded by Pillow in Python)
     data = rle8_bmp(width, height, rows)
     assert len(data) < 20_000
-    body = assert_json_error(post(client, data), 413)
+    body = assert_json_error(post_images(client, data), 413)
     assert "RLE-compressed BMP" in body["error"] and "too large" in body["error"], body["error"]
 
 
@@ -128,7 +117,7 @@ def test_small_rle_bmp_is_classified(client: FlaskClient) -> None:
     rows = (b"\x28\x80\x00\x00") * height + b"\x00\x01"  # 40 pixels of grey 128, end of line
     with Image.open(io.BytesIO(rle8_bmp(width, height, rows))) as image:
         assert image.info["compression"] == 1 and image.getpixel((5, 5)) == 128
-    assert post(client, rle8_bmp(width, height, rows)).status_code == 200
+    assert post_images(client, rle8_bmp(width, height, rows)).status_code == 200
 
 
 # --- 16-bit and animated images ----------------------------------------------------------------------------------
@@ -170,8 +159,10 @@ def test_animated_gif_with_several_frames_is_classified_by_its_first(client: Fla
     data = animation("GIF", frames)
     with Image.open(io.BytesIO(data)) as image:
         assert image.n_frames == len(frames)
-    as_animation = confidences(post(client, data, top_k="3"))
-    assert as_animation == pytest.approx(confidences(post(client, encode(frames[0], "GIF"), top_k="3")), abs=1e-6)
+    as_animation = confidences(post_images(client, data, top_k="3"))
+    assert as_animation == pytest.approx(
+        confidences(post_images(client, encode(frames[0], "GIF"), top_k="3")), abs=1e-6
+    )
 
 
 def test_webp_gets_a_quarter_of_the_pixel_limit() -> None:
@@ -188,8 +179,8 @@ def test_webp_gets_a_quarter_of_the_pixel_limit() -> None:
 
 def test_messages_do_not_leak_decoder_internals(client: FlaskClient) -> None:
     bodies: list[dict[str, Any]] = [
-        assert_json_error(post(client, encode(noise(), "PNG")[:200]), 400),
-        assert_json_error(post(client, b"\x89PNG\r\n\x1a\n" + bytes(40)), 400),
+        assert_json_error(post_images(client, encode(noise(), "PNG")[:200]), 400),
+        assert_json_error(post_images(client, b"\x89PNG\r\n\x1a\n" + bytes(40)), 400),
     ]
     for body in bodies:
         assert "errno" not in body["error"] and "decoder" not in body["error"], body["error"]

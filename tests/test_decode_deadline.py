@@ -26,8 +26,7 @@ from model import decoding
 from model.decoder_pool import DecoderPool
 from model.errors import ImageError
 from model.jpeg_check import check_jpeg_structure
-from tests.conftest import encode, gunicorn_server, make_app
-from tests.test_api_inputs import assert_json_error, post
+from tests.helpers import assert_json_error, encode, gunicorn_server, make_app, post_images
 from tools.bench_decode import cpu_used_in, post_image
 from tools.hostile_images import (
     REVIEW_TABLE,
@@ -86,7 +85,7 @@ def test_each_row_is_refused_by_its_check_before_pillow_parses_it(
 def test_each_row_gets_a_json_error_from_the_app(
     client: FlaskClient, make: Callable[[], bytes], status: int, fragment: str
 ) -> None:
-    body = assert_json_error(post(client, make()), status)
+    body = assert_json_error(post_images(client, make()), status)
     assert fragment in body["error"], body["error"]
 
 
@@ -153,20 +152,20 @@ def test_a_decode_past_its_deadline_is_stopped_and_its_process_replaced(tiny_che
 
     flask_app = make_app(MODEL_PATH=str(tiny_checkpoint), DECODE_TIMEOUT_S=0.05, MAX_CONCURRENT_DECODES=1)
     client = flask_app.test_client()
-    assert post(client, jpeg_bytes()).status_code == 200
-    body = assert_json_error(post(client, slow_png()), 413)
+    assert post_images(client, jpeg_bytes()).status_code == 200
+    body = assert_json_error(post_images(client, slow_png()), 413)
     assert "takes too long to decode" in body["error"] and "0.05 s" in body["error"], body["error"]
     assert_nothing_burns_cpu(os.getpid())  # the forkserver and the decoders are this process's descendants
-    assert post(client, jpeg_bytes()).status_code == 200  # a new decoder took the killed one's place
+    assert post_images(client, jpeg_bytes()).status_code == 200  # a new decoder took the killed one's place
 
 
 def test_a_decode_over_its_memory_limit_is_refused(tiny_checkpoint, jpeg_bytes) -> None:
     """A 6000 x 4000 RGBA PNG needs about 170 MB to decode (RGBA, then RGB); the decoder may use 128 MiB."""
     flask_app = make_app(MODEL_PATH=str(tiny_checkpoint), DECODE_MEMORY_MB=128, DECODE_TIMEOUT_S=30)
     client = flask_app.test_client()
-    body = assert_json_error(post(client, slow_png((6000, 4000))), 413)
+    body = assert_json_error(post_images(client, slow_png((6000, 4000))), 413)
     assert "memory" in body["error"], body["error"]
-    assert post(client, jpeg_bytes()).status_code == 200
+    assert post_images(client, jpeg_bytes()).status_code == 200
 
 
 def test_decoder_pool_refuses_bad_arguments_and_answers_503_once_closed() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_imagefolder
+from tests.helpers import make_imagefolder
 from tools import loadtest
 
 

@@ -24,7 +24,7 @@ from model.open_set import (
     subject_score,
 )
 from model.predictor import Predictor
-from tests.conftest import COLOURS, make_imagefolder, synthetic_image
+from tests.helpers import COLOURS, make_imagefolder, synthetic_image
 
 
 @pytest.mark.parametrize(

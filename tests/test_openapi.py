@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from model.decoding import SUPPORTED_FORMATS
 from model.results import (
@@ -27,11 +22,9 @@ from model.results import (
     PredictionResult,
     response_schemas,
 )
-from tests.conftest import COLOURS, make_app
-from tests.test_app import answer_with_verdicts
+from tests.helpers import COLOURS, answer_with_verdicts, assert_matches, make_app, post_numbered_images
 
 CLASS_NAMES = sorted(COLOURS)
-DOC_URI = "urn:fish-api:openapi"
 
 
 @pytest.fixture(scope="module")
@@ -39,36 +32,6 @@ def document(app: Flask) -> dict[str, Any]:
     response = app.test_client().get("/api/openapi.json")
     assert response.status_code == 200 and response.is_json
     return response.get_json()
-
-
-def strict(document: dict[str, Any]) -> dict[str, Any]:
-    """A copy whose component objects forbid undocumented keys, so a field added to an answer but not to the
-    document fails the test (the served document stays open to additions, as clients expect)."""
-    doc = copy.deepcopy(document)
-    for schema in doc["components"]["schemas"].values():
-        if "properties" in schema:
-            schema.setdefault("additionalProperties", False)
-    return doc
-
-
-def validator(document: dict[str, Any], *keys: str) -> Draft202012Validator:
-    """A JSON Schema validator for the schema at ``document[keys[0]][keys[1]]...``; its ``#/components/...``
-    references resolve in ``document``."""
-    pointer = "/".join(key.replace("~", "~0").replace("/", "~1") for key in keys)
-    registry = Registry().with_resource(DOC_URI, Resource.from_contents(document, default_specification=DRAFT202012))
-    return Draft202012Validator({"$ref": f"{DOC_URI}#/{pointer}"}, registry=registry)
-
-
-def assert_matches(document: dict[str, Any], path: str, method: str, status: int, body: Any) -> None:
-    """``body`` is valid against the strict form of the documented response schema of ``method path -> status``."""
-    keys = ("paths", path, method, "responses", str(status), "content", "application/json", "schema")
-    errors = sorted(validator(strict(document), *keys).iter_errors(body), key=str)
-    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
-
-
-def post(client: FlaskClient, files: list[bytes], **form: str) -> Any:
-    data: dict[str, Any] = {"image": [(io.BytesIO(b), f"f{i}.jpg") for i, b in enumerate(files)], **form}
-    return client.post("/api/predict", data=data, content_type="multipart/form-data")
 
 
 def test_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
@@ -98,7 +61,7 @@ def test_one_image_answer_matches_the_document(
     app: Flask, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
 ) -> None:
     for form in ({}, {"top_k": "1"}):
-        response = post(app.test_client(), [jpeg_bytes()], **form)
+        response = post_numbered_images(app.test_client(), [jpeg_bytes()], **form)
         assert response.status_code == 200
         assert_matches(document, "/api/predict", "post", 200, response.get_json())
         assert "label" in response.get_json()  # the one-image shape, not the batch one
@@ -107,7 +70,7 @@ def test_one_image_answer_matches_the_document(
 def test_several_images_answer_matches_the_document(
     app: Flask, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
 ) -> None:
-    response = post(app.test_client(), [jpeg_bytes(colour) for colour in COLOURS.values()], top_k="2")
+    response = post_numbered_images(app.test_client(), [jpeg_bytes(colour) for colour in COLOURS.values()], top_k="2")
     assert response.status_code == 200
     assert_matches(document, "/api/predict", "post", 200, response.get_json())
     assert [p["index"] for p in response.get_json()["predictions"]] == [0, 1, 2]
@@ -118,8 +81,8 @@ def test_answers_have_exactly_the_keys_of_the_declared_result(
 ) -> None:
     """The JSON of both answers is made from the pydantic models of model.results: exactly their fields (the model
     summary: exactly Predictor.summary()'s keys, all declared), and the document's schemas are theirs."""
-    one = post(app.test_client(), [jpeg_bytes()]).get_json()
-    several = post(app.test_client(), [jpeg_bytes(), jpeg_bytes()], top_k="2").get_json()
+    one = post_numbered_images(app.test_client(), [jpeg_bytes()]).get_json()
+    several = post_numbered_images(app.test_client(), [jpeg_bytes(), jpeg_bytes()], top_k="2").get_json()
     summary_keys = set(app.extensions["predictor"].summary())
     assert set(one) == set(PredictionResponse.model_fields)
     assert set(one["top_k"][0]) == set(ClassScoreResult.model_fields)
@@ -162,10 +125,10 @@ def test_every_verdict_matches_the_document(
     answer_with_verdicts(monkeypatch, app, list(VERDICTS), subject="fish", verdict_thresholds=thresholds)
     client = app.test_client()
     for verdict in VERDICTS:
-        body = post(client, [jpeg_bytes()]).get_json()
+        body = post_numbered_images(client, [jpeg_bytes()]).get_json()
         assert body["verdict"] == verdict
         assert_matches(document, "/api/predict", "post", 200, body)
-    body = post(client, [jpeg_bytes()] * len(VERDICTS)).get_json()
+    body = post_numbered_images(client, [jpeg_bytes()] * len(VERDICTS)).get_json()
     assert [p["verdict"] for p in body["predictions"]] == list(VERDICTS)
     assert body["model"]["subject"] == "fish"
     assert_matches(document, "/api/predict", "post", 200, body)
@@ -180,7 +143,7 @@ def test_error_answers_match_the_document(
     app: Flask, document: dict[str, Any], jpeg_bytes: Callable[..., bytes], files: list[bytes], status: int
 ) -> None:
     files = [jpeg_bytes() if f == b"ok" else f for f in files]
-    response = post(app.test_client(), files)
+    response = post_numbered_images(app.test_client(), files)
     assert response.status_code == status
     assert_matches(document, "/api/predict", "post", status, response.get_json())
 
@@ -189,7 +152,10 @@ def test_too_many_images_and_too_large_bodies_match_the_document(
     tiny_checkpoint: Path, document: dict[str, Any], jpeg_bytes: Callable[..., bytes]
 ) -> None:
     app = make_app(MODEL_PATH=str(tiny_checkpoint), MAX_IMAGES_PER_REQUEST=2, MAX_CONTENT_LENGTH=4096)
-    for response in (post(app.test_client(), [jpeg_bytes()] * 3), post(app.test_client(), [b"x" * 5000])):
+    for response in (
+        post_numbered_images(app.test_client(), [jpeg_bytes()] * 3),
+        post_numbered_images(app.test_client(), [b"x" * 5000]),
+    ):
         assert response.status_code == 413
         assert_matches(document, "/api/predict", "post", 413, response.get_json())
 

@@ -20,7 +20,7 @@ import evaluate
 import quantize
 import train
 from model import commands
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 #: Each command and the main it runs: the root script's, or (fish-predict, which starts decoder processes) its
 #: light entry point in model.commands, which runs predict.py's main (model.batch_predict.main).

@@ -23,7 +23,7 @@ from model import batch_predict
 from model.decoding import decode_image
 from model.predictor import Predictor
 from model.results import VERDICTS, Prediction
-from tests.conftest import COLOURS, ROOT, encode, make_app, make_imagefolder, synthetic_image
+from tests.helpers import COLOURS, ROOT, encode, make_app, make_imagefolder, photo, synthetic_image
 from tools.hostile_images import progressive_with_repeated_scan, slow_png, with_sof_size
 
 TOP_K = 2
@@ -276,8 +276,6 @@ def test_predict_stops_a_decode_at_the_decode_timeout(
 def test_predict_py_answers_what_the_api_answers(photo_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The same file gets the same prediction from predict.py as from ``/api/predict``: both decode it the same way
     (shrunk on decoding to the model's resize size, transparency on white), with the same model."""
-    from tests.test_api_inputs import photo
-
     (photo_folder / "big.jpg").write_bytes(photo((1600, 1200)))  # decoded at 1/8 scale, as the API does
     rgba = synthetic_image(COLOURS["blue_tang"], size=(300, 200), seed=3).convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize((300, 200)))

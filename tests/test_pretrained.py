@@ -30,7 +30,7 @@ from model.network import (
     library_model,
 )
 from model.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
-from tests.conftest import SHARED_DATA, make_imagefolder
+from tests.helpers import SHARED_DATA, make_imagefolder
 from training.config import TrainConfig, config_from_dict, parse_args
 from training.optim import set_backbone_trainable
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import gunicorn_server
+from tests.helpers import gunicorn_server, rle8_bmp
+from tools.hostile_images import progressive_with_repeated_scan, with_sof_size
 from tools.loadtest import free_port, multipart
 from tools.proxy import NGINX, nginx_in_front
 
@@ -141,8 +142,6 @@ def _post_image(base: str, data: bytes, timeout: float = 10.0) -> tuple[int, dic
 
 
 def test_decode_bombs_through_the_proxy_are_refused_quickly_with_json(proxied: str) -> None:
-    from tests.test_decode_bombs import progressive_with_repeated_scan, rle8_bmp, with_sof_size
-
     bombs = {
         "many-scan JPEG": progressive_with_repeated_scan(500),
         "JPEG header bigger than its data": with_sof_size(progressive_with_repeated_scan(1), 7000, 7000),

@@ -14,7 +14,15 @@ import evaluate
 import quantize
 from model.predictor import Predictor
 from model.quantization import QuantizationUnavailableError, int8_path, report_path
-from tests.conftest import COLOURS, make_imagefolder, synthetic_image
+from tests.helpers import (
+    COLOURS,
+    assert_matches,
+    encode,
+    make_app,
+    make_imagefolder,
+    post_numbered_images,
+    synthetic_image,
+)
 from training.data import scan_image_folder, write_split
 
 pytestmark = pytest.mark.slow  # OpenVINO conversion and NNCF quantization
@@ -85,14 +93,11 @@ def test_quantize_refuses_bad_input(tiny_checkpoint: Path, tmp_path: Path) -> No
 
 
 def test_an_app_serving_int8_answers_what_its_document_says(quantized: tuple[Path, Path, Path]) -> None:
-    from tests.conftest import encode, make_app
-    from tests.test_openapi import assert_matches, post
-
     checkpoint, _, _ = quantized
     app = make_app(MODEL_PATH=str(checkpoint), BACKEND="openvino", PRECISION="int8")
     client = app.test_client()
     document = client.get("/api/openapi.json").get_json()
-    response = post(client, [encode(synthetic_image(COLOURS["clownfish"]))])
+    response = post_numbered_images(client, [encode(synthetic_image(COLOURS["clownfish"]))])
     assert response.status_code == 200 and response.get_json()["model"]["precision"] == "int8"
     assert_matches(document, "/api/predict", "post", 200, response.get_json())
 

@@ -11,7 +11,7 @@ import pytest
 
 import train
 from model.predictor import Predictor
-from tests.conftest import ROOT, SHARED_DATA
+from tests.helpers import ROOT, SHARED_DATA
 from training.data import read_split, scan_image_folder, split_samples
 from training.evaluation import collect_outputs, evaluate_predictor
 from training.open_set import all_images, photo_samples, verdict_report

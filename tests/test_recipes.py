@@ -23,7 +23,7 @@ from model.heads import MLPHead
 from model.network import build_model, classifier_name
 from model.predictor import Predictor
 from model.transforms import Preprocessing
-from tests.conftest import COLOURS, ROOT, make_imagefolder, synthetic_image
+from tests.helpers import COLOURS, ROOT, make_imagefolder, synthetic_image
 from training.config import TrainConfig, config_from_dict, get_args_parser, parse_args, validate
 from training.engine import train_one_epoch
 from training.optim import (

@@ -16,7 +16,7 @@ from model.checkpoint import load_checkpoint
 from model.heads import NormalizedLinear
 from model.network import build_model, classifier_name
 from model.predictor import Predictor
-from tests.conftest import COLOURS, make_imagefolder, synthetic_image
+from tests.helpers import COLOURS, make_imagefolder, synthetic_image
 from training.refit import fit_normalized_head, main
 
 

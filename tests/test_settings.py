@@ -22,7 +22,7 @@ from flask import Flask
 
 from app import configure, settings
 from app.settings import SETTINGS, Setting
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import make_imagefolder
+from tests.helpers import make_imagefolder
 from training import sweep
 from training.config import TrainConfig, config_from_dict, save_config
 from training.sweep import (

@@ -16,7 +16,7 @@ import evaluate
 import train
 from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
-from tests.conftest import COLOURS, encode, make_app, make_imagefolder, synthetic_image
+from tests.helpers import COLOURS, encode, make_app, make_imagefolder, synthetic_image
 from training.data import read_class_info, read_split, scan_image_folder, split_samples
 from training.metrics import classification_metrics, selective_threshold
 from training.optim import build_optimizer, build_scheduler

@@ -19,7 +19,7 @@ from model.transforms import (
     eval_transform,
     train_transform,
 )
-from tests.conftest import COLOURS, synthetic_image
+from tests.helpers import COLOURS, synthetic_image
 
 SIZE = 32
 RANDOM_PRESETS = [name for name in AUGMENT_PRESETS if name != "none"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import encode, gunicorn_server
-from tests.test_decode_bombs import progressive_with_repeated_scan, rle8_bmp, sixteen_bit_gradient_png, with_sof_size
+from tests.helpers import encode, gunicorn_server, rle8_bmp, sixteen_bit_gradient_png
+from tools.hostile_images import progressive_with_repeated_scan, with_sof_size
 from tools.loadtest import multipart, serving_pids
 
 SIDE = 7000
