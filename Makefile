@@ -49,7 +49,7 @@ test: install-dev lint browser nginx
 # torch thread each (the tests' tensors are tiny: two processes use two cores better than one process's two
 # threads); stops at the first failure.
 test-fast: install-dev
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -x -q -m "not slow and not browser and not real_data"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal -x -q -m "not slow and not browser and not real_data"
 
 # The exact recipe of weights/fish4knowledge_lite0.pt (see weights/README.md): EfficientNet-Lite0 from its ImageNet
 # weights (a pip package, no network), 4 epochs of the head alone then 6 of the whole network (LP-FT), then the head

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from model.checkpoint import ClassMetrics, EvaluationRecord, ModelCard, TrainingRecord
+from model.checkpoint import ClassMetrics, ClassNames, EvaluationRecord, ModelCard, TrainingRecord
 from model.network import arch_library
 from model.open_set import set_kind
 from model.results import pretty_label
@@ -117,20 +117,23 @@ def _split_fact(training: TrainingRecord) -> str | None:
 
 def class_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
     """One dict per class: ``label, display_name, common_name, scientific_name`` (``Predictor.describe()``'s
-    ``class_info``) and, where the checkpoint has them, its validation ``precision, recall, f1, support``."""
+    ``class_info``), its ``family`` and ``family_common_name`` (None without a taxonomy) and, where the checkpoint
+    has them, its validation ``precision, recall, f1, support``."""
     names = info.get("class_info") or {}
-    per_class = info["card"].evaluation.per_class
+    card: ModelCard = info["card"]
     rows = []
     for label in info["classes"]:
         known = names.get(label) or {}
-        scores = per_class.get(label) or ClassMetrics()
+        taxonomy = card.class_info.get(label) or ClassNames()
         rows.append(
             {
                 "label": label,
                 "display_name": known.get("display_name") or pretty_label(label),
                 "common_name": known.get("common_name"),
                 "scientific_name": known.get("scientific_name"),
-                **dataclasses.asdict(scores),
+                "family": taxonomy.family,
+                "family_common_name": taxonomy.family_common_name,
+                **dataclasses.asdict(card.evaluation.per_class.get(label) or ClassMetrics()),
             }
         )
     return rows
@@ -176,13 +179,13 @@ def confusion_rows(matrix: Any, classes: Sequence[str]) -> list[dict[str, Any]] 
 def verdict_thresholds(info: dict[str, Any]) -> dict[str, float]:
     """The thresholds behind this model's verdicts, ``{"not_sure": confidence, "unknown_species": novelty,
     "not_a_fish": subject score, "not_a_fish_taxon": taxon score, "not_a_fish_contrast": other-organism score
-    minus taxon score}``, from
+    minus taxon score, "family": family probability}``, from
     ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold alone where the summary has none).
     Checks the model does not have (None) are left out, as is a ``not_sure`` threshold of 0 (never "not sure")."""
     recorded = info.get("verdict_thresholds")
     if not isinstance(recorded, dict):
         recorded = {"not_sure": info.get("confidence_threshold")}
-    names = ("not_sure", "unknown_species", "not_a_fish", "not_a_fish_taxon", "not_a_fish_contrast")
+    names = ("not_sure", "unknown_species", "not_a_fish", "not_a_fish_taxon", "not_a_fish_contrast", "family")
     thresholds = {name: _number(recorded.get(name)) for name in names}
     return {
         name: value
@@ -204,8 +207,8 @@ def open_set_rows(evaluation: EvaluationRecord) -> list[dict[str, Any]]:
     """The verdicts measured when the model was trained (the card's ``open_set`` report, see
     ``training.open_set``), one row per set it was measured on, in :data:`OPEN_SET_SETS`' order (a second folder of
     a kind, named ``"kind:folder"``, after the first, with its folder in brackets): ``{"name", "images", "species",
-    "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong"}`` (fractions, None where the set has
-    no such number)."""
+    "not_sure", "unknown_species", "not_a_fish", "top1", "confidently_wrong", "family_right", "family_wrong"}``
+    (fractions, None where the set has no such number)."""
     rows = []
     for kind, name in OPEN_SET_SETS:
         # stable: first folder first
@@ -232,6 +235,7 @@ def model_page_context(info: dict[str, Any]) -> dict[str, Any]:
         "open_set": open_set_rows(card.evaluation),
         "classes": classes,
         "has_per_class": any(row["f1"] is not None for row in classes),
+        "has_families": any(row["family"] for row in classes),
         "training": training_facts(card.training, card.evaluation, card.epoch),
         "confusion": confusion_rows(card.evaluation.confusion_matrix, info["classes"]),
         "short_names": {row["label"]: row["common_name"] or row["display_name"] for row in classes},

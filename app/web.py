@@ -30,6 +30,7 @@ from app.uploads import check_uploads, decode_upload, default_top_k, form_limit_
 from model.decoding import SUPPORTED_FORMATS_TEXT
 from model.errors import ImageError
 from model.results import CSV_LAYOUT, Prediction, csv_header, csv_row
+from model.taxonomy import FamilyScore
 
 logger = logging.getLogger(__name__)
 
@@ -102,19 +103,38 @@ def with_article(noun: str) -> str:
     return ("an " if noun[:1].lower() in ("a", "e", "i", "o", "u") else "a ") + noun
 
 
+def family_phrase(family: FamilyScore) -> str:
+    """How the page names a family: ``"a damselfish (Pomacentridae)"``, or ``"one of the Pomacentridae"`` without
+    a common name (``familyPhrase()`` in ``static/app.js`` says the same)."""
+    if family.common_name:
+        return f"{with_article(family.common_name)} ({family.name})"
+    return f"one of the {family.name}"
+
+
 def verdict_headline(prediction: Prediction, subject: str | None = None) -> str:
     """What the page says about one photo, by its ``verdict`` (``headline()`` in ``static/app.js`` says the same).
 
     ``species``: the species' common name (else its display name); ``not_sure``: "Not sure: maybe X or Y" (the
-    two most probable classes); ``unknown_species``: "Probably a fish this model does not know"; ``not_a_fish``:
-    "This does not look like a fish". Without a ``subject`` noun the last two are worded generically.
+    two most probable classes), or, when its family is likely (:attr:`model.taxonomy.FamilyScore.likely`), "Not
+    sure of the species: a damselfish (Pomacentridae), maybe X or Y"; ``unknown_species``: "Probably a fish this
+    model does not know", or with a likely family "A damselfish (Pomacentridae), but probably none of the 6
+    damselfish species this model knows"; ``not_a_fish``: "This does not look like a fish". Without a
+    ``subject`` noun the generic verdicts are worded generically.
     """
+    family = prediction.family if prediction.family is not None and prediction.family.likely else None
     if prediction.verdict == "species":
         return prediction.common_name or prediction.display_name
     if prediction.verdict == "not_sure":
-        names = [score.common_name or score.display_name for score in prediction.top_k[:2]]
-        return "Not sure: maybe " + " or ".join(names)
+        names = " or ".join(score.common_name or score.display_name for score in prediction.top_k[:2])
+        return (
+            f"Not sure of the species: {family_phrase(family)}, maybe {names}" if family else f"Not sure: maybe {names}"
+        )
     if prediction.verdict == "unknown_species":
+        if family:
+            kind = f"{family.common_name} species" if family.common_name else "species of that family"
+            known = f"none of the {family.species} {kind}" if family.species > 1 else f"not the one {kind}"
+            phrase = family_phrase(family)
+            return f"{phrase[:1].upper()}{phrase[1:]}, but probably {known} this model knows"
         if subject:
             return f"Probably {with_article(subject)} this model does not know"
         return "Probably none of the species this model knows"

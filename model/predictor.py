@@ -28,6 +28,7 @@ from model.backends import (
     resolve_backend,
 )
 from model.checkpoint import (
+    Checkpoint,
     ClassNames,
     ModelCard,
     OpenSetRecord,
@@ -46,6 +47,7 @@ from model.open_set import (
 )
 from model.results import ClassScore, Prediction
 from model.runtime import autocast, cpu_threads, resolve_inference_precision
+from model.taxonomy import Families
 from model.transforms import Preprocessing, eval_transform
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ class Predictor:
             ``taxon_score`` and ``other_score`` (:meth:`model.open_set.OpenSetRule.not_subject`); None for releases
             before the hierarchy.
         gaussians: class means and shared covariance of the training features, for ``novelty``.
+        family_threshold: the family probability from which a prediction's ``family`` is ``likely`` (see
+            :mod:`model.taxonomy`); used when ``class_info`` gives the classes families.
 
     Raises:
         ValueError: the number of class names does not match the network's outputs, unknown precision, a
@@ -157,6 +161,7 @@ class Predictor:
         subject_classes: Sequence[int] | None = None,
         gaussians: ClassGaussians | None = None,
         hierarchy: HierarchyClasses | None = None,
+        family_threshold: float = 1.0,
     ) -> None:
         if not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
@@ -173,6 +178,8 @@ class Predictor:
         self.preprocessing = preprocessing
         self.transform = eval_transform(preprocessing)
         self.class_info = {name: (class_info or {}).get(name) or ClassNames() for name in self.class_names}
+        self.families = Families.of(self.class_names, self.class_info)
+        self.family_threshold = family_threshold
         self.card = card or ModelCard()
         self._check_outputs()
         self._openvino: OpenVINONetwork | None = None
@@ -224,9 +231,8 @@ class Predictor:
 
         ``device``, ``backend`` and ``num_threads`` are :class:`Predictor`'s; ``precision`` also takes ``"int8"``
         (OpenVINO, with the network ``quantize.py`` wrote beside the checkpoint: :func:`model.quantization.int8_path`).
-        The thresholds given override those the checkpoint's :class:`model.checkpoint.ServingRecord` holds (the
-        confidence threshold is 0 where it holds none); the softmax temperature is the record's (fitted on
-        validation data), 1 where it holds none (checkpoints written before temperature scaling).
+        The thresholds given override those of the checkpoint's :class:`model.checkpoint.ServingRecord` (where it
+        holds none: confidence 0, temperature 1, family 1; the temperature was fitted on validation data).
 
         Raises:
             model.checkpoint.CheckpointError: the file is missing or not a valid checkpoint.
@@ -236,25 +242,17 @@ class Predictor:
         ckpt = load_checkpoint(path)
         # only where it can run: Predictor refuses int8 on any other backend
         on_openvino = precision == INT8 and resolve_backend(backend, device) == "openvino"
-        serving = ckpt.serving or ServingRecord()
-        open_set = ckpt.open_set or OpenSetRecord()
-        predictor = cls(
-            model_from_checkpoint(ckpt),
-            ckpt.class_names,
-            ckpt.preprocessing,
+        predictor = cls.from_record(
+            ckpt,
+            name=os.path.basename(os.fspath(path)),
             device=device,
             precision=precision,
             backend=backend,
             num_threads=num_threads,
             int8_model=quantization.load(path) if on_openvino else None,
-            confidence_threshold=_first(confidence_threshold, serving.confidence_threshold, 0.0),
-            temperature=_first(serving.temperature, 1.0),
-            class_info=ckpt.class_info,
-            card=ModelCard.of(ckpt, os.path.basename(os.fspath(path))),
-            open_set=_served_rule(serving, subject_threshold, novelty_threshold),
-            subject_classes=open_set.subject_classes,
-            hierarchy=open_set.hierarchy,
-            gaussians=open_set.gaussians,
+            confidence_threshold=confidence_threshold,
+            novelty_threshold=novelty_threshold,
+            subject_threshold=subject_threshold,
         )
         logger.info(
             "loaded %s: %s, %d classes, input %d px, temperature %.3g, %s %s on %s",
@@ -268,6 +266,43 @@ class Predictor:
             device,
         )
         return predictor
+
+    @classmethod
+    def from_record(
+        cls,
+        ckpt: Checkpoint,
+        *,
+        name: str | None,
+        confidence_threshold: float | None = None,
+        novelty_threshold: float | None = None,
+        subject_threshold: float | None = None,
+        **options: Any,
+    ) -> Predictor:
+        """A predictor over a loaded checkpoint (:meth:`from_checkpoint` without the file), ``name`` its file name
+        for the model card; ``options`` are :class:`Predictor`'s (device, precision, backend, num_threads,
+        int8_model).
+
+        Raises:
+            model.checkpoint.CheckpointError: the weights do not fit the recorded network; ValueError: see
+                :class:`Predictor`.
+        """
+        serving = ckpt.serving or ServingRecord()
+        open_set = ckpt.open_set or OpenSetRecord()
+        return cls(
+            model_from_checkpoint(ckpt),
+            ckpt.class_names,
+            ckpt.preprocessing,
+            confidence_threshold=_first(confidence_threshold, serving.confidence_threshold, 0.0),
+            temperature=_first(serving.temperature, 1.0),
+            class_info=ckpt.class_info,
+            card=ModelCard.of(ckpt, name),
+            open_set=_served_rule(serving, subject_threshold, novelty_threshold),
+            subject_classes=open_set.subject_classes,
+            hierarchy=open_set.hierarchy,
+            gaussians=open_set.gaussians,
+            family_threshold=_first(serving.family_threshold, 1.0),
+            **options,
+        )
 
     @property
     def confidence_threshold(self) -> float:
@@ -312,7 +347,10 @@ class Predictor:
             "backend": self.backend,
             "confidence_threshold": self.confidence_threshold,
             "subject": self.open_set.subject,
-            "verdict_thresholds": self.open_set.thresholds(),
+            "verdict_thresholds": {
+                **self.open_set.thresholds(),
+                **({"family": self.family_threshold} if self.families else {}),
+            },
             "temperature": self.temperature,
             "val_accuracy": self.card.evaluation.val_accuracy,
             "val_macro_f1": self.card.evaluation.val_macro_f1,
@@ -411,6 +449,7 @@ class Predictor:
         ``top_k`` clipped to the number of classes."""
         probs = self.calibrated(logits)
         open_set = self.open_set_scores(features, imagenet_logits)
+        families = self.families.best(probs, self.family_threshold) if self.families else [None] * len(probs)
         k = max(1, min(top_k, len(self.class_names)))
         values, indices = probs.topk(k, dim=1)
         predictions = []
@@ -426,6 +465,7 @@ class Predictor:
                     novelty=novelty,
                     taxon_score=taxon,
                     other_score=other,
+                    family=families[row],
                 )
             )
         return predictions

@@ -8,10 +8,11 @@ The pydantic models describe the :class:`Prediction` and :class:`ClassScore` obj
 keys. The four verdicts (:data:`VERDICTS`) are part of the result, so they are declared here too.
 
 CSV columns: the file (``file_name`` on the page, ``path`` in ``predict.py``), then ``species, label, confidence,
-verdict, confident, error``, then ``top_1, top_1_confidence`` to ``top_K, top_K_confidence``. ``species`` is the
-most probable class's display name, ``label`` its class name, ``confidence`` its calibrated probability (4
-decimals), whatever the ``verdict``; ``confident`` is ``true`` only for the ``species`` verdict. A file that could
-not be classified has only its ``error``.
+verdict, confident, family, family_probability, error``, then ``top_1, top_1_confidence`` to ``top_K,
+top_K_confidence``. ``species`` is the most probable class's display name, ``label`` its class name,
+``confidence`` its calibrated probability (4 decimals), whatever the ``verdict``; ``confident`` is ``true`` only
+for the ``species`` verdict; ``family`` the most probable family and ``family_probability`` its summed
+probability (empty for a model without a taxonomy). A file that could not be classified has only its ``error``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
+from model.taxonomy import FamilyScore
 
 #: The four kinds of answer, most specific first (see :class:`Prediction`'s ``verdict``).
 Verdict = Literal["species", "not_sure", "unknown_species", "not_a_fish"]
@@ -99,6 +102,8 @@ class Prediction:
             classes), in [0, 1], or None when the model has no such score (see :mod:`model.imagenet_hierarchy`).
         other_score: probability mass of ImageNet's other living things (coral, sea anemones, crabs...), in
             [0, 1], or None likewise.
+        family: the most probable family (:class:`model.taxonomy.FamilyScore`), or None for a model without a
+            taxonomy.
     """
 
     top_k: list[ClassScore]
@@ -108,6 +113,7 @@ class Prediction:
     novelty: float | None = None
     taxon_score: float | None = None
     other_score: float | None = None
+    family: FamilyScore | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -150,7 +156,7 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as declared by :class:`PredictionResult`: ``label, confidence, confident,
-        verdict, threshold, subject_score, novelty, taxon_score, other_score, display_name, common_name,
+        verdict, threshold, subject_score, novelty, taxon_score, other_score, family, display_name, common_name,
         scientific_name, top_k: [ClassScore.to_dict(), ...]``."""
         return prediction_result(self).model_dump(mode="json")
 
@@ -165,6 +171,21 @@ class ClassScoreResult(BaseModel):
     display_name: str = Field(description="'Common name (Scientific name)', or the label")
     common_name: str | None
     scientific_name: str | None
+
+
+class FamilyResult(BaseModel):
+    """The most probable family of the picture's fish: the summed probability of the model's species in it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str = Field(description="the family's scientific name, e.g. 'Pomacentridae'")
+    common_name: str | None = Field(description="its common name, singular, e.g. 'damselfish'; null if not known")
+    probability: float = _probability("the summed calibrated probability of the model's species of this family")
+    likely: bool = Field(
+        description="`probability` reaches the model's family threshold: when `verdict` is `not_sure` or "
+        "`unknown_species`, the family is worth telling ('a damselfish, maybe X or Y')"
+    )
+    species: int = Field(ge=1, description="how many of the model's species belong to this family")
 
 
 class PredictionResult(ClassScoreResult):
@@ -197,6 +218,9 @@ class PredictionResult(ClassScoreResult):
         "organisms: coral, sea anemones, crabs...); null when the model has no such score",
         default=None,
     )
+    family: FamilyResult | None = Field(
+        None, description="the most probable family; null when the model records no taxonomy (families)"
+    )
     top_k: list[ClassScoreResult] = Field(
         min_length=1, description="the `top_k` most probable classes, most probable first"
     )
@@ -219,6 +243,9 @@ class VerdictThresholds(BaseModel):
         le=1,
         description="for a picture above the `unknown_species` novelty, also `not_a_fish` when `other_score - "
         "taxon_score` exceeds this; null for models without the ImageNet hierarchy",
+    )
+    family: float | None = _probability(
+        "`family.likely` from this `family.probability`; null for models without a taxonomy", default=None
     )
 
 
@@ -264,6 +291,7 @@ class BatchResponse(BaseModel):
 #: The models of the API's answers that its OpenAPI document names (its ``components.schemas``), by name.
 RESPONSE_MODELS: dict[str, type[BaseModel]] = {
     "ClassScore": ClassScoreResult,
+    "Family": FamilyResult,
     "Prediction": PredictionResult,
     "VerdictThresholds": VerdictThresholds,
     "ModelSummary": ModelSummary,
@@ -348,14 +376,17 @@ def response_schemas(ref_template: str = "#/components/schemas/{model}") -> dict
 
 # --- the CSV layout ----------------------------------------------------------------------------------------------
 
-#: The columns after the file's own, before the top-k pairs: ``(column, field of PredictionResult)``; the
-#: ``error`` column (field None) holds why a file could not be classified.
+#: The columns after the file's own, before the top-k pairs: ``(column, field of PredictionResult)``, a dotted
+#: field for one of a nested object (``family.name``); the ``error`` column (field None) holds why a file could
+#: not be classified.
 CSV_FIELDS: tuple[tuple[str, str | None], ...] = (
     ("species", "display_name"),
     ("label", "label"),
     ("confidence", "confidence"),
     ("verdict", "verdict"),
     ("confident", "confident"),
+    ("family", "family.name"),
+    ("family_probability", "family.probability"),
     ("error", None),
 )
 #: The columns after the file's own, before the top-k pairs.
@@ -383,6 +414,15 @@ def _csv_text(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _field(fields: Mapping[str, Any], path: str) -> object:
+    """The value at a dotted ``path`` of a result's JSON fields (``family.name``), None where any part is
+    missing or null (``static/app.js`` reads the layout the same way)."""
+    value: Any = fields
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
 def csv_header(file_column: str, k: int) -> list[str]:
     """The header: ``file_column``, :data:`COLUMNS`, then the :data:`TOP_K_COLUMNS` pairs for i = 1..k."""
     return [file_column, *COLUMNS, *(name.format(i=i) for i in range(1, k + 1) for name in TOP_K_COLUMNS)]
@@ -393,7 +433,7 @@ def csv_row(name: str, prediction: Prediction | None, error: str, k: int) -> lis
     escaped by :func:`csv_cell`, from the JSON fields of :func:`prediction_result`; without a prediction, only
     ``name`` and ``error``."""
     fields = prediction_result(prediction).model_dump(mode="json") if prediction is not None else {}
-    row: list[object] = [name, *(fields.get(field) if field else error for _, field in CSV_FIELDS)]
+    row: list[object] = [name, *(_field(fields, field) if field else error for _, field in CSV_FIELDS)]
     for score in fields.get("top_k", [])[:k]:
         row += [score["label"], score["confidence"]]
     row += [None] * (len(COLUMNS) + 1 + 2 * k - len(row))

@@ -302,18 +302,34 @@
     return (/^[aeiou]/i.test(noun) ? "an " : "a ") + noun;
   }
 
+  /** How the page names a family: "a damselfish (Pomacentridae)", or "one of the Pomacentridae". */
+  function familyPhrase(family) {
+    return family.common_name ? withArticle(family.common_name) + " (" + family.name + ")" : "one of the " + family.name;
+  }
+
   /** What the page says about one photo: the species, "Not sure: maybe X or Y", a fish it does not know, or not a
-   *  fish at all (generic words where the model records no subject noun). */
+   *  fish at all (generic words where the model records no subject noun); with the family where it is likely, as
+   *  verdict_headline() in app/web.py. */
   function headline(p) {
+    const family = p.family && p.family.likely ? p.family : null;
     switch (verdictOf(p)) {
       case "species":
         return p.common_name || p.display_name;
-      case "not_sure":
-        return "Not sure: maybe " + p.top_k.slice(0, 2).map(shortName).join(" or ");
-      case "unknown_species":
+      case "not_sure": {
+        const names = p.top_k.slice(0, 2).map(shortName).join(" or ");
+        return family ? "Not sure of the species: " + familyPhrase(family) + ", maybe " + names : "Not sure: maybe " + names;
+      }
+      case "unknown_species": {
+        if (family) {
+          const kind = family.common_name ? family.common_name + " species" : "species of that family";
+          const known = family.species > 1 ? "none of the " + family.species + " " + kind : "not the one " + kind;
+          const phrase = familyPhrase(family);
+          return phrase.charAt(0).toUpperCase() + phrase.slice(1) + ", but probably " + known + " this model knows";
+        }
         return subject
           ? "Probably " + withArticle(subject) + " this model does not know"
           : "Probably none of the species this model knows";
+      }
       default:
         return subject
           ? "This does not look like " + withArticle(subject)
@@ -507,6 +523,11 @@
     return typeof value === "number" ? value.toFixed(4) : value;
   }
 
+  /** The value at a dotted path of a prediction ("family.name"), null where a part is missing (as the server). */
+  function fieldAt(p, path) {
+    return path.split(".").reduce((value, part) => (value === null || value === undefined ? null : value[part]), p) ?? null;
+  }
+
   function resultsCsv(entries) {
     const k = Math.max(0, ...entries.map((entry) => (entry.prediction ? entry.prediction.top_k.length : 0)));
     const header = [csvLayout.file, ...csvLayout.fields.map((pair) => pair[0])];
@@ -517,7 +538,7 @@
     entries.forEach((entry) => {
       const p = entry.prediction;
       const row = [entry.file.name];
-      csvLayout.fields.forEach(([, field]) => row.push(field === null ? entry.error : p ? p[field] : null));
+      csvLayout.fields.forEach(([, field]) => row.push(field === null ? entry.error : p ? fieldAt(p, field) : null));
       (p ? p.top_k.slice(0, k) : []).forEach((score) => row.push(score.label, score.confidence));
       while (row.length < header.length) {
         row.push(null); // fewer classes than k, or no prediction: empty cells, as the server pads

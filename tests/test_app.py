@@ -233,7 +233,10 @@ def test_results_table_and_csv_say_each_verdict(
     link = re.search(r'<a class="button" id="csv-download" href="data:text/csv;charset=utf-8,([^"]+)"', html)
     reader = csv.DictReader(io.StringIO(urllib.parse.unquote(link.group(1))))
     table = list(reader)
-    assert reader.fieldnames[:7] == ["file_name", "species", "label", "confidence", "verdict", "confident", "error"]
+    assert reader.fieldnames[:9] == [
+        *("file_name", "species", "label", "confidence", "verdict", "confident", "family", "family_probability"),
+        "error",
+    ]
     assert [(r["file_name"], r["verdict"], r["confident"]) for r in table] == [
         (f"{verdict}.jpg", verdict, str(verdict == "species").lower()) for verdict in VERDICTS
     ]
@@ -366,7 +369,10 @@ def test_results_csv_and_data_url() -> None:
         "0.5",
     ]
     text = results_csv([FileResult("a, b.jpg", error='bad "image"')])
-    assert text == 'file_name,species,label,confidence,verdict,confident,error\r\n"a, b.jpg",,,,,,"bad ""image"""\r\n'
+    assert text == (
+        "file_name,species,label,confidence,verdict,confident,family,family_probability,error\r\n"
+        '"a, b.jpg",,,,,,,,"bad ""image"""\r\n'
+    )
     assert csv_data_url("a,b\r\n") == "data:text/csv;charset=utf-8,a%2Cb%0D%0A"
 
 
@@ -383,7 +389,12 @@ def test_the_page_gives_app_js_the_servers_csv_layout(client: FlaskClient) -> No
     header = [layout["file"], *(column for column, _ in layout["fields"])]
     header += [name.replace("{i}", str(i)) for i in (1, 2) for name in layout["top_k"]]
     assert header == csv_header("file_name", 2)
-    assert {field for _, field in CSV_FIELDS if field} <= set(PredictionResult.model_fields)
+    # every field is the result's, or a field of one of its objects (family.name)
+    for field in (field for _, field in CSV_FIELDS if field):
+        head, _, rest = field.partition(".")
+        assert head in PredictionResult.model_fields, field
+        if rest:
+            assert rest in PredictionResult.model_fields[head].annotation.__args__[0].model_fields, field
     assert 'data-csv-filename="fish-species.csv"' in page
 
 

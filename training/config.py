@@ -205,7 +205,8 @@ class TrainConfig(BaseModel):
     class_info: str | None = option(
         None,
         "data",
-        "CSV with columns class, common_name, scientific_name: readable names stored in the checkpoint",
+        "CSV with columns class, common_name, scientific_name and optionally genus, family, family_common_name: "
+        "readable names and the taxonomy (the family answer), stored in the checkpoint",
     )
     target_accuracy: float = option(
         0.95,

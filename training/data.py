@@ -241,8 +241,13 @@ def class_counts(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[
     return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
 
 
+#: The columns of a ``--class-info`` CSV besides ``class`` (see :class:`model.checkpoint.ClassNames`).
+CLASS_INFO_COLUMNS = ("common_name", "scientific_name", "genus", "family", "family_common_name")
+
+
 def read_class_info(path: str | os.PathLike[str], class_names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Readable names per class from a CSV with columns ``class, common_name, scientific_name``.
+    """Readable names and taxonomy per class from a CSV with a ``class`` column and any of
+    :data:`CLASS_INFO_COLUMNS` (``common_name, scientific_name, genus, family, family_common_name``).
 
     Classes of the data missing from the file simply have no names; empty cells are dropped.
 
@@ -258,7 +263,4 @@ def read_class_info(path: str | os.PathLike[str], class_names: Sequence[str]) ->
     unknown = sorted({r["class"] for r in rows} - set(class_names))
     if unknown:
         raise ValueError(f"{path} names classes that are not in the data: {unknown}")
-    return {
-        r["class"]: {k: r[k].strip() for k in ("common_name", "scientific_name") if (r.get(k) or "").strip()}
-        for r in rows
-    }
+    return {r["class"]: {k: r[k].strip() for k in CLASS_INFO_COLUMNS if (r.get(k) or "").strip()} for r in rows}

@@ -18,6 +18,7 @@ It writes the evaluation files and saves ``release.pt`` once, with all of it (sc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from model.predictor import Predictor, calibrated_probabilities
 from training.config import TrainConfig
 from training.data import Sample
 from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
+from training.family import choose_for_release
 from training.open_set import OpenSetFit, choose_open_set, open_set_samples, verdict_counts
 from training.reports import report
 
@@ -115,6 +117,7 @@ def write_release(
         # the options that chose the thresholds, which a release re-made with --resume may have changed
         config = {**config, **{name: getattr(open_set.config, name) for name in OPEN_SET_OPTIONS}}
         metrics["open_set"] = final["open_set"] = reports
+        serving = _choose_family(release.replace(serving=serving), sets, open_set.config, reports, device)
     _log_serving(final, serving, target_accuracy)
     save_checkpoint(release.replace(metrics=metrics, serving=serving, config=config), out / "release.pt")
     final["best_epoch"] = best.epoch
@@ -203,6 +206,21 @@ def _choose_open_set(
     for name, rep in reports.items():
         logger.info("open set, %s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in rep.items()))
     return fit, reports
+
+
+def _choose_family(
+    release: Checkpoint, sets: dict[str, Outputs], cfg: TrainConfig, reports: dict[str, Any], device: Any
+) -> ServingRecord:
+    """``release``'s serving record with its family threshold (:mod:`training.family`), chosen on the photo sets'
+    outputs, whose family numbers join ``reports``; as it is for a release without a taxonomy."""
+    assert release.serving is not None
+    chosen = choose_for_release(release, cfg.open_set_photos or [], sets, device)
+    if chosen is None:
+        return release.serving
+    threshold, family_reports = chosen
+    for name, numbers in family_reports.items():
+        reports[name].update(numbers)
+    return dataclasses.replace(release.serving, family_threshold=threshold)
 
 
 def _log_serving(final: dict[str, Any], serving: ServingRecord, target_accuracy: float) -> None:

@@ -46,16 +46,24 @@ def _numbers(cls: type, raw: Any) -> dict[str, float | None]:
 
 @dataclass(frozen=True)
 class ClassNames:
-    """The names people know a class by (``--class-info``), each None where the checkpoint has none."""
+    """The names people know a class by and its taxonomy (``--class-info``), each None where not given.
+
+    Attributes:
+        common_name: ``"Clark's anemonefish"``; scientific_name: ``"Amphiprion clarkii"``.
+        genus: ``"Amphiprion"``; family: ``"Pomacentridae"``; family_common_name: ``"damselfish"`` (singular).
+    """
 
     common_name: str | None = None
     scientific_name: str | None = None
+    genus: str | None = None
+    family: str | None = None
+    family_common_name: str | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> ClassNames:
         """From a checkpoint's ``class_info`` entry (a dict of strings); malformed entries give no names."""
         raw = raw if isinstance(raw, Mapping) else {}
-        return cls(_text(raw.get("common_name")), _text(raw.get("scientific_name")))
+        return cls(**{f.name: _text(raw.get(f.name)) for f in dataclasses.fields(cls)})
 
     def to_dict(self) -> dict[str, str]:
         """The ``class_info`` entry: the names that exist."""
@@ -77,6 +85,8 @@ class ServingRecord:
         subject: the noun of the training photos' subject (``"fish"``).
         subject_threshold, novelty_threshold, taxon_threshold, contrast_threshold: the open-set thresholds
             (:class:`model.open_set.OpenSetRule`); None where the release has no such check.
+        family_threshold: the summed probability of a family's species from which the answer names the family
+            when the species is unsure (:mod:`model.taxonomy`); None for models without a taxonomy.
     """
 
     confidence_threshold: float | None = None
@@ -89,6 +99,7 @@ class ServingRecord:
     novelty_threshold: float | None = None
     taxon_threshold: float | None = None
     contrast_threshold: float | None = None
+    family_threshold: float | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> ServingRecord:
@@ -114,8 +125,9 @@ class ServingRecord:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``serving`` dict: every field that is not None."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The ``serving`` dict: every field that is not None, numbers as Python floats (a NumPy scalar would not
+        load with ``weights_only``)."""
+        return {k: v if isinstance(v, str) else float(v) for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,9 @@ class ClassMetrics:
 @dataclass(frozen=True)
 class VerdictShares:
     """How a release answered one set (``training.open_set.verdict_counts``): the image count and the fraction of
-    each verdict; ``top1`` and ``confidently_wrong`` only for sets of known classes (None otherwise)."""
+    each verdict; ``top1`` and ``confidently_wrong`` only for sets of known classes, ``family_right`` and
+    ``family_wrong`` only for sets of photos of known families (``training.family.family_counts``: of those
+    photos, the fraction whose answer names the right or a wrong family); None otherwise."""
 
     images: float | None = None
     species: float | None = None
@@ -179,6 +193,8 @@ class VerdictShares:
     not_a_fish: float | None = None
     top1: float | None = None
     confidently_wrong: float | None = None
+    family_right: float | None = None
+    family_wrong: float | None = None
 
 
 @dataclass(frozen=True)
@@ -424,6 +440,7 @@ class ModelCard:
         epoch: the checkpoint's last epoch (0-based), or None.
         training: how it was trained; evaluation: how it scored; serving: its temperature and thresholds as
             recorded (the predictor may serve others, see ``Predictor.summary``).
+        class_info: class name -> its names and taxonomy (:class:`ClassNames`), for the classes that have them.
     """
 
     arch: str | None = None
@@ -433,6 +450,7 @@ class ModelCard:
     training: TrainingRecord = field(default_factory=TrainingRecord)
     evaluation: EvaluationRecord = field(default_factory=EvaluationRecord)
     serving: ServingRecord = field(default_factory=ServingRecord)
+    class_info: dict[str, ClassNames] = field(default_factory=dict)
 
     @classmethod
     def of(cls, ckpt: Checkpoint, file_name: str | None = None) -> ModelCard:
@@ -445,4 +463,5 @@ class ModelCard:
             training=ckpt.training,
             evaluation=ckpt.evaluation,
             serving=ckpt.serving or ServingRecord(),
+            class_info=dict(ckpt.class_info),
         )
