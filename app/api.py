@@ -9,6 +9,7 @@ classified in one batch; if any of them cannot be, the whole request fails with 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -18,7 +19,7 @@ from werkzeug.wrappers import Response
 
 from app.inference import get_batcher, get_predictor
 from app.openapi import openapi_document
-from app.uploads import check_uploads, decode_uploads, form_limit_message
+from app.uploads import CROP_FIELD, check_uploads, decode_uploads, form_limit_message
 from model.errors import ImageError
 from model.results import api_answer
 
@@ -30,7 +31,7 @@ bp = Blueprint("api", __name__)
 @bp.post("/api/predict")
 def predict() -> Response:
     """Classify the images in the multipart field ``image`` (repeat the field for several); optional ``top_k``
-    as a form field or query parameter.
+    as a form field or query parameter, and ``crop`` (``x,y,w,h``, fractions of the upright photo) per image.
 
     Returns:
         :func:`model.results.api_answer`: one image gives a ``PredictionResponse`` (the prediction plus
@@ -38,9 +39,10 @@ def predict() -> Response:
         "model"}``, ``index`` being the position, from 0, of the file among the ``image`` fields). Errors are
         ``{"error": message}`` (plus ``"index"`` for a bad file among several) with status 400, 413, 415 or 503.
     """
-    uploads = check_uploads(request.files, request.values.get("top_k"))
-    predictions = get_batcher().predict(decode_uploads(uploads.files), top_k=uploads.top_k)
-    return jsonify(api_answer(predictions, get_predictor().summary()))
+    uploads = check_uploads(request.files, request.values.get("top_k"), request.values.getlist(CROP_FIELD))
+    predictions = get_batcher().predict(decode_uploads(uploads.files, uploads.crops), top_k=uploads.top_k)
+    cropped = [dataclasses.replace(p, crop=crop) for p, crop in zip(predictions, uploads.crops, strict=True)]
+    return jsonify(api_answer(cropped, get_predictor().summary()))
 
 
 @bp.get("/healthz")

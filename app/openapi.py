@@ -105,7 +105,7 @@ def _info(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _predict_request_body(max_images: int, top_k: dict[str, Any]) -> dict[str, Any]:
     """The multipart request body of ``POST /api/predict``: one to ``max_images`` ``image`` fields, in the
-    decoder's media types, and the optional ``top_k`` form field (``top_k`` is its schema)."""
+    decoder's media types, the optional ``top_k`` form field (``top_k`` is its schema) and ``crop`` fields."""
     return {
         "required": True,
         "content": {
@@ -121,6 +121,18 @@ def _predict_request_body(max_images: int, top_k: dict[str, Any]) -> dict[str, A
                             "description": f"the image file(s): {SUPPORTED_FORMATS_TEXT}",
                         },
                         "top_k": top_k,
+                        "crop": {
+                            "type": "array",
+                            "items": {
+                                "type": "string",
+                                "pattern": r"^(\s*[-+0-9.eE]+\s*,){3}\s*[-+0-9.eE]+\s*$|^\s*$",
+                            },
+                            "maxItems": max_images,
+                            "description": "optional: the part of each photo to classify, 'x,y,w,h' as fractions "
+                            "(0 to 1) of the upright (EXIF-rotated) photo's width and height, the box inside it; one "
+                            "per `image` field in their order (an empty one for a whole photo), or one for one "
+                            "image. Echoed as `crop` in the prediction",
+                        },
                     },
                     "required": ["image"],
                 },
@@ -143,7 +155,8 @@ def _predict_responses(config: Mapping[str, Any]) -> dict[str, Any]:
         },
         "400": _error_response(
             "no `image` field, an empty file, a truncated or corrupt image (a JPEG with bytes its "
-            "structure cannot account for included), a bad `top_k`, a request body that cannot be read"
+            "structure cannot account for included), a bad `top_k` or `crop` (malformed, empty, outside the photo, "
+            "too narrow, or not one per image), a request body that cannot be read"
         ),
         "413": _error_response(
             f"a body over {max_bytes} bytes, more than {max_images} images, too many form fields, an "

@@ -21,10 +21,13 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
 
 from app.inference import decode_slots, get_decoder, get_predictor
+from model.crop import Crop
 from model.errors import ImageError
 
 #: The multipart field of the images, on the page's form and in the API.
 IMAGE_FIELD = "image"
+#: The optional field of their crops (``x,y,w,h``), in the order of the images, or once for one image.
+CROP_FIELD = "crop"
 #: Default cap on the number of images (``image`` fields) in one request, to the page or the API.
 DEFAULT_MAX_IMAGES_PER_REQUEST = 16
 
@@ -36,10 +39,12 @@ class Uploads:
     Attributes:
         files: the ``image`` fields, in order: at least one, at most ``MAX_IMAGES_PER_REQUEST``.
         top_k: how many classes to list per image, in ``[1, number of classes]``.
+        crops: one per file: the part of the upright photo to classify, or None for the whole photo.
     """
 
     files: list[FileStorage]
     top_k: int
+    crops: list[Crop | None]
 
 
 def default_top_k(config: Mapping[str, Any], num_classes: int) -> int:
@@ -70,6 +75,32 @@ def parse_top_k(value: str | None, default: int, num_classes: int) -> int:
     return top_k
 
 
+def parse_crops(values: list[str], images: int) -> list[Crop | None]:
+    """The ``crop`` fields of a request, one per image: none (whole photos), one per image in the order of the
+    ``image`` fields (an empty one for a whole photo), or one for a request of one image.
+
+    Raises:
+        ImageError: 400 naming the field when their number does not fit or one is malformed, empty or reaches
+            outside the image (see :meth:`model.crop.Crop.parse`).
+    """
+    if not values:
+        return [None] * images
+    if len(values) != images:
+        raise ImageError(
+            f"{CROP_FIELD}: give one per image, in the order of the '{IMAGE_FIELD}' fields (an empty one for a whole "
+            f"photo); got {len(values)} for {images} image(s)",
+            400,
+        )
+    crops: list[Crop | None] = []
+    for index, value in enumerate(values):
+        try:
+            crops.append(Crop.parse(value) if value.strip() else None)
+        except ValueError as exc:
+            where = f" {index + 1} of {images}" if images > 1 else ""
+            raise ImageError(f"{CROP_FIELD}{where}: {exc} (x,y,w,h as fractions of the upright photo)", 400) from exc
+    return crops
+
+
 def _left_empty(upload: FileStorage) -> bool:
     """Whether ``upload`` is what a browser sends for a file input with no file chosen: no file name, no bytes."""
     if upload.filename:
@@ -80,19 +111,23 @@ def _left_empty(upload: FileStorage) -> bool:
     return empty
 
 
-def check_uploads(files: MultiDict[str, FileStorage], top_k: str | None = None) -> Uploads:
+def check_uploads(
+    files: MultiDict[str, FileStorage], top_k: str | None = None, crops: list[str] | None = None
+) -> Uploads:
     """The one check of what a request uploads, for the page and the API alike (before any decoding).
 
     Args:
         files: the request's files (``request.files``); the images are its :data:`IMAGE_FIELD` fields.
         top_k: the raw ``top_k`` parameter, or None for :func:`default_top_k`.
+        crops: the raw :data:`CROP_FIELD` fields (see :func:`parse_crops`), or None.
 
     Returns:
-        The files, in order, and ``top_k``.
+        The files, in order, ``top_k`` and the crops.
 
     Raises:
-        ImageError: 400 for a bad ``top_k`` (see :func:`parse_top_k`), for no ``image`` field, or for only the
-            empty part a browser sends when no file was chosen; 413 for more than ``MAX_IMAGES_PER_REQUEST`` files.
+        ImageError: 400 for a bad ``top_k`` (see :func:`parse_top_k`) or crop (:func:`parse_crops`), for no
+            ``image`` field, or for only the empty part a browser sends when no file was chosen; 413 for more than
+            ``MAX_IMAGES_PER_REQUEST`` files.
     """
     num_classes = len(get_predictor().class_names)
     checked_top_k = parse_top_k(top_k, default_top_k(current_app.config, num_classes), num_classes)
@@ -104,7 +139,7 @@ def check_uploads(files: MultiDict[str, FileStorage], top_k: str | None = None) 
     limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
     if len(uploads) > limit:
         raise ImageError(f"too many images: {len(uploads)} in one request, the limit is {limit}", 413)
-    return Uploads(uploads, checked_top_k)
+    return Uploads(uploads, checked_top_k, parse_crops(crops or [], len(uploads)))
 
 
 def start_deadline() -> None:
@@ -113,10 +148,11 @@ def start_deadline() -> None:
     g.deadline = time.monotonic() + float(current_app.config["REQUEST_DEADLINE_S"])
 
 
-def decode_upload(upload: FileStorage | None) -> Image.Image:
+def decode_upload(upload: FileStorage | None, crop: Crop | None = None) -> Image.Image:
     """Decode one uploaded file for the current app's model, in one of the app's decoder processes (its deadline
     and memory limit, :mod:`model.decoder_pool`): ``MAX_IMAGE_PIXELS`` enforced, big photos shrunk on decoding to
-    the model's resize size (what the API and the page both do, so they give the same answer).
+    the model's resize size (what the API and the page both do, so they give the same answer); with ``crop``,
+    only that part of the upright photo, at the resolution the model needs.
 
     Raises:
         model.errors.ImageError: the file is not a usable image (see :func:`model.decoding.decode_image`), 413
@@ -137,13 +173,13 @@ def decode_upload(upload: FileStorage | None) -> Image.Image:
         raise ImageError("the server is busy decoding other photos: try again in a moment", 503)
     try:
         return get_decoder().decode(
-            data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size
+            data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"], resize_short_side=size, reduce_to=size, crop=crop
         )
     finally:
         slots.release()
 
 
-def decode_uploads(uploads: list[FileStorage]) -> list[Image.Image]:
+def decode_uploads(uploads: list[FileStorage], crops: list[Crop | None] | None = None) -> list[Image.Image]:
     """Decode the files of one request, in order, stopping at the first that cannot be classified.
 
     Each image is shrunk right after decoding to what the model needs (see :func:`decode_upload`), so a request
@@ -151,6 +187,7 @@ def decode_uploads(uploads: list[FileStorage]) -> list[Image.Image]:
 
     Args:
         uploads: the request's checked files (:attr:`Uploads.files`).
+        crops: their crops (:attr:`Uploads.crops`), or None for whole photos.
 
     Returns:
         One RGB image per upload.
@@ -161,9 +198,9 @@ def decode_uploads(uploads: list[FileStorage]) -> list[Image.Image]:
             files.
     """
     images = []
-    for index, upload in enumerate(uploads):
+    for index, (upload, crop) in enumerate(zip(uploads, crops or [None] * len(uploads), strict=True)):
         try:
-            images.append(decode_upload(upload))
+            images.append(decode_upload(upload, crop))
         except ImageError as exc:
             if len(uploads) == 1:
                 raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import logging
 import urllib.parse
@@ -26,7 +27,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.inference import get_batcher, get_predictor
 from app.model_page import model_page_context, model_subject
-from app.uploads import check_uploads, decode_upload, default_top_k, form_limit_message
+from app.uploads import CROP_FIELD, check_uploads, decode_upload, default_top_k, form_limit_message
+from model.crop import Crop
 from model.decoding import SUPPORTED_FORMATS_TEXT
 from model.errors import ImageError
 from model.results import CSV_LAYOUT, Prediction, csv_header, csv_row
@@ -183,14 +185,15 @@ def display_filename(upload: FileStorage) -> str:
     return (name[:97] + "...") if len(name) > 100 else (name or "photo")
 
 
-def classify_upload(upload: FileStorage, top_k: int, thumbnail_size: int) -> FileResult:
-    """Decode and classify one upload, shrunk on decoding as the API does (so both give the same answer).
+def classify_upload(upload: FileStorage, top_k: int, thumbnail_size: int, crop: Crop | None = None) -> FileResult:
+    """Decode and classify one upload (only ``crop`` of it, when given), shrunk on decoding as the API does (so
+    both give the same answer).
 
     Raises:
         ImageError: the file is not a usable image (see :func:`model.decoding.decode_image`).
     """
-    image = decode_upload(upload)
-    prediction = get_batcher().predict([image], top_k=top_k)[0]
+    image = decode_upload(upload, crop)
+    prediction = dataclasses.replace(get_batcher().predict([image], top_k=top_k)[0], crop=crop)
     return FileResult(display_filename(upload), prediction, thumbnail_data_url(image, thumbnail_size))
 
 
@@ -202,14 +205,15 @@ def classify() -> tuple[str, int]:
     results table with a CSV download; files that cannot be classified get their error in their row. Files are
     decoded and classified one after the other, so only one decoded image is in memory at a time.
     """
-    uploads = check_uploads(request.files)  # an ImageError re-renders the page with its status
+    # an ImageError re-renders the page with its status
+    uploads = check_uploads(request.files, crops=request.form.getlist(CROP_FIELD))
     if len(uploads.files) == 1:
-        result = classify_upload(uploads.files[0], uploads.top_k, THUMBNAIL_SIZE)
+        result = classify_upload(uploads.files[0], uploads.top_k, THUMBNAIL_SIZE, uploads.crops[0])
         return render_page(result=result.prediction, thumbnail=result.thumbnail)
     results = []
-    for upload in uploads.files:
+    for upload, crop in zip(uploads.files, uploads.crops, strict=True):
         try:
-            results.append(classify_upload(upload, uploads.top_k, TABLE_THUMBNAIL_SIZE))
+            results.append(classify_upload(upload, uploads.top_k, TABLE_THUMBNAIL_SIZE, crop))
         except ImageError as exc:
             results.append(FileResult(display_filename(upload), error=exc.message))
     failed = sum(r.prediction is None for r in results)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from tqdm import tqdm
 
 from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser, setup_logging
+from model.crop import Crop
 from model.decoder_pool import DEFAULT_DECODE_TIMEOUT_S, DecoderPool
 from model.decoding import DEFAULT_MAX_PIXELS
 from model.errors import ImageError
@@ -77,13 +79,19 @@ def list_images(root: Path) -> list[str]:
 
 
 def decoded_images(
-    decoder: DecoderPool, root: Path, paths: Sequence[str], *, window: int, **options: int
+    decoder: DecoderPool,
+    root: Path,
+    paths: Sequence[str],
+    *,
+    window: int,
+    crops: Sequence[Crop | None] | None = None,
+    **options: int,
 ) -> Iterator[tuple[int, Image.Image | None, str]]:
     """Decode the files at ``paths`` (relative to ``root``) in ``decoder``'s processes, at most ``window`` at a
     time (submitted or decoded but not yet consumed), so that a huge folder costs no more memory than a small one.
 
     Each file is submitted by its path (the decoder process reads it; this process never holds the file) with
-    :func:`model.decoding.decode_image`'s keyword ``options``.
+    :func:`model.decoding.decode_image`'s keyword ``options`` and its crop of ``crops`` (one per path), if any.
 
     Yields:
         ``(index, image, "")`` for every path, in index order: ``image`` the decoded RGB image (shrunk as
@@ -102,7 +110,8 @@ def decoded_images(
     try:
         while submitted < len(paths) or pending:
             while submitted < len(paths) and len(pending) < window:
-                pending.append((submitted, decoder.submit(str(root / paths[submitted]), **options)))
+                crop = crops[submitted] if crops else None
+                pending.append((submitted, decoder.submit(str(root / paths[submitted]), crop=crop, **options)))
                 submitted += 1
             index, future = pending.popleft()
             try:
@@ -128,6 +137,40 @@ def _classify(predictor: Predictor, chunk: list[tuple[int, torch.Tensor | None, 
     return [(index, predictions.get(index), error) for index, _, error in chunk]
 
 
+def _with_crops(results: list[Result], crops: Sequence[Crop | None] | None) -> list[Result]:
+    """``results`` with each prediction's crop (of ``crops``, by index) recorded in it."""
+    if not crops:
+        return results
+    return [(i, dataclasses.replace(p, crop=crops[i]) if p else p, error) for i, p, error in results]
+
+
+def read_crops(path: Path, paths: Sequence[str]) -> list[Crop | None]:
+    """The crops of a CSV with columns ``path`` (a file's path under the folder, as the output's ``path``
+    column) and ``crop`` (``x,y,w,h``, fractions of the upright photo; empty for the whole photo), one per
+    ``paths`` (None for files the CSV does not list).
+
+    Raises:
+        ValueError: no such columns, a path that is not one of the folder's images, or a malformed crop (the row
+            is named).
+        OSError: the file cannot be read.
+    """
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "crop"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} needs the columns path and crop")
+        rows = list(reader)
+    index = {p: i for i, p in enumerate(paths)}
+    crops: list[Crop | None] = [None] * len(paths)
+    for line, row in enumerate(rows, start=2):
+        if row["path"] not in index:
+            raise ValueError(f"{path}, line {line}: {row['path']!r} is not an image under the folder")
+        try:
+            crops[index[row["path"]]] = Crop.parse(row["crop"]) if (row["crop"] or "").strip() else None
+        except ValueError as exc:
+            raise ValueError(f"{path}, line {line}: crop {exc}") from exc
+    return crops
+
+
 def predict_images(
     predictor: Predictor,
     decoder: DecoderPool,
@@ -137,8 +180,10 @@ def predict_images(
     top_k: int,
     batch_size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    crops: Sequence[Crop | None] | None = None,
 ) -> Iterator[Result]:
-    """Classify the files at ``paths`` (relative to ``root``) in batches of ``batch_size`` images.
+    """Classify the files at ``paths`` (relative to ``root``) in batches of ``batch_size`` images; with ``crops``
+    (one per path, None for a whole photo), only that part of each upright photo, echoed in its prediction.
 
     Each file is decoded in ``decoder`` exactly as the web app decodes an upload (``app.uploads.decode_upload``:
     :func:`model.decoding.decode_image` with ``max_pixels`` and the model's resize size as ``resize_short_side``
@@ -161,6 +206,7 @@ def predict_images(
         max_pixels=max_pixels,
         resize_short_side=size,
         reduce_to=size,
+        crops=crops,
     )
     chunk: list[tuple[int, torch.Tensor | None, str]] = []  # errors wait here for the batch after them
     readable = 0
@@ -169,11 +215,11 @@ def predict_images(
             chunk.append((index, None if image is None else predictor.transform(image), error))
             readable += image is not None
             if readable == batch_size:
-                yield from _classify(predictor, chunk, top_k)
+                yield from _with_crops(_classify(predictor, chunk, top_k), crops)
                 bar.update(len(chunk))
                 chunk, readable = [], 0
         if chunk:
-            yield from _classify(predictor, chunk, top_k)
+            yield from _with_crops(_classify(predictor, chunk, top_k), crops)
             bar.update(len(chunk))
 
 
@@ -235,6 +281,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("folder", type=Path, help="folder of images; sub-folders are searched, other files ignored")
     parser.add_argument("--output", type=Path, required=True, help="CSV file to write (replaced if it exists)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (at most the class count)")
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        help="CSV with columns path (as the output's) and crop (x,y,w,h: fractions of the upright photo): classify "
+        "only that part of each listed photo",
+    )
     add_inference_arguments(parser, precision="auto", backend="auto")
     # --workers as model.cli declares it for evaluate.py too, with this command's meaning in its help
     workers = next(action for action in parser._actions if action.dest == "workers")
@@ -285,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_options(args)
         paths = list_images(args.folder)
+        crops = read_crops(args.crops, paths) if args.crops else None
         args.output.parent.mkdir(parents=True, exist_ok=True)
         device = resolve_device(args.device)
         predictor = Predictor.from_checkpoint(
@@ -307,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 top_k=k,
                 batch_size=args.batch_size,
                 max_pixels=args.max_pixels,
+                crops=crops,
             )
             summary = write_predictions(args.output, paths, results, k)
             seconds = time.perf_counter() - start

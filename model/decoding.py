@@ -26,6 +26,7 @@ import struct
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model.crop import Crop
 from model.errors import ImageError
 from model.jpeg_check import check_jpeg_structure
 
@@ -195,10 +196,11 @@ def _check_header_limits(image: Image.Image, data: bytes, *, max_pixels: int, re
             )
 
 
-def _decode_upright_rgb(image: Image.Image, reduce_to: int | None) -> Image.Image:
+def _decode_upright_rgb(image: Image.Image, reduce_to: int | None, crop: Crop | None = None) -> Image.Image:
     """Decode the first frame of the opened ``image``, apply its EXIF orientation and convert it to RGB, shrunk
     by an integer factor when ``reduce_to`` is given (see :func:`decode_image`): JPEGs through ``Image.draft``,
     16/32-bit grayscale box-filtered in its integer mode before :func:`to_rgb`, others ``Image.reduce``-d after.
+    With ``crop``, the upright image is cropped before it is shrunk, and ``reduce_to`` applies to the crop.
 
     Returns:
         A fully loaded ``PIL.Image`` in mode ``"RGB"``.
@@ -207,10 +209,13 @@ def _decode_upright_rgb(image: Image.Image, reduce_to: int | None) -> Image.Imag
         ImageError: 413 when Pillow's bomb check fires while decoding, 400 for truncated or corrupt data.
     """
     try:
-        if reduce_to is not None:
-            image.draft("RGB", (reduce_to, reduce_to))  # JPEG only (a no-op for other formats), before load
+        if reduce_to is not None:  # the crop's short side must keep reduce_to pixels: decode that much more
+            draft = math.ceil(reduce_to / min(crop.w, crop.h)) if crop else reduce_to
+            image.draft("RGB", (draft, draft))  # JPEG only (a no-op for other formats), before load
         image.load()  # decodes the first frame only; raises on truncated or corrupt data
         ImageOps.exif_transpose(image, in_place=True)  # in place: not a full-size copy when nothing to turn
+        if crop is not None:
+            image = image.crop(crop.box(image.size))
         factor = min(image.size) // reduce_to if reduce_to else 1
         if factor >= 2 and image.mode in _INTEGER_MODES:
             # 16/32-bit grayscale: shrink in its integer mode, so to_rgb's float conversion sees a small image.
@@ -235,6 +240,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     resize_short_side: int | None = None,
     reduce_to: int | None = None,
+    crop: Crop | None = None,
 ) -> Image.Image:
     """Decode untrusted image bytes into an upright 8-bit RGB image, under the limits of this module.
 
@@ -255,6 +261,8 @@ def decode_image(
             12-megapixel photo cheap, and any image still that large is box-filtered (``Image.reduce``). Pass
             the model's resize size (``Preprocessing.resize_size``): the eval transform then resizes a smaller
             image to the same size, and the result differs from full-size decoding only by resampling noise.
+        crop: when given, only that part of the upright image (:class:`model.crop.Crop`) is returned, decoded at
+            the resolution ``reduce_to`` needs for the crop (a narrow crop is refused like an elongated image).
 
     Returns:
         A fully loaded ``PIL.Image`` in mode ``"RGB"``.
@@ -264,7 +272,8 @@ def decode_image(
             supported format whose header is broken, and a JPEG refused by its structure walk), 413 for an image
             with too many pixels (decompression bomb; WebP gets a quarter of ``max_pixels``, RLE-compressed BMP
             :data:`MAX_RLE_BMP_PIXELS`), too elongated, or a JPEG over the walk's limits (scans, segments,
-            arithmetic-coded pixels), 415 for data that is not an image in a supported format.
+            arithmetic-coded pixels), 415 for data that is not an image in a supported format; 400 for a crop
+            too narrow to resize within ``max_pixels``.
     """
     if not data:
         raise ImageError("the file is empty", 400)
@@ -272,4 +281,9 @@ def decode_image(
         check_jpeg_structure(data)
     image = _open_header(data)
     _check_header_limits(image, data, max_pixels=max_pixels, resize_short_side=resize_short_side)
-    return _decode_upright_rgb(image, reduce_to)
+    decoded = _decode_upright_rgb(image, reduce_to, crop)
+    if crop is not None and resize_short_side:  # the elongation limit, for the crop the network will see
+        long, short = max(decoded.size), min(decoded.size)
+        if long * resize_short_side * resize_short_side > max_pixels * short:
+            raise ImageError(f"the crop is too narrow ({long} x {short} pixels): draw a box closer to square", 400)
+    return decoded

@@ -8,11 +8,12 @@ The pydantic models describe the :class:`Prediction` and :class:`ClassScore` obj
 keys. The four verdicts (:data:`VERDICTS`) are part of the result, so they are declared here too.
 
 CSV columns: the file (``file_name`` on the page, ``path`` in ``predict.py``), then ``species, label, confidence,
-verdict, confident, family, family_probability, error``, then ``top_1, top_1_confidence`` to ``top_K,
+verdict, confident, family, family_probability, crop, error``, then ``top_1, top_1_confidence`` to ``top_K,
 top_K_confidence``. ``species`` is the most probable class's display name, ``label`` its class name,
 ``confidence`` its calibrated probability (4 decimals), whatever the ``verdict``; ``confident`` is ``true`` only
 for the ``species`` verdict; ``family`` the most probable family and ``family_probability`` its summed
-probability (empty for a model without a taxonomy). A file that could not be classified has only its ``error``.
+probability (empty for a model without a taxonomy); ``crop`` the part of the photo classified (``x,y,w,h``, empty for
+the whole photo). A file that could not be classified has only its ``error``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
+from model.crop import Crop
 from model.taxonomy import FamilyScore
 
 #: The four kinds of answer, most specific first (see :class:`Prediction`'s ``verdict``).
@@ -104,6 +106,8 @@ class Prediction:
             [0, 1], or None likewise.
         family: the most probable family (:class:`model.taxonomy.FamilyScore`), or None for a model without a
             taxonomy.
+        crop: the part of the upright photo that was classified (:class:`model.crop.Crop`), or None for the whole
+            photo.
     """
 
     top_k: list[ClassScore]
@@ -114,6 +118,7 @@ class Prediction:
     taxon_score: float | None = None
     other_score: float | None = None
     family: FamilyScore | None = None
+    crop: Crop | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -220,6 +225,13 @@ class PredictionResult(ClassScoreResult):
     )
     family: FamilyResult | None = Field(
         None, description="the most probable family; null when the model records no taxonomy (families)"
+    )
+    crop: list[float] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="the part of the upright (EXIF-rotated) photo that was classified: [x, y, w, h], fractions of "
+        "its width and height, as sent in the `crop` field; null for the whole photo",
     )
     top_k: list[ClassScoreResult] = Field(
         min_length=1, description="the `top_k` most probable classes, most probable first"
@@ -387,6 +399,7 @@ CSV_FIELDS: tuple[tuple[str, str | None], ...] = (
     ("confident", "confident"),
     ("family", "family.name"),
     ("family_probability", "family.probability"),
+    ("crop", "crop"),
     ("error", None),
 )
 #: The columns after the file's own, before the top-k pairs.
@@ -406,7 +419,9 @@ def csv_cell(value: object) -> str:
 
 def _csv_text(value: object) -> str:
     """A JSON value of the result as CSV text: numbers (probabilities) with 4 decimals, booleans as ``true`` or
-    ``false``, None empty."""
+    ``false``, lists (a crop) as their numbers joined by commas, None empty."""
+    if isinstance(value, list):
+        return ",".join(_csv_text(v) for v in value)
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):

@@ -520,6 +520,9 @@
 
   /** A value of the API's JSON as CSV text, as the server writes it: numbers (probabilities) with 4 decimals. */
   function csvText(value) {
+    if (Array.isArray(value)) {
+      return value.map(csvText).join(","); // a crop: x,y,w,h
+    }
     return typeof value === "number" ? value.toFixed(4) : value;
   }
 

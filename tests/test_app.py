@@ -233,9 +233,9 @@ def test_results_table_and_csv_say_each_verdict(
     link = re.search(r'<a class="button" id="csv-download" href="data:text/csv;charset=utf-8,([^"]+)"', html)
     reader = csv.DictReader(io.StringIO(urllib.parse.unquote(link.group(1))))
     table = list(reader)
-    assert reader.fieldnames[:9] == [
+    assert reader.fieldnames[:10] == [
         *("file_name", "species", "label", "confidence", "verdict", "confident", "family", "family_probability"),
-        "error",
+        *("crop", "error"),
     ]
     assert [(r["file_name"], r["verdict"], r["confident"]) for r in table] == [
         (f"{verdict}.jpg", verdict, str(verdict == "species").lower()) for verdict in VERDICTS
@@ -370,8 +370,8 @@ def test_results_csv_and_data_url() -> None:
     ]
     text = results_csv([FileResult("a, b.jpg", error='bad "image"')])
     assert text == (
-        "file_name,species,label,confidence,verdict,confident,family,family_probability,error\r\n"
-        '"a, b.jpg",,,,,,,,"bad ""image"""\r\n'
+        "file_name,species,label,confidence,verdict,confident,family,family_probability,crop,error\r\n"
+        '"a, b.jpg",,,,,,,,,"bad ""image"""\r\n'
     )
     assert csv_data_url("a,b\r\n") == "data:text/csv;charset=utf-8,a%2Cb%0D%0A"
 

@@ -79,7 +79,8 @@ def test_predict_writes_one_row_per_image_like_predictor_predict(
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == [
-        *("path", "species", "label", "confidence", "verdict", "confident", "family", "family_probability", "error"),
+        *("path", "species", "label", "confidence", "verdict", "confident", "family", "family_probability", "crop"),
+        "error",
         *("top_1", "top_1_confidence", "top_2", "top_2_confidence"),
     ]
     images = [p.relative_to(photo_folder).as_posix() for p in photo_folder.rglob("*") if p.suffix != ".txt"]
