@@ -34,6 +34,7 @@ from training.evaluation import (
     readable_batches,
     samples_for_checkpoint,
 )
+from training.family import family_counts, named_families, true_families
 from training.open_set import open_set_samples, verdict_report
 from training.reports import format_verdicts, report
 from training.trainer import fit
@@ -117,7 +118,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         sets = open_set_samples(args.open_set_photos, args.not_subject, predictor.class_names)
         for name, (root, rows) in sets.items():
             outputs = collect_outputs(predictor, root, rows, batch_size=args.batch_size, workers=args.workers)
-            sys.stdout.write(format_verdicts(name, root, verdict_report(predictor, outputs)) + "\n")
+            verdicts = verdict_report(predictor, outputs)
+            if predictor.families is not None and len(outputs.targets) == len(rows):  # the family answer too
+                truths = true_families(rows, predictor.class_names, predictor.families)
+                if any(t is not None for t in truths):
+                    named = named_families(predictor, outputs, predictor.family_threshold)
+                    verdicts.update(family_counts(named, truths))
+            sys.stdout.write(format_verdicts(name, root, verdicts) + "\n")
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2

@@ -135,5 +135,9 @@ def append_metrics_row(path: Path, row: dict[str, Any]) -> None:
 
 def format_verdicts(name: str, root: str | os.PathLike[str], report: dict[str, float]) -> str:
     """One line for a :func:`verdict_report`, e.g. ``known_photos (239 images of DIR): species 80.3 % ...``."""
-    parts = [f"{key.replace('_', ' ')} {100 * value:.1f} %" for key, value in report.items() if key != "images"]
+    parts = [
+        f"{key.replace('_', ' ')} {100 * value:.1f} %"
+        for key, value in report.items()
+        if key not in ("images", "family_images")
+    ]
     return f"{name} ({int(report['images'])} images of {root}): " + ", ".join(parts)
