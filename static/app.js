@@ -111,6 +111,116 @@
     preview.hidden = files.length === 0;
   }
 
+  // --- crop: a box over the one chosen photo, dragged and resized with a mouse, a finger or the keyboard ---------
+
+  /** The box, as fractions of the upright photo (browsers draw images upright, as the server decodes them). */
+  let crop = { x: 0, y: 0, w: 1, h: 1 };
+  const MIN_SIDE = 0.05; // the smallest box, a fraction of the photo's side
+  const STEP = 0.02; // one arrow key press
+  const cropBox = el("div", {
+    class: "crop-box",
+    tabindex: "0",
+    role: "group",
+    "aria-label": "Crop box: arrow keys move it, Shift + arrow keys resize it",
+    "data-testid": "crop-box",
+  }, [el("span", { class: "crop-handle", "aria-hidden": "true" })]);
+  const cropImage = el("img", { alt: "The chosen photo: draw the box around the fish" });
+  const cropReset = el("button", { type: "button", id: "crop-reset" }, "Use the whole photo");
+  const cropEditor = el("div", { class: "crop-editor", id: "crop-editor", hidden: true }, [
+    el("p", { class: "help", id: "crop-help" },
+      "Draw the box around the fish for a better answer: drag it, drag its corner to resize it (or use the arrow keys)."),
+    el("div", { class: "crop-frame" }, [cropImage, cropBox]),
+    cropReset,
+  ]);
+  preview.after(cropEditor);
+
+  function clamp(value, low, high) {
+    return Math.min(high, Math.max(low, value));
+  }
+
+  function isWhole() {
+    return crop.x <= 0 && crop.y <= 0 && crop.w >= 1 && crop.h >= 1;
+  }
+
+  /** The `crop` field of the API: "x,y,w,h", or "" for the whole photo. */
+  function cropField() {
+    return isWhole() ? "" : [crop.x, crop.y, crop.w, crop.h].map((v) => v.toFixed(4)).join(",");
+  }
+
+  function drawCrop() {
+    cropBox.style.left = crop.x * 100 + "%";
+    cropBox.style.top = crop.y * 100 + "%";
+    cropBox.style.width = crop.w * 100 + "%";
+    cropBox.style.height = crop.h * 100 + "%";
+    cropBox.dataset.crop = cropField();
+    cropReset.disabled = isWhole();
+  }
+
+  /** Move the box to (x, y) or resize it to (w, h), kept inside the photo and no smaller than MIN_SIDE. */
+  function setCrop(next) {
+    const w = clamp(next.w, MIN_SIDE, 1);
+    const h = clamp(next.h, MIN_SIDE, 1);
+    crop = { x: clamp(next.x, 0, 1 - w), y: clamp(next.y, 0, 1 - h), w: w, h: h };
+    crop.w = Math.min(crop.w, 1 - crop.x);
+    crop.h = Math.min(crop.h, 1 - crop.y);
+    drawCrop();
+  }
+
+  function resetCrop() {
+    setCrop({ x: 0, y: 0, w: 1, h: 1 });
+  }
+
+  cropReset.addEventListener("click", () => {
+    resetCrop();
+    cropBox.focus();
+  });
+
+  cropBox.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    const resizing = event.target.classList.contains("crop-handle");
+    const frame = cropImage.getBoundingClientRect();
+    const start = { px: event.clientX, py: event.clientY, crop: { ...crop } };
+    cropBox.setPointerCapture(event.pointerId);
+    const move = (e) => {
+      const dx = (e.clientX - start.px) / frame.width;
+      const dy = (e.clientY - start.py) / frame.height;
+      const c = start.crop;
+      setCrop(resizing ? { x: c.x, y: c.y, w: c.w + dx, h: c.h + dy } : { x: c.x + dx, y: c.y + dy, w: c.w, h: c.h });
+    };
+    const stop = () => {
+      cropBox.removeEventListener("pointermove", move);
+      cropBox.removeEventListener("pointerup", stop);
+      cropBox.removeEventListener("pointercancel", stop);
+    };
+    cropBox.addEventListener("pointermove", move);
+    cropBox.addEventListener("pointerup", stop);
+    cropBox.addEventListener("pointercancel", stop);
+  });
+
+  cropBox.addEventListener("keydown", (event) => {
+    const arrows = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+    const arrow = arrows[event.key];
+    if (!arrow) {
+      return;
+    }
+    event.preventDefault();
+    const [dx, dy] = arrow.map((d) => d * STEP);
+    const c = crop;
+    setCrop(event.shiftKey ? { x: c.x, y: c.y, w: c.w + dx, h: c.h + dy } : { x: c.x + dx, y: c.y + dy, w: c.w, h: c.h });
+  });
+
+  /** Show the crop editor for one chosen photo (several photos are sent whole). */
+  function renderCropEditor() {
+    const one = files.length === 1 && files[0].type.startsWith("image/") ? files[0] : null;
+    cropEditor.hidden = !one;
+    resetCrop();
+    if (one) {
+      cropImage.src = previewUrls[0];
+    } else {
+      cropImage.removeAttribute("src");
+    }
+  }
+
   /** Take these files as the choice; `fromInput` when they already are the input's files. */
   function setFiles(list, fromInput) {
     files = Array.from(list);
@@ -124,6 +234,7 @@
       }
     }
     renderPreview();
+    renderCropEditor();
     clearError();
     if (files.length > maxFiles) {
       showError(tooMany(files.length));
@@ -208,6 +319,9 @@
     while (pending.length) {
       const body = new FormData();
       pending.forEach((entry) => body.append("image", entry.file, entry.file.name));
+      if (pending.length === 1 && chosen.length === 1 && cropField()) {
+        body.append("crop", cropField()); // the part of the one photo inside the box
+      }
       body.append("top_k", topK);
       const response = await fetch(apiUrl, {
         method: "POST",

@@ -32,6 +32,7 @@ import pytest
 
 from app.web import verdict_headline
 from model.results import VERDICTS, ClassScore, Prediction, csv_header
+from model.taxonomy import FamilyScore
 from tests.helpers import ROOT, SHARED_DATA, gunicorn_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-dev.txt")
@@ -72,8 +73,8 @@ def photo(species: str, index: int = 0) -> Path:
     return paths[index]
 
 
-def api_predict(base: str, path: Path) -> dict[str, Any]:
-    """What ``/api/predict`` says about one photo (to compare with what the page shows)."""
+def api_predict(base: str, path: Path, crop: str | None = None) -> dict[str, Any]:
+    """What ``/api/predict`` says about one photo (to compare with what the page shows), or about its ``crop``."""
     boundary = uuid.uuid4().hex
     body = (
         (
@@ -81,6 +82,7 @@ def api_predict(base: str, path: Path) -> dict[str, Any]:
             "Content-Type: image/jpeg\r\n\r\n"
         ).encode()
         + path.read_bytes()
+        + (f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="crop"\r\n\r\n{crop}' if crop else "").encode()
         + f"\r\n--{boundary}--\r\n".encode()
     )
     request = urllib.request.Request(
@@ -99,7 +101,9 @@ def species_text(prediction: dict[str, Any], model: dict[str, Any]) -> str:
     scores = [
         ClassScore(s["label"], s["confidence"], s["common_name"], s["scientific_name"]) for s in prediction["top_k"]
     ]
-    return verdict_headline(Prediction(scores, prediction["threshold"], prediction["verdict"]), model.get("subject"))
+    family = FamilyScore(**prediction["family"]) if prediction.get("family") else None
+    answer = Prediction(scores, prediction["threshold"], prediction["verdict"], family=family)
+    return verdict_headline(answer, model.get("subject"))
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +206,62 @@ def test_upload_with_the_file_picker(server: str, new_page: Any) -> None:
     assert page.locator(".result .top-k meter").count() == 5
     assert page.url == server + "/"  # no reload
     screenshot(page, "desktop-result")
+
+
+def test_the_crop_box_is_drawn_with_the_mouse_and_the_keyboard_and_sent(server: str, new_page: Any) -> None:
+    """One chosen photo shows a crop box: dragged by its corner and its middle with the mouse, moved and resized
+    with the keys, reset by "Use the whole photo"; the box is sent as the API's crop field, and the page shows
+    what the API answers for that crop."""
+    page = new_page()
+    page.goto(server + "/")
+    picture = photo("amphiprion_clarkii", 3)
+    page.set_input_files("#image", str(picture))
+    box, frame = page.locator(".crop-box"), page.locator(".crop-frame img")
+    page.wait_for_function("document.querySelector('.crop-frame img').naturalWidth > 0")  # drawn at its size
+    assert page.locator("#crop-editor").is_visible() and box.get_attribute("data-crop") == ""  # the whole photo
+    assert page.locator("#crop-reset").is_disabled()
+    page.locator("#crop-reset").scroll_into_view_if_needed()  # the whole box in view: the mouse cannot scroll
+    area, handle = frame.bounding_box(), page.locator(".crop-handle").bounding_box()
+    # the resize handle, from the bottom-right corner to the middle: about the top-left quarter
+    start = (handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    end = (area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=5)
+    page.mouse.up()
+    x, y, w, h = (float(v) for v in box.get_attribute("data-crop").split(","))
+    assert (x, y) == (0, 0)
+    assert w == pytest.approx(1 + (end[0] - start[0]) / area["width"], abs=0.01)
+    assert h == pytest.approx(1 + (end[1] - start[1]) / area["height"], abs=0.01)
+    # drag the box by its middle a fifth of the photo right and down
+    page.mouse.move(area["x"] + area["width"] / 5, area["y"] + area["height"] / 5)
+    page.mouse.down()
+    page.mouse.move(area["x"] + area["width"] * 2 / 5, area["y"] + area["height"] * 2 / 5, steps=5)
+    page.mouse.up()
+    x, y, _, _ = (float(v) for v in box.get_attribute("data-crop").split(","))
+    assert x == pytest.approx(0.2, abs=0.01) and y == pytest.approx(0.2, abs=0.01)
+    box.focus()
+    page.keyboard.press("ArrowLeft")  # 2 % left
+    page.keyboard.press("Shift+ArrowUp")  # 2 % shorter
+    x2, y2, w2, h2 = (float(v) for v in box.get_attribute("data-crop").split(","))
+    assert x2 == pytest.approx(x - 0.02, abs=1e-3) and y2 == pytest.approx(y, abs=1e-3)
+    assert h2 == pytest.approx(h - 0.02, abs=0.03) and w2 == pytest.approx(w, abs=0.03)
+    screenshot(page, "desktop-crop")
+    sent = box.get_attribute("data-crop")
+
+    with page.expect_response(lambda r: r.url.endswith("/api/predict")) as response:
+        page.get_by_role("button", name="Identify").click()
+    # the API echoes the crop it was sent (the request's multipart body, a blob, is not readable here)
+    assert response.value.json()["crop"] == pytest.approx([float(v) for v in sent.split(",")])
+    page.locator(".result .species").wait_for()
+    expected = api_predict(server, picture, sent)
+    assert expected["crop"] == pytest.approx([float(v) for v in sent.split(",")])
+    assert page.locator(".result .species").inner_text() == species_text(expected, expected["model"])
+
+    page.locator("#crop-reset").click()
+    assert box.get_attribute("data-crop") == "" and page.locator("#crop-reset").is_disabled()
+    page.set_input_files("#image", [str(picture), str(photo("amphiprion_clarkii", 4))])
+    assert page.locator("#crop-editor").is_hidden()  # several photos are sent whole
 
 
 def test_drag_and_drop_then_paste(server: str, new_page: Any) -> None:
