@@ -19,7 +19,7 @@ from werkzeug.wrappers import Response
 
 from app.inference import get_batcher, get_predictor
 from app.openapi import openapi_document
-from app.uploads import CROP_FIELD, check_uploads, decode_uploads, form_limit_message
+from app.uploads import CROP_FIELD, EXPLAIN_FIELD, check_uploads, decode_uploads, explained, form_limit_message
 from model.errors import ImageError
 from model.results import api_answer
 
@@ -31,7 +31,8 @@ bp = Blueprint("api", __name__)
 @bp.post("/api/predict")
 def predict() -> Response:
     """Classify the images in the multipart field ``image`` (repeat the field for several); optional ``top_k``
-    as a form field or query parameter, and ``crop`` (``x,y,w,h``, fractions of the upright photo) per image.
+    as a form field or query parameter, ``crop`` (``x,y,w,h``, fractions of the upright photo) per image, and
+    ``explain=true`` (one image) for the heat map of where the model looked.
 
     Returns:
         :func:`model.results.api_answer`: one image gives a ``PredictionResponse`` (the prediction plus
@@ -39,10 +40,14 @@ def predict() -> Response:
         "model"}``, ``index`` being the position, from 0, of the file among the ``image`` fields). Errors are
         ``{"error": message}`` (plus ``"index"`` for a bad file among several) with status 400, 413, 415 or 503.
     """
-    uploads = check_uploads(request.files, request.values.get("top_k"), request.values.getlist(CROP_FIELD))
-    predictions = get_batcher().predict(decode_uploads(uploads.files, uploads.crops), top_k=uploads.top_k)
-    cropped = [dataclasses.replace(p, crop=crop) for p, crop in zip(predictions, uploads.crops, strict=True)]
-    return jsonify(api_answer(cropped, get_predictor().summary()))
+    values = request.values
+    uploads = check_uploads(request.files, values.get("top_k"), values.getlist(CROP_FIELD), values.get(EXPLAIN_FIELD))
+    images = decode_uploads(uploads.files, uploads.crops)
+    predictions = get_batcher().predict(images, top_k=uploads.top_k)
+    predictions = [dataclasses.replace(p, crop=crop) for p, crop in zip(predictions, uploads.crops, strict=True)]
+    if uploads.explain:  # one image (check_uploads): where the model looked for its answer
+        predictions = [explained(predictions[0], images[0])]
+    return jsonify(api_answer(predictions, get_predictor().summary()))
 
 
 @bp.get("/healthz")

@@ -133,6 +133,13 @@ def _predict_request_body(max_images: int, top_k: dict[str, Any]) -> dict[str, A
                             "per `image` field in their order (an empty one for a whole photo), or one for one "
                             "image. Echoed as `crop` in the prediction",
                         },
+                        "explain": {
+                            "type": "string",
+                            "enum": ["true", "false", "1", "0", "on", "off", "yes", "no"],
+                            "description": "optional (also as a query parameter): `true` adds `explanation`, where "
+                            "the model looked, for one image; a request with several images and `explain=true` is "
+                            "refused (400): one explanation per request",
+                        },
                     },
                     "required": ["image"],
                 },
@@ -156,7 +163,8 @@ def _predict_responses(config: Mapping[str, Any]) -> dict[str, Any]:
         "400": _error_response(
             "no `image` field, an empty file, a truncated or corrupt image (a JPEG with bytes its "
             "structure cannot account for included), a bad `top_k` or `crop` (malformed, empty, outside the photo, "
-            "too narrow, or not one per image), a request body that cannot be read"
+            "too narrow, or not one per image), `explain=true` with several images or another `explain` value, a "
+            "request body that cannot be read"
         ),
         "413": _error_response(
             f"a body over {max_bytes} bytes, more than {max_images} images, too many form fields, an "

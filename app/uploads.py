@@ -10,6 +10,7 @@ the page and the API treat an upload the same way and give the same answer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -23,11 +24,15 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from app.inference import decode_slots, get_decoder, get_predictor
 from model.crop import Crop
 from model.errors import ImageError
+from model.explain import explain
+from model.results import Prediction
 
 #: The multipart field of the images, on the page's form and in the API.
 IMAGE_FIELD = "image"
 #: The optional field of their crops (``x,y,w,h``), in the order of the images, or once for one image.
 CROP_FIELD = "crop"
+#: The optional field (or query parameter) that asks where the model looked: ``true`` for one image's heat map.
+EXPLAIN_FIELD = "explain"
 #: Default cap on the number of images (``image`` fields) in one request, to the page or the API.
 DEFAULT_MAX_IMAGES_PER_REQUEST = 16
 
@@ -40,11 +45,13 @@ class Uploads:
         files: the ``image`` fields, in order: at least one, at most ``MAX_IMAGES_PER_REQUEST``.
         top_k: how many classes to list per image, in ``[1, number of classes]``.
         crops: one per file: the part of the upright photo to classify, or None for the whole photo.
+        explain: whether the answer includes where the model looked (one image only).
     """
 
     files: list[FileStorage]
     top_k: int
     crops: list[Crop | None]
+    explain: bool = False
 
 
 def default_top_k(config: Mapping[str, Any], num_classes: int) -> int:
@@ -101,6 +108,27 @@ def parse_crops(values: list[str], images: int) -> list[Crop | None]:
     return crops
 
 
+def parse_explain(value: str | None, images: int) -> bool:
+    """The ``explain`` parameter: ``true``/``1``/``on``/``yes`` or ``false``/``0``/``off``/``no`` (absent or empty:
+    false). An explanation costs a forward and a backward pass of the network, so a request gets at most one.
+
+    Raises:
+        ImageError: 400 for another value, or for ``true`` with more than one image.
+    """
+    text = (value or "").strip().lower()
+    if text in ("", "false", "0", "off", "no"):
+        return False
+    if text not in ("true", "1", "on", "yes"):
+        raise ImageError(f"{EXPLAIN_FIELD} must be true or false, got {value[:20]!r}", 400)
+    if images > 1:
+        raise ImageError(
+            f"{EXPLAIN_FIELD}: at most one explanation per request: send one image with {EXPLAIN_FIELD}=true "
+            f"(this request has {images})",
+            400,
+        )
+    return True
+
+
 def _left_empty(upload: FileStorage) -> bool:
     """Whether ``upload`` is what a browser sends for a file input with no file chosen: no file name, no bytes."""
     if upload.filename:
@@ -112,7 +140,10 @@ def _left_empty(upload: FileStorage) -> bool:
 
 
 def check_uploads(
-    files: MultiDict[str, FileStorage], top_k: str | None = None, crops: list[str] | None = None
+    files: MultiDict[str, FileStorage],
+    top_k: str | None = None,
+    crops: list[str] | None = None,
+    explain: str | None = None,
 ) -> Uploads:
     """The one check of what a request uploads, for the page and the API alike (before any decoding).
 
@@ -120,12 +151,14 @@ def check_uploads(
         files: the request's files (``request.files``); the images are its :data:`IMAGE_FIELD` fields.
         top_k: the raw ``top_k`` parameter, or None for :func:`default_top_k`.
         crops: the raw :data:`CROP_FIELD` fields (see :func:`parse_crops`), or None.
+        explain: the raw :data:`EXPLAIN_FIELD` parameter (see :func:`parse_explain`), or None.
 
     Returns:
-        The files, in order, ``top_k`` and the crops.
+        The files, in order, ``top_k``, the crops and whether to explain.
 
     Raises:
-        ImageError: 400 for a bad ``top_k`` (see :func:`parse_top_k`) or crop (:func:`parse_crops`), for no
+        ImageError: 400 for a bad ``top_k`` (see :func:`parse_top_k`), crop (:func:`parse_crops`) or ``explain``
+            (:func:`parse_explain`), for no
             ``image`` field, or for only the empty part a browser sends when no file was chosen; 413 for more than
             ``MAX_IMAGES_PER_REQUEST`` files.
     """
@@ -139,7 +172,16 @@ def check_uploads(
     limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
     if len(uploads) > limit:
         raise ImageError(f"too many images: {len(uploads)} in one request, the limit is {limit}", 413)
-    return Uploads(uploads, checked_top_k, parse_crops(crops or [], len(uploads)))
+    return Uploads(uploads, checked_top_k, parse_crops(crops or [], len(uploads)), parse_explain(explain, len(uploads)))
+
+
+def explained(prediction: Prediction, image: Image.Image) -> Prediction:
+    """``prediction`` with its ``explanation``: the Grad-CAM heat map (:func:`model.explain.explain`, on the torch
+    network whatever the serving backend) of its most probable class over ``image``, the (cropped) photo it
+    classified, as a PNG data URL."""
+    predictor = get_predictor()
+    heat_map = explain(predictor, image, class_index=predictor.class_names.index(prediction.label))
+    return dataclasses.replace(prediction, explanation=heat_map.png_data_url)
 
 
 def start_deadline() -> None:

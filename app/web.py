@@ -27,7 +27,15 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.inference import get_batcher, get_predictor
 from app.model_page import model_page_context, model_subject
-from app.uploads import CROP_FIELD, check_uploads, decode_upload, default_top_k, form_limit_message
+from app.uploads import (
+    CROP_FIELD,
+    EXPLAIN_FIELD,
+    check_uploads,
+    decode_upload,
+    default_top_k,
+    explained,
+    form_limit_message,
+)
 from model.crop import Crop
 from model.decoding import SUPPORTED_FORMATS_TEXT
 from model.errors import ImageError
@@ -185,15 +193,19 @@ def display_filename(upload: FileStorage) -> str:
     return (name[:97] + "...") if len(name) > 100 else (name or "photo")
 
 
-def classify_upload(upload: FileStorage, top_k: int, thumbnail_size: int, crop: Crop | None = None) -> FileResult:
+def classify_upload(
+    upload: FileStorage, top_k: int, thumbnail_size: int, crop: Crop | None = None, explain: bool = False
+) -> FileResult:
     """Decode and classify one upload (only ``crop`` of it, when given), shrunk on decoding as the API does (so
-    both give the same answer).
+    both give the same answer); with ``explain``, with where the model looked (:func:`app.uploads.explained`).
 
     Raises:
         ImageError: the file is not a usable image (see :func:`model.decoding.decode_image`).
     """
     image = decode_upload(upload, crop)
     prediction = dataclasses.replace(get_batcher().predict([image], top_k=top_k)[0], crop=crop)
+    if explain:
+        prediction = explained(prediction, image)
     return FileResult(display_filename(upload), prediction, thumbnail_data_url(image, thumbnail_size))
 
 
@@ -206,9 +218,10 @@ def classify() -> tuple[str, int]:
     decoded and classified one after the other, so only one decoded image is in memory at a time.
     """
     # an ImageError re-renders the page with its status
-    uploads = check_uploads(request.files, crops=request.form.getlist(CROP_FIELD))
+    form = request.form
+    uploads = check_uploads(request.files, crops=form.getlist(CROP_FIELD), explain=form.get(EXPLAIN_FIELD))
     if len(uploads.files) == 1:
-        result = classify_upload(uploads.files[0], uploads.top_k, THUMBNAIL_SIZE, uploads.crops[0])
+        result = classify_upload(uploads.files[0], uploads.top_k, THUMBNAIL_SIZE, uploads.crops[0], uploads.explain)
         return render_page(result=result.prediction, thumbnail=result.thumbnail)
     results = []
     for upload, crop in zip(uploads.files, uploads.crops, strict=True):

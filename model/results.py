@@ -108,6 +108,8 @@ class Prediction:
             taxonomy.
         crop: the part of the upright photo that was classified (:class:`model.crop.Crop`), or None for the whole
             photo.
+        explanation: where the model looked for its most probable class: a Grad-CAM heat map over the photo as
+            the network saw it, a ``data:image/png;base64,...`` URL (:mod:`model.explain`), or None when not asked.
     """
 
     top_k: list[ClassScore]
@@ -119,6 +121,7 @@ class Prediction:
     other_score: float | None = None
     family: FamilyScore | None = None
     crop: Crop | None = None
+    explanation: str | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -232,6 +235,12 @@ class PredictionResult(ClassScoreResult):
         max_length=4,
         description="the part of the upright (EXIF-rotated) photo that was classified: [x, y, w, h], fractions of "
         "its width and height, as sent in the `crop` field; null for the whole photo",
+    )
+    explanation: str | None = Field(
+        None,
+        description="with `explain=true`: where the model looked for `label`, a Grad-CAM heat map (red: most) over "
+        "the photo as the network saw it (resized and centre-cropped), as a `data:image/png;base64,...` URL; "
+        "null otherwise",
     )
     top_k: list[ClassScoreResult] = Field(
         min_length=1, description="the `top_k` most probable classes, most probable first"

@@ -23,6 +23,7 @@
   const errorBox = document.getElementById("error");
   const results = document.getElementById("results");
   const submit = document.getElementById("submit");
+  const explainBox = document.getElementById("explain");
   const apiUrl = form.dataset.api;
   const topK = form.dataset.topK;
   const maxFiles = Number(form.dataset.maxFiles) || 16;
@@ -322,6 +323,9 @@
       if (pending.length === 1 && chosen.length === 1 && cropField()) {
         body.append("crop", cropField()); // the part of the one photo inside the box
       }
+      if (pending.length === 1 && chosen.length === 1 && explainBox && explainBox.checked) {
+        body.append("explain", "true"); // one explanation per request: for one photo only
+      }
       body.append("top_k", topK);
       const response = await fetch(apiUrl, {
         method: "POST",
@@ -521,6 +525,16 @@
       el("h2", { id: "result-heading", tabindex: "-1" }, "Result"),
       el("div", { class: "result-body" }, [
         el("img", { class: "thumbnail", src: objectUrl(entry.file), alt: "The photo you sent" }),
+        p.explanation
+          ? el("figure", { class: "explanation" }, [
+              el("img", {
+                class: "thumbnail",
+                src: p.explanation,
+                alt: "Where the model looked: a heat map over the photo, red where it looked most",
+              }),
+              el("figcaption", {}, "Where it looked for " + shortName(p.top_k[0]) + " (red: most)"),
+            ])
+          : null,
         el("div", { class: "verdict" }, details),
       ]),
       el("table", { class: "top-k" }, [

@@ -264,6 +264,22 @@ def test_the_crop_box_is_drawn_with_the_mouse_and_the_keyboard_and_sent(server: 
     assert page.locator("#crop-editor").is_hidden()  # several photos are sent whole
 
 
+def test_the_heat_map_is_shown_when_asked(server: str, new_page: Any) -> None:
+    """The "Show where the model looked" checkbox adds the API's heat map beside the photo (one photo)."""
+    page = new_page()
+    page.goto(server + "/")
+    page.set_input_files("#image", str(photo("amphiprion_clarkii", 2)))
+    page.get_by_label("Show where the model looked").check()
+    with page.expect_response(lambda r: r.url.endswith("/api/predict")) as response:
+        page.get_by_role("button", name="Identify").click()
+    answer = response.value.json()
+    figure = page.locator(".result figure.explanation img")
+    figure.wait_for()
+    assert figure.get_attribute("src") == answer["explanation"] and answer["explanation"].startswith("data:image/png")
+    assert page.locator(".result figure.explanation figcaption").inner_text().startswith("Where it looked for ")
+    screenshot(page, "desktop-explanation")
+
+
 def test_drag_and_drop_then_paste(server: str, new_page: Any) -> None:
     page = new_page()
     page.goto(server + "/")

@@ -117,3 +117,29 @@ def test_predict_py_takes_crops_from_a_csv(tiny_checkpoint: Path, tmp_path: Path
     assert main([*args, "--crops", str(crops)]) == 2  # not an image under the folder
     crops.write_text(json.dumps({"not": "a csv"}))
     assert main([*args, "--crops", str(crops)]) == 2
+
+
+def test_explain_adds_where_the_model_looked_for_one_image(tiny_checkpoint: Path) -> None:
+    """``explain=true`` adds a PNG heat map of the network's input size over the (cropped) photo; at most one per
+    request; the page's checkbox shows it without JavaScript."""
+    import base64
+
+    client = make_app(MODEL_PATH=str(tiny_checkpoint)).test_client()
+    photo = encode(two_fish())
+    answer = client.post("/api/predict?explain=true", data={"image": (io.BytesIO(photo), "f.jpg")}).get_json()
+    assert answer["explanation"].startswith("data:image/png;base64,")
+    heat_map = Image.open(io.BytesIO(base64.b64decode(answer["explanation"].split(",", 1)[1])))
+    assert heat_map.format == "PNG" and heat_map.size == (32, 32)  # the tiny model's input
+    plain = client.post("/api/predict", data={"image": (io.BytesIO(photo), "f.jpg")}).get_json()
+    assert plain["explanation"] is None and plain["label"] == answer["label"]
+
+    two = {"image": [(io.BytesIO(photo), "a.jpg"), (io.BytesIO(photo), "b.jpg")], "explain": "true"}
+    refused = client.post("/api/predict", data=two)
+    assert refused.status_code == 400 and "at most one explanation per request" in refused.get_json()["error"]
+    odd = client.post("/api/predict", data={"image": (io.BytesIO(photo), "f.jpg"), "explain": "maybe"})
+    assert odd.status_code == 400 and odd.get_json()["error"] == "explain must be true or false, got 'maybe'"
+
+    page = client.post("/", data={"image": (io.BytesIO(photo), "f.jpg"), "explain": "true", "crop": "0.5,0,0.5,1"})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and '<figure class="explanation"><img class="thumbnail" src="data:image/png' in html
+    assert "Where it looked for Blue tang" in html
