@@ -98,6 +98,7 @@ abench:
 bench: install-dev abench
 	test -f weights/fish4knowledge_lite0.int8.xml || $(MAKE) quantize-default
 	$(PY) tools/bench.py --data $(DATA) $(BENCH_ARGS)
+	(echo; $(PY) tools/bench_explain.py --photo ../shared/data/clownfish_photos/amphiprion_clarkii/Amcla_j2.jpg) >> BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
