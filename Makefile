@@ -42,8 +42,9 @@ proxy: nginx
 	mkdir -p runs/nginx/tmp && chmod 1777 runs/nginx/tmp
 	PATH="$$PATH:/usr/sbin" nginx -p $(CURDIR)/runs/nginx/ -c $(CURDIR)/deploy/nginx.conf -g 'daemon off;'
 
+# Every test, in two pytest-xdist processes of one torch thread each (see test-fast).
 test: install-dev lint browser nginx
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal
 
 # The inner loop: every test but those marked slow, browser or real_data, in two processes (pytest-xdist) of one
 # torch thread each (the tests' tensors are tiny: two processes use two cores better than one process's two
