@@ -73,16 +73,15 @@ def true_families(samples: Sequence[Sample], class_names: Sequence[str], familie
 
 
 def named_families(predictor: Predictor, outputs: Outputs, threshold: float) -> list[str | None]:
-    """The family each photo's answer names at ``threshold`` (see the module docstring), None where it names none;
-    the verdicts are ``predictor``'s, as served."""
+    """The family each photo's answer names at the family ``threshold`` (see the module docstring), None where it
+    names none; the verdicts are ``predictor``'s, as served (its own family threshold is not used or changed)."""
     assert predictor.families is not None
-    predictor.family_threshold = threshold
     named: list[str | None] = []
     for p in predictor.predictions(outputs.logits, outputs.features, outputs.imagenet_logits, top_k=1):
         if p.verdict == "species":
             index = int(predictor.families.members[predictor.class_names.index(p.label)])
             named.append(predictor.families.names[index] if index >= 0 else None)
-        elif p.verdict in ("not_sure", "unknown_species") and p.family is not None and p.family.likely:
+        elif p.verdict in ("not_sure", "unknown_species") and p.family and p.family.probability >= threshold:
             named.append(p.family.name)
         else:
             named.append(None)
@@ -121,7 +120,6 @@ def choose_family_threshold(
         }
         if all(_within(name, report) for name, report in reports.items()):
             break
-    predictor.family_threshold = threshold
     logger.info("family threshold %.2f: %s", threshold, reports)
     return threshold, reports
 
