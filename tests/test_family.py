@@ -206,3 +206,19 @@ def test_the_threshold_rises_until_few_enough_families_are_wrong(
     wrong = damsel[5:]  # the orange photos filed as surgeonfish, in file order after the damselfish folder
     assert threshold > float(wrong.max()) or threshold == 1.0
     assert reports["unknown_photos"]["family_wrong_ours"] <= family_step.MAX_WRONG_UNKNOWN
+
+
+def test_the_release_step_chooses_the_family_threshold_when_the_classes_have_families(
+    checkpoint_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    photos = str(_photos(tmp_path / "photos"))
+    plain = load_checkpoint(checkpoint_factory("plain.pt", serving={"confidence_threshold": 0.99}))
+    assert family_step.choose_for_release(plain, [photos], {}) is None  # no taxonomy: nothing to choose
+    release = load_checkpoint(
+        checkpoint_factory("family.pt", class_info=TAXONOMY, serving={"confidence_threshold": 0.99})
+    )
+    chosen = family_step.choose_for_release(release, [photos], {})
+    assert chosen is not None
+    threshold, reports = chosen
+    assert threshold in family_step.THRESHOLD_GRID and set(reports) == {"known_photos", "unknown_photos"}
+    assert reports["known_photos"]["family_images"] == 6 and reports["unknown_photos"]["family_images"] == 8
