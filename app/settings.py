@@ -175,9 +175,9 @@ SETTINGS: dict[str, Setting] = _declare(
         Setting(
             "MODEL_PATH",
             str,
-            str(ROOT / "weights" / "fish4knowledge_lite0.pt"),
+            str(ROOT / "weights" / "fish4knowledge_lite2.pt"),
             "checkpoint to serve",  # a checkpoint or release.pt written by train.py (model.checkpoint loads it)
-            shown_default="`weights/fish4knowledge_lite0.pt`",
+            shown_default="`weights/fish4knowledge_lite2.pt`",
         ),
         # the default of a request's top_k; clipped to the number of classes (app.uploads.default_top_k)
         Setting("TOP_K", int, 5, "classes listed per prediction", ge=1),

@@ -49,7 +49,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-MODEL = ROOT / "weights" / "fish4knowledge_lite0.pt"
+MODEL = ROOT / "weights" / "fish4knowledge_lite2.pt"
 PHOTOS = SHARED_DATA / "fish4knowledge"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}

@@ -229,7 +229,7 @@ def test_bare_state_dict_and_newer_format_are_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "future.pt")
 
 
-SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "fish4knowledge_lite0.pt"
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "fish4knowledge_lite2.pt"
 
 
 def _same(a: object, b: object, where: str = "") -> None:
@@ -249,8 +249,8 @@ def _same(a: object, b: object, where: str = "") -> None:
 
 
 def test_the_shipped_format_1_release_reads_typed_and_writes_back_the_same_file() -> None:
-    """The default model (format 1, written before the typed records) loads through the one loader, its records
-    typed, and ``to_dict`` gives back exactly what the file holds."""
+    """The default model (format 1) loads through the one loader, its records typed, and ``to_dict`` gives back
+    exactly what the file holds (the Lite0 release written before the typed records passed this too, at e13f605)."""
     raw = torch.load(SHIPPED, weights_only=True)
     ckpt = load_checkpoint(SHIPPED)
     assert ckpt.format_version == 1 and ckpt.arch == raw["arch"] and ckpt.class_names == raw["class_names"]
@@ -261,7 +261,7 @@ def test_the_shipped_format_1_release_reads_typed_and_writes_back_the_same_file(
     assert ckpt.class_info["amphiprion_clarkii"].common_name == "Clark's anemonefish"
     assert ckpt.evaluation.val_macro_f1 == raw["metrics"]["val_macro_f1"]
     assert ckpt.evaluation.open_set["val"].images == raw["metrics"]["open_set"]["val"]["images"]
-    assert ckpt.training.arch == "tf_efficientnet_lite0" and ckpt.training.image_size == 192
+    assert ckpt.training.arch == "tf_efficientnet_lite2" and ckpt.preprocessing.image_size == 260
     _same(raw, ckpt.to_dict())
 
 

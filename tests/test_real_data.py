@@ -18,7 +18,7 @@ from training.open_set import all_images, photo_samples, verdict_report
 
 FISH = SHARED_DATA / "fish4knowledge"
 FLOWERS = SHARED_DATA / "flowers"
-DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite0.pt"
+DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite2.pt"
 DEFAULT_SPLIT = ROOT / "weights" / "fish4knowledge_split.csv"
 
 needs_fish = pytest.mark.skipif(not FISH.is_dir(), reason=f"real photos not found at {FISH} (set FISH_SHARED_DATA)")

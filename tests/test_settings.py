@@ -86,7 +86,7 @@ def test_defaults_and_choices_agree_with_the_code_that_uses_them() -> None:
     assert defaults["BATCH_WAIT_MS"] == batcher["max_wait_ms"].default
     assert SETTINGS["PRECISION"].choices == ("auto", *SERVED_PRECISIONS)
     assert SETTINGS["BACKEND"].choices == BACKENDS
-    assert defaults["MODEL_PATH"] == str(ROOT / "weights" / "fish4knowledge_lite0.pt")
+    assert defaults["MODEL_PATH"] == str(ROOT / "weights" / "fish4knowledge_lite2.pt")
 
 
 def test_settings_module_loads_without_flask_torch_or_the_app() -> None:

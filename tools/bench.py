@@ -47,7 +47,7 @@ from training.optim import build_optimizer, build_scheduler
 logger = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite0.pt"
+DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite2.pt"
 DEFAULT_SPLIT = ROOT / "weights" / "fish4knowledge_split.csv"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fish4knowledge"
 
@@ -466,7 +466,7 @@ def render(results: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         "Written by `make bench` (`tools/bench.py`); every number below comes from one run on one machine, on the",
-        "same checkpoint (`weights/fish4knowledge_lite0.pt`) and the same Fish4Knowledge photos. Read the ratios;",
+        "same checkpoint (`weights/fish4knowledge_lite2.pt`) and the same Fish4Knowledge photos. Read the ratios;",
         "absolute times move with the machine and its load.",
         "",
         f"- date: {m['date']}, commit {m['commit']}",

@@ -5,7 +5,7 @@ verdict: what a request without ``explain`` costs) and the explanation (Grad-CAM
 the median of ``--repeats`` after one warm-up call (the first explanation also imports pytorch-grad-cam and
 OpenCV: reported apart). Prints a Markdown section for BENCHMARKS.md (``make bench`` appends it).
 
-    python tools/bench_explain.py --photo PHOTO [--model weights/fish4knowledge_lite0.pt] [--repeats 20]
+    python tools/bench_explain.py --photo PHOTO [--model weights/fish4knowledge_lite2.pt] [--repeats 20]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Measure and print the Markdown section; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "weights" / "fish4knowledge_lite0.pt")
+    parser.add_argument("--model", type=Path, default=ROOT / "weights" / "fish4knowledge_lite2.pt")
     parser.add_argument("--photo", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)

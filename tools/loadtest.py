@@ -47,7 +47,7 @@ logger = logging.getLogger("loadtest")
 KILL_GRACE_S = 0.1
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite0.pt"
+DEFAULT_MODEL = ROOT / "weights" / "fish4knowledge_lite2.pt"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fish4knowledge"
 HOST = "127.0.0.1"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")

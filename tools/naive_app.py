@@ -33,7 +33,7 @@ def naive_transform(size: int) -> T.Compose:
 def create_app(size: int = 224) -> Flask:
     """The baseline app for the checkpoint at ``FISH_MODEL_PATH`` (default: the shipped model) at ``size`` px:
     ``POST /api/predict`` with an ``image`` file field answers ``{"label", "confidence"}``."""
-    path = os.environ.get("FISH_MODEL_PATH", str(ROOT / "weights" / "fish4knowledge_lite0.pt"))
+    path = os.environ.get("FISH_MODEL_PATH", str(ROOT / "weights" / "fish4knowledge_lite2.pt"))
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt).eval()
     names = ckpt.class_names
