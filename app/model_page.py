@@ -236,7 +236,12 @@ def model_page_context(info: dict[str, Any]) -> dict[str, Any]:
         "classes": classes,
         "has_per_class": any(row["f1"] is not None for row in classes),
         "has_families": any(row["family"] for row in classes),
-        "training": training_facts(card.training, card.evaluation, card.epoch),
+        # a run that left --image-size to the weights' default records none: the size it serves at is the one
+        "training": training_facts(
+            dataclasses.replace(card.training, image_size=card.training.image_size or info.get("image_size")),
+            card.evaluation,
+            card.epoch,
+        ),
         "confusion": confusion_rows(card.evaluation.confusion_matrix, info["classes"]),
         "short_names": {row["label"]: row["common_name"] or row["display_name"] for row in classes},
     }
