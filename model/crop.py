@@ -51,7 +51,3 @@ class Crop(NamedTuple):
         right = max(left + 1, min(width, round((self.x + self.w) * width)))
         bottom = max(top + 1, min(height, round((self.y + self.h) * height)))
         return left, top, right, bottom
-
-    def to_list(self) -> list[float]:
-        """``[x, y, w, h]``, as the API echoes it."""
-        return [float(v) for v in self]

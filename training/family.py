@@ -72,20 +72,37 @@ def true_families(samples: Sequence[Sample], class_names: Sequence[str], familie
     return truths
 
 
-def named_families(predictor: Predictor, outputs: Outputs, threshold: float) -> list[str | None]:
-    """The family each photo's answer names at the family ``threshold`` (see the module docstring), None where it
-    names none; the verdicts are ``predictor``'s, as served (its own family threshold is not used or changed)."""
+#: One photo's answer as far as families go: the family its ``species`` answer implies (or None), and, for a
+#: ``not_sure`` or ``unknown_species`` verdict, its most probable family and that family's probability.
+FamilyAnswer = tuple[str | None, str | None, float]
+
+
+def family_answers(predictor: Predictor, outputs: Outputs) -> list[FamilyAnswer]:
+    """Each photo's :data:`FamilyAnswer`, from ``predictor``'s verdicts as served (whatever its family threshold):
+    what :func:`named_at` needs at any threshold, computed once."""
     assert predictor.families is not None
-    named: list[str | None] = []
+    answers: list[FamilyAnswer] = []
     for p in predictor.predictions(outputs.logits, outputs.features, outputs.imagenet_logits, top_k=1):
         if p.verdict == "species":
             index = int(predictor.families.members[predictor.class_names.index(p.label)])
-            named.append(predictor.families.names[index] if index >= 0 else None)
-        elif p.verdict in ("not_sure", "unknown_species") and p.family and p.family.probability >= threshold:
-            named.append(p.family.name)
+            answers.append((predictor.families.names[index] if index >= 0 else None, None, 0.0))
+        elif p.verdict in ("not_sure", "unknown_species") and p.family:
+            answers.append((None, p.family.name, p.family.probability))
         else:
-            named.append(None)
-    return named
+            answers.append((None, None, 0.0))
+    return answers
+
+
+def named_at(answers: Sequence[FamilyAnswer], threshold: float) -> list[str | None]:
+    """The family each answer names at the family ``threshold`` (see the module docstring), None where it names
+    none."""
+    return [implied or (best if best and probability >= threshold else None) for implied, best, probability in answers]
+
+
+def named_families(predictor: Predictor, outputs: Outputs, threshold: float) -> list[str | None]:
+    """The family each photo's answer names at the family ``threshold`` (see the module docstring), None where it
+    names none; the verdicts are ``predictor``'s, as served (its own family threshold is not used or changed)."""
+    return named_at(family_answers(predictor, outputs), threshold)
 
 
 def family_counts(named: Sequence[str | None], truths: Sequence[str | None]) -> dict[str, float]:
@@ -112,12 +129,10 @@ def choose_family_threshold(
         predictor: the release as served, with families (``predictor.families``).
         sets: set name (``"known_photos"``, ``"unknown_photos:..."``) -> its outputs and :func:`true_families`.
     """
+    answers = {name: (family_answers(predictor, outputs), truths) for name, (outputs, truths) in sets.items()}
     reports: dict[str, dict[str, float]] = {}
-    for threshold in THRESHOLD_GRID:
-        reports = {
-            name: family_counts(named_families(predictor, outputs, threshold), truths)
-            for name, (outputs, truths) in sets.items()
-        }
+    for threshold in THRESHOLD_GRID:  # the verdicts do not depend on it: only which families are named
+        reports = {name: family_counts(named_at(found, threshold), truths) for name, (found, truths) in answers.items()}
         if all(_within(name, report) for name, report in reports.items()):
             break
     logger.info("family threshold %.2f: %s", threshold, reports)
