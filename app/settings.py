@@ -311,6 +311,62 @@ SETTINGS: dict[str, Setting] = _declare(
             "previous one ran)",
             unit="milliseconds",  # model.batching.MicroBatcher refuses a negative wait
         ),
+        Setting(
+            "DATABASE_URL",
+            str,
+            None,
+            "SQLAlchemy URL of the corrections database, e.g. `postgresql+psycopg://user@host/fish` for several "
+            "servers (default: SQLite `corrections.sqlite3` in `FISH_INSTANCE_PATH`, WAL journal)",
+            nullable=True,
+            shown_default="SQLite in the instance folder",
+        ),
+        Setting(
+            "INSTANCE_PATH",
+            str,
+            None,
+            "folder of the app's own files: the SQLite database, the generated secret key",
+            nullable=True,
+            shown_default="`instance/` beside `app/`",
+        ),
+        Setting(
+            "SECRET_KEY",
+            str,
+            None,
+            "key that signs the reviewers' sessions and CSRF tokens; set the same on every server (default: one "
+            "generated once into the instance folder)",
+            nullable=True,
+            shown_default="generated",
+        ),
+        Setting(
+            "CORRECTIONS_PER_MINUTE",
+            int,
+            10,
+            "corrections one client (IP address) may submit per minute before a 429",
+            ge=1,
+        ),
+        Setting(
+            "CORRECTIONS_MAX_PENDING",
+            int,
+            1000,
+            "pending corrections kept at most; past it a submission gets a 507 until reviewers catch up",
+            ge=1,
+        ),
+        Setting(
+            "CORRECTIONS_MAX_PHOTO_MB",
+            float,
+            1024.0,
+            "total size of the kept photos, in MiB; past it a submission with a photo gets a 507",
+            gt=0,
+            unit="MiB",
+        ),
+        Setting(
+            "MEMORY_POLL_S",
+            float,
+            2.0,
+            "how often a worker looks for a newly accepted corrections memory, in seconds",
+            gt=0,
+            unit="seconds",
+        ),
     )
 )
 

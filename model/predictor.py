@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -423,6 +424,16 @@ class Predictor:
         if not images:
             return []
         return self.predict_batch(self.preprocess(images), top_k)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The penultimate features of decoded images, what the corrections memory learns from
+        (:mod:`model.memory`).
+
+        Returns:
+            float32 ``(N, D)`` numpy array, one row per image, as the network gives them (not normalised);
+            ``(0, D)`` is never returned: ``images`` must not be empty.
+        """
+        return self.outputs(self.preprocess(images))[1].numpy().astype(np.float32, copy=False)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The network's input for decoded images of any Pillow mode and size: :attr:`transform` of each (after
