@@ -1,12 +1,13 @@
 """The training configuration, declared once.
 
 This module owns the options of ``train.py`` and of every sweep run. Each field of :class:`TrainConfig` declares
-its default, its ``--help`` group and text, and its type, choices and bounds; from that one declaration come the
-argument parser (:func:`get_args_parser`), the reading of ``--config`` YAML files and of mappings such as a sweep
-run (:func:`normalise_keys`, :func:`config_from_dict`: key spelling, unknown keys, types) and the checks
-(:func:`validate`: pydantic checks types, choices and bounds; ``TrainConfig._cross_checks`` is the short list of
-checks that a single option's bounds cannot say). The resolved configuration is saved as ``RUN/config.yaml``
-(:func:`save_config`), read back with ``--config``, and stored as a plain dict in every checkpoint.
+(with :func:`training.options.option`) its default, its ``--help`` group and text, and its type, choices and
+bounds; from that one declaration come the argument parser (:func:`get_args_parser`), the reading of ``--config``
+YAML files and of mappings such as a sweep run (:func:`normalise_keys`, :func:`config_from_dict`: key spelling,
+unknown keys, types) and the checks (:func:`validate`: pydantic checks types, choices and bounds;
+``TrainConfig._cross_checks`` is the short list of checks that a single option's bounds cannot say). The resolved
+configuration is saved as ``RUN/config.yaml`` (:func:`save_config`), read back with ``--config``, and stored as a
+plain dict in every checkpoint.
 """
 
 from __future__ import annotations
@@ -20,50 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from model.heads import HEADS
 from model.network import arch_library
 from model.transforms import AUGMENT_PRESETS
-
-#: ``--help`` groups, in the order shown: key used by :func:`option` -> title.
-GROUPS = {
-    "data": "data",
-    "model": "model",
-    "fine-tuning": "fine-tuning",
-    "open set": "open set: when to answer 'not sure', 'unknown species' or 'not a fish' (see model/open_set.py)",
-    "optimisation": "optimisation",
-    "run": "run",
-}
-
-
-def option(
-    default: Any, group: str, help: str | None = None, *, required: bool = False, rule: str | None = None, **bounds: Any
-) -> Any:
-    """A :class:`TrainConfig` field: its default, ``--help`` group (a key of :data:`GROUPS`) and text, and pydantic
-    bounds (``gt``, ``ge``, ``lt``, ``le``, ``min_length``).
-
-    ``required``: must be set on the command line or in ``--config`` (its command-line default is None).
-    ``rule``: how an error names what the option accepts, where the bounds alone would not say it well.
-    """
-    if group not in GROUPS:
-        raise ValueError(f"unknown option group {group!r}; expected one of {', '.join(GROUPS)}")
-    return Field(
-        default, description=help, json_schema_extra={"group": group, "required": required, "rule": rule}, **bounds
-    )
-
-
-def csv_list(value: str) -> list[str]:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated option value."""
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _int_list(value: str) -> list[int]:
-    try:
-        return [int(v) for v in csv_list(value)]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
+from training.options import GROUPS, csv_list, int_list, option  # csv_list: also imported from here
 
 
 class TrainConfig(BaseModel):
@@ -94,6 +58,13 @@ class TrainConfig(BaseModel):
         "train on these class folders only, e.g. 'daisy,rose' (default: every sub-folder)",
         rule="needs at least two class names",
         min_length=2,
+    )
+    extra_data: list[str] = option(
+        [],
+        "data",
+        "more ImageFolders (comma-separated), e.g. the folders of 'fish-admin export': their images are added to the "
+        "training split only, never to validation (which stays --data's or --val-data's, so scores stay comparable "
+        "between runs); a class found only there is a new class, trained on but not validated",
     )
     arch: str = option(
         "resnet50",
@@ -269,7 +240,7 @@ class TrainConfig(BaseModel):
         lt=1,
     )
 
-    @field_validator("classes", "head_hidden", "open_set_photos", "not_subject", mode="before")
+    @field_validator("classes", "extra_data", "head_hidden", "open_set_photos", "not_subject", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """``"daisy,rose"`` -> ``["daisy", "rose"]``, as on the command line (pydantic then converts the items)."""
@@ -334,7 +305,7 @@ def _argparse_type(annotation: Any) -> dict[str, Any]:
     if origin is list:
         item = typing.get_args(annotation)[0]  # PositiveInt is Annotated[int, ...]
         if int in (item, *typing.get_args(item)):
-            return {"type": _int_list, "metavar": "N,N,..."}
+            return {"type": int_list, "metavar": "N,N,..."}
         return {"type": csv_list, "metavar": "A,B,..."}
     return {"type": annotation} if annotation in (int, float) else {}
 

@@ -32,7 +32,8 @@ SPLIT_FILE = "split.csv"
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: ``path`` relative to the dataset root, ``target`` its class index."""
+    """One labelled image: ``path`` relative to the dataset root (absolute for an ``--extra-data`` image, which
+    ``root / path`` leaves as it is), ``target`` its class index."""
 
     path: str
     target: int
@@ -93,6 +94,92 @@ def scan_image_folder(
     if empty:
         logger.warning("classes with no readable image: %s", empty)
     return class_names, samples
+
+
+def reindex(samples: Sequence[Sample], old_names: Sequence[str], new_names: Sequence[str]) -> list[Sample]:
+    """``samples`` indexed by ``new_names`` instead of ``old_names`` (same class names, other indices).
+
+    Raises:
+        ValueError: a class of ``old_names`` that a sample uses is not in ``new_names``.
+    """
+    index = {name: i for i, name in enumerate(new_names)}
+    try:
+        return [Sample(s.path, index[old_names[s.target]]) for s in samples]
+    except KeyError as exc:
+        raise ValueError(f"class {exc.args[0]!r} is not among {list(new_names)}") from None
+
+
+def scan_extra_data(
+    roots: Sequence[str | os.PathLike[str]],
+    class_names: Sequence[str],
+    classes: Sequence[str] | None = None,
+    exclude: Sequence[str | os.PathLike[str] | None] = (),
+) -> tuple[list[str], list[Sample]]:
+    """The images of ``--extra-data`` ImageFolders (e.g. ``fish-admin export`` folders of accepted corrections),
+    which a run adds to its training split only.
+
+    Each root is scanned as :func:`scan_image_folder` does (non-images ignored, unreadable images skipped and
+    counted). Classes are the union of ``class_names`` and the roots' class folders, sorted as ImageFolder sorts
+    them, so indices stay deterministic; a class found only in a root is new, and logged as having no validation
+    images.
+
+    Args:
+        roots: the extra ImageFolder roots, ``ROOT/<class>/<image>``.
+        class_names: the classes of the main data (``--data``).
+        classes: ``--classes``: only these class folders of each root are read (others are logged and skipped).
+        exclude: folders whose images are validated (``--data``, ``--val-data``; None entries are ignored): none of
+            them may be a root too.
+
+    Returns:
+        ``(names, samples)``: the sorted union of the classes, and every extra image with an absolute path and its
+        class index in ``names``.
+
+    Raises:
+        FileNotFoundError: a root does not exist or has no class sub-folders.
+        ValueError: a root listed twice, a root that is one of ``exclude``, or a root with no readable image.
+    """
+    folders = [Path(root).absolute() for root in roots]
+    validated = {Path(p).resolve() for p in exclude if p is not None}
+    for i, folder in enumerate(folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--extra-data folder {folder} does not exist")
+        if folder.resolve() in validated:
+            raise ValueError(f"--extra-data {folder} is also validation data: its images would be trained on")
+        if folder.resolve() in {f.resolve() for f in folders[:i]}:
+            raise ValueError(f"--extra-data {folder} is listed twice")
+    found: list[tuple[Path, list[str], list[Sample]]] = []
+    for folder in folders:
+        kept = _extra_classes(folder, classes)
+        if kept:
+            found.append((folder, *scan_image_folder(folder, kept)))
+    names = sorted(set(class_names).union(*(set(folder_names) for _, folder_names, _ in found)))
+    samples: list[Sample] = []
+    for folder, folder_names, rows in found:
+        absolute = [Sample((folder / s.path).as_posix(), s.target) for s in rows]
+        samples += reindex(absolute, folder_names, names)
+        logger.info("--extra-data %s: %d training image(s) %s", folder, len(rows), class_counts(rows, folder_names))
+    new = sorted(set(names) - set(class_names))
+    if new:
+        logger.warning("new class(es) from --extra-data, with no validation images (not scored): %s", new)
+    return names, samples
+
+
+def _extra_classes(folder: Path, classes: Sequence[str] | None) -> list[str]:
+    """The class folders of ``folder`` to read: all, or those in ``classes`` (the others logged as skipped).
+
+    Raises:
+        FileNotFoundError: ``folder`` has no class sub-folders.
+    """
+    try:
+        folder_names = find_classes(str(folder))[0]
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--extra-data {folder} has no class sub-folders (expected <class>/<image>)") from exc
+    if classes is None:
+        return folder_names
+    skipped = sorted(set(folder_names) - set(classes))
+    if skipped:
+        logger.info("--extra-data %s: skipping class folder(s) not in --classes: %s", folder, skipped)
+    return [name for name in folder_names if name in classes]
 
 
 def split_samples(

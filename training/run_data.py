@@ -25,6 +25,8 @@ from training.data import (
     collate_skip_none,
     read_class_info,
     read_split,
+    reindex,
+    scan_extra_data,
     scan_image_folder,
     split_samples,
     write_split,
@@ -40,35 +42,45 @@ def load_data(
     cfg: TrainConfig, out: Path, write: bool = True
 ) -> tuple[list[str], Path, list[Sample], Path, list[Sample]]:
     """Scan the data (``--classes`` only, when given) and make (or reuse) the split; ``write`` saves it as
-    ``out/split.csv``.
+    ``out/split.csv``. ``--extra-data`` images join the training split only, with absolute paths; the classes are
+    then the sorted union of every folder's (see :func:`training.data.scan_extra_data`).
 
     Returns:
         ``(class_names, train_root, train_samples, val_root, val_samples)``.
 
     Raises:
         ClassMismatchError: ``--val-data`` has other classes than ``--data``.
+        FileNotFoundError, ValueError: see :func:`training.data.scan_image_folder` and ``scan_extra_data``.
     """
-    class_names, samples = scan_image_folder(cfg.data, cfg.classes)
+    data_names, samples = scan_image_folder(cfg.data, cfg.classes)
+    class_names, extra = data_names, []
+    if cfg.extra_data:
+        class_names, extra = scan_extra_data(cfg.extra_data, data_names, cfg.classes, (cfg.data, cfg.val_data))
+        samples = reindex(samples, data_names, class_names)
     split_path = out / SPLIT_FILE
+    val_root = Path(cfg.val_data or cfg.data)
     if cfg.val_data:
         val_classes, val = scan_image_folder(cfg.val_data, cfg.classes)
-        if val_classes != class_names:
-            raise ClassMismatchError(f"--val-data classes {val_classes} differ from --data classes {class_names}")
-        train, val_root = samples, Path(cfg.val_data)
+        if val_classes != data_names:
+            raise ClassMismatchError(f"--val-data classes {val_classes} differ from --data classes {data_names}")
+        train, val = samples + extra, reindex(val, val_classes, class_names)
     elif cfg.resume and split_path.exists():
         val = read_split(split_path, class_names, "val")
         train = read_split(split_path, class_names, "train")
-        val_root = Path(cfg.data)
         logger.info("reusing the split in %s", split_path)
+        missing = {s.path for s in extra} - {s.path for s in train}
+        if missing:
+            logger.warning("%d --extra-data image(s) are not in the reused split: not trained on", len(missing))
     else:
         train, val = split_samples(samples, cfg.val_fraction, cfg.seed, cfg.group_pattern)
-        val_root = Path(cfg.data)
+        train += extra
     if write:
         write_split(split_path, train, val if not cfg.val_data else [], class_names)
     logger.info(
-        "%d classes; %d train / %d val images; train per class %s",
+        "%d classes; %d train (%d from --extra-data) / %d val images; train per class %s",
         len(class_names),
         len(train),
+        len(extra),
         len(val),
         class_counts(train, class_names),
     )
