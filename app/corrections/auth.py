@@ -112,4 +112,3 @@ def api_reviewer_required(view: View) -> View:
 def current_api_reviewer() -> ReviewerView:
     """The reviewer that :func:`api_reviewer_required` authenticated for this request."""
     return g.reviewer
-

@@ -20,4 +20,3 @@ class LoginForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=MAX_NAME_LENGTH)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_PASSWORD_LENGTH)])
     submit = SubmitField("Log in")
-
