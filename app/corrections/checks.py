@@ -1,0 +1,107 @@
+"""Checks of the values given to :class:`app.corrections.store.CorrectionStore`: each raises ValueError with a
+message that names the argument and says what is wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from app.corrections.models import CROP_LENGTH, LABEL_KINDS, LABEL_LENGTH, MEMORY_STATUSES, MODEL_ID_LENGTH
+from model.crop import Crop
+
+#: The first bytes of every JPEG file (SOI and the next marker's 0xFF).
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def check_text(name: str, value: Any, max_length: int, *, optional: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a str of 1 to ``max_length`` characters, not all blank (or None, when
+    ``optional``)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-blank string, got {value!r:.80}")
+    if len(value) > max_length:
+        raise ValueError(f"{name} must be at most {max_length} characters, got {len(value)}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...] | Mapping[str, str]) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r:.80}")
+
+
+def check_features(features: Any) -> None:
+    """Raise ValueError unless ``features`` is a 1-D, non-empty, finite float32 numpy array."""
+    if not isinstance(features, np.ndarray):
+        raise ValueError(f"features must be a numpy array, got {type(features).__name__}")
+    if features.dtype != np.float32:
+        raise ValueError(f"features must be float32, got {features.dtype}")
+    if features.ndim != 1 or features.size == 0:
+        raise ValueError(f"features must be a non-empty 1-D array, got shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise ValueError("features must be finite (no NaN or infinity)")
+
+
+def check_photo(photo: Any, photo_size: Any) -> None:
+    """Raise ValueError unless ``photo`` is None (and ``photo_size`` too) or JPEG bytes with a positive
+    ``(width, height)``."""
+    if photo is None:
+        if photo_size is not None:
+            raise ValueError("photo_size is given without a photo")
+        return
+    if not isinstance(photo, bytes) or not photo.startswith(JPEG_MAGIC):
+        raise ValueError("photo must be the JPEG bytes of app.corrections.photos.reencode_photo")
+    if (
+        not isinstance(photo_size, tuple)
+        or len(photo_size) != 2
+        or not all(isinstance(side, int) and side > 0 for side in photo_size)
+    ):
+        raise ValueError(f"photo_size must be (width, height) in pixels, got {photo_size!r:.80}")
+
+
+def check_aware(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` is a timezone-aware datetime."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r:.80}")
+
+
+def check_labels(label: Any, label_kind: Any, predicted_label: Any, crop: Any) -> None:
+    """Raise ValueError unless a correction's ``label`` (1 to 200 characters), ``label_kind`` (one of
+    :data:`~app.corrections.models.LABEL_KINDS`), ``predicted_label`` (None or as ``label``) and ``crop`` (None or
+    ``x,y,w,h`` as :meth:`model.crop.Crop.parse` reads it) are valid."""
+    check_text("label", label, LABEL_LENGTH)
+    check_choice("label_kind", label_kind, LABEL_KINDS)
+    check_text("predicted_label", predicted_label, LABEL_LENGTH, optional=True)
+    check_text("crop", crop, CROP_LENGTH, optional=True)
+    if crop is not None:
+        try:
+            Crop.parse(crop)
+        except ValueError as exc:
+            raise ValueError(f"crop: {exc}") from None
+
+
+def memory_report_json(model_id: Any, status: Any, reason: Any, report: Any, blob: Any) -> str:
+    """Check a memory's fields and return its report as JSON text.
+
+    Raises:
+        ValueError: a blank or too long ``model_id``, an unknown ``status``, a served memory without a ``blob``
+            (bytes), a ``reason`` that is not a string or None, or a ``report`` that is not a dict JSON can encode.
+    """
+    check_text("model_id", model_id, MODEL_ID_LENGTH)
+    check_choice("status", status, MEMORY_STATUSES)
+    if blob is not None and not isinstance(blob, bytes):
+        raise ValueError(f"blob must be bytes or None, got {type(blob).__name__}")
+    if status == "served" and blob is None:
+        raise ValueError("a served memory needs its blob")
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError(f"reason must be a string or None, got {type(reason).__name__}")
+    if not isinstance(report, dict):
+        raise ValueError(f"report must be a dict, got {type(report).__name__}")
+    try:
+        return json.dumps(report)
+    except (TypeError, ValueError) as exc:  # an object JSON cannot encode, a circular reference
+        raise ValueError(f"report must be JSON-able: {exc}") from exc
