@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run proxy nginx test test-fast lint browser train-default evaluate-default quantize-default experiments loadtest abench bench clean
+.PHONY: install install-dev run proxy nginx postgres test test-fast lint browser train-default evaluate-default quantize-default experiments loadtest abench bench clean
 
 # The project installs editable (pyproject.toml): its packages import from anywhere, its commands (fish-train,
 # fish-evaluate, fish-predict, fish-quantize) land in $(VENV)/bin, and edits here take effect without reinstalling.
@@ -42,8 +42,13 @@ proxy: nginx
 	mkdir -p runs/nginx/tmp && chmod 1777 runs/nginx/tmp
 	PATH="$$PATH:/usr/sbin" nginx -p $(CURDIR)/runs/nginx/ -c $(CURDIR)/deploy/nginx.conf -g 'daemon off;'
 
+# Debian's PostgreSQL server for the corrections storage tests (tests/postgres.py starts a throw-away cluster in a
+# temporary folder; the tests skip PostgreSQL with a message where it is absent).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
+
 # Every test, in two pytest-xdist processes of one torch thread each (see test-fast).
-test: install-dev lint browser nginx
+test: install-dev lint browser nginx postgres
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal
 
 # The inner loop: every test but those marked slow, browser or real_data, in two processes (pytest-xdist) of one

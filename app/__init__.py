@@ -16,6 +16,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app import api, inference, settings, web
+from app.corrections import extension as corrections
 from app.request_class import InMemoryRequest
 from app.settings import ENV_PREFIX
 from app.uploads import start_deadline
@@ -41,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.request_class = InMemoryRequest
     configure(app, config)
     init_model(app)
+    corrections.init_app(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_security_headers(app)

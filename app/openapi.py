@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from app.corrections import openapi as corrections
 from app.uploads import default_top_k
 from model.backends import BACKENDS, SERVED_PRECISIONS
 from model.decoding import SUPPORTED_FORMATS, SUPPORTED_FORMATS_TEXT
@@ -243,6 +244,10 @@ def openapi_document(config: Mapping[str, Any], predictor: Predictor) -> dict[st
             "/api/openapi.json": _get_operation(
                 "openapi", "This document", "the OpenAPI 3.1 description of the API", {"type": "object"}
             ),
+            **corrections.paths(config),
         },
-        "components": {"schemas": _schemas(config, predictor)},
+        "components": {
+            "schemas": {**_schemas(config, predictor), **corrections.schemas()},
+            "securitySchemes": corrections.security_schemes(),
+        },
     }

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,27 @@ class OpenSetRule:
             "not_a_fish_taxon": self.taxon_threshold,
             "not_a_fish_contrast": self.contrast_threshold,
         }
+
+
+def lowest_confidence_threshold(confidence: np.ndarray, counted: np.ndarray, max_fraction: float) -> float:
+    """The lowest confidence threshold at which at most ``max_fraction`` of a set's images are both ``counted``
+    and at or above it (named as a species where they should not be).
+
+    Args:
+        confidence: float ``(N,)`` calibrated top-1 probabilities.
+        counted: bool ``(N,)``: the images that must not be named: the known photos that pass the other checks and
+            whose best class is wrong, or the unknown-species photos that pass them.
+        max_fraction: in [0, 1].
+
+    Returns:
+        A threshold in [0, 1]: 0 when few enough are counted at any confidence.
+    """
+    allowed = int(np.floor(max_fraction * len(confidence)))
+    counted_confidences = np.sort(confidence[counted])[::-1]
+    if len(counted_confidences) <= allowed:
+        return 0.0
+    # above the (allowed + 1)-th most confident counted image, only `allowed` of them remain
+    return float(min(1.0, np.nextafter(counted_confidences[allowed], np.inf)))
 
 
 def subject_classes(imagenet_probabilities: torch.Tensor, coverage: float = DEFAULT_SUBJECT_COVERAGE) -> list[int]:

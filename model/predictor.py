@@ -38,6 +38,7 @@ from model.checkpoint import (
     model_from_checkpoint,
 )
 from model.decoding import to_rgb
+from model.memory import CorrectionMemory, verdict_for
 from model.open_set import (
     ClassGaussians,
     HierarchyClasses,
@@ -182,6 +183,8 @@ class Predictor:
         self.families = Families.of(self.class_names, self.class_info)
         self.family_threshold = family_threshold
         self.card = card or ModelCard()
+        # the corrections memory and the rule it is served with, one tuple: swapped whole (set_memory)
+        self._memory: tuple[CorrectionMemory, OpenSetRule] | None = None
         self._check_outputs()
         self._openvino: OpenVINONetwork | None = None
         if backend == "openvino":
@@ -332,7 +335,7 @@ class Predictor:
 
     def score(self, label: str, confidence: float) -> ClassScore:
         """A :class:`ClassScore` for ``label`` with the names the checkpoint records for it."""
-        names = self.class_info.get(label) or ClassNames()
+        names = self.class_info.get(label) or ClassNames(scientific_name=label if " " in label else None)
         return ClassScore(label, confidence, names.common_name, names.scientific_name)
 
     def summary(self) -> dict[str, Any]:
@@ -448,6 +451,28 @@ class Predictor:
         """
         return self.predictions(*self.outputs(batch), top_k=top_k)
 
+    @property
+    def memory(self) -> CorrectionMemory | None:
+        """The corrections memory served beside the network (:mod:`model.memory`), or None."""
+        return self._memory[0] if self._memory else None
+
+    def set_memory(self, memory: CorrectionMemory | None) -> None:
+        """Serve ``memory`` from the next batch on (None: the network's own head again). Thread-safe: a batch
+        reads the memory once.
+
+        Raises:
+            ValueError: the memory was built for other classes or features.
+        """
+        if memory is None:
+            self._memory = None
+            return
+        if list(memory.labels[: memory.num_classes]) != self.class_names:
+            raise ValueError("the corrections memory was built for other classes than this model's")
+        if self.gaussians is not None and memory.weight.shape[1] != self.gaussians.means.shape[1]:
+            raise ValueError(f"the corrections memory reads {memory.weight.shape[1]} features, not this model's")
+        rule = dataclasses.replace(self.open_set, confidence_threshold=memory.confidence_threshold)
+        self._memory = (memory, rule)
+
     def open_set_scores(self, features: torch.Tensor, imagenet_logits: torch.Tensor) -> OpenSetScores:
         """The subject score, novelty, taxon and other-organism scores (each ``(N,)``) of a batch's outputs (see
         :meth:`outputs`); None where this model has no such score (see :mod:`model.open_set`)."""
@@ -457,21 +482,33 @@ class Predictor:
         self, logits: torch.Tensor, features: torch.Tensor, imagenet_logits: torch.Tensor, top_k: int = 5
     ) -> list[Prediction]:
         """One :class:`Prediction` per row of a batch's outputs (:meth:`outputs`), with its verdict;
-        ``top_k`` clipped to the number of classes."""
-        probs = self.calibrated(logits)
+        ``top_k`` clipped to the number of species. With a corrections memory (:meth:`set_memory`), its head
+        replaces the network's (:func:`model.memory.verdict_for`: its new species can be named, its open-set labels
+        give their verdicts, and its "not sure" threshold applies)."""
+        served = self._memory  # once: a memory swapped meanwhile serves the next batch
+        memory, rule = served if served else (None, self.open_set)
+        labels = list(memory.labels) if memory else self.class_names
+        probs = self.calibrated(memory.logits(features) if memory else logits)
         open_set = self.open_set_scores(features, imagenet_logits)
-        families = self.families.best(probs, self.family_threshold) if self.families else [None] * len(probs)
-        k = max(1, min(top_k, len(self.class_names)))
-        values, indices = probs.topk(k, dim=1)
+        known = probs[:, : len(self.class_names)]
+        families = self.families.best(known, self.family_threshold) if self.families else [None] * len(probs)
+        species = memory.species_columns if memory else list(range(len(labels)))
+        k = max(1, min(top_k, len(species)))
+        values, indices = probs[:, species].topk(k, dim=1)
         predictions = []
         for row, (vals, idxs) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
-            scores = [self.score(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=True)]
-            subject, novelty, taxon, other = open_set.row(row)
+            scores = [self.score(labels[species[i]], float(v)) for v, i in zip(vals, idxs, strict=True)]
+            scores_row = open_set.row(row)
+            if memory:
+                verdict = verdict_for(probs[row].numpy(), labels, rule, scores_row)[0]
+            else:
+                verdict = rule.verdict(scores[0].confidence, *scores_row)
+            subject, novelty, taxon, other = scores_row
             predictions.append(
                 Prediction(
                     top_k=scores,
-                    threshold=self.confidence_threshold,
-                    verdict=self.open_set.verdict(scores[0].confidence, subject, novelty, taxon, other),
+                    threshold=rule.confidence_threshold,
+                    verdict=verdict,
                     subject_score=subject,
                     novelty=novelty,
                     taxon_score=taxon,

@@ -321,7 +321,8 @@
       const body = new FormData();
       pending.forEach((entry) => body.append("image", entry.file, entry.file.name));
       if (pending.length === 1 && chosen.length === 1 && cropField()) {
-        body.append("crop", cropField()); // the part of the one photo inside the box
+        pending[0].crop = cropField(); // the part of the one photo inside the box
+        body.append("crop", pending[0].crop);
       }
       if (pending.length === 1 && chosen.length === 1 && explainBox && explainBox.checked) {
         body.append("explain", "true"); // one explanation per request: for one photo only
@@ -629,6 +630,11 @@
     resultUrls = [];
     const section = entries.length === 1 ? singleResult(entries[0]) : tableResults(entries);
     results.replaceChildren(section);
+    if (entries.length === 1) {
+      // static/corrections.js adds "Right?" under the answer: the photo and crop as sent, and the answer
+      const answer = { file: entries[0].file, crop: entries[0].crop || "", prediction: entries[0].prediction };
+      section.dispatchEvent(new CustomEvent("fish:answer", { bubbles: true, detail: answer }));
+    }
     const heading = section.querySelector("h2");
     if (heading.getBoundingClientRect().top > window.innerHeight) {
       heading.scrollIntoView({ block: "start" });

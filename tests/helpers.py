@@ -19,6 +19,7 @@ import itertools
 import os
 import struct
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -137,7 +138,9 @@ def make_app(**settings: Any) -> Flask:
     """
     from app import create_app
 
-    return create_app({"TESTING": True, "BACKEND": "torch", **settings})
+    # an instance folder of its own (the corrections database, the secret key), never the checkout's instance/
+    instance = settings.pop("INSTANCE_PATH", None) or tempfile.mkdtemp(prefix="fish-instance-")
+    return create_app({"TESTING": True, "BACKEND": "torch", "INSTANCE_PATH": instance, **settings})
 
 
 # --- requests to /api/predict and checks of their answers --------------------------------------------------------
@@ -306,7 +309,9 @@ def gunicorn_server(model: Path, log_dir: Path, **settings: str) -> Iterator[str
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = log_dir / "gunicorn.log"
-    process = start_server(model, port, 1, log_path, **{"FISH_THREADS": "1", **settings})
+    # the corrections database and the secret key in log_dir, never in the checkout's instance/
+    settings = {"FISH_THREADS": "1", "FISH_INSTANCE_PATH": str(log_dir / "instance"), **settings}
+    process = start_server(model, port, 1, log_path, **settings)
     try:
         wait_until_answering(f"{base}/healthz", process, log_path, "gunicorn", timeout=60)
         yield base

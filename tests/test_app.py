@@ -112,7 +112,8 @@ def alert_text(html: str) -> str:
 def assert_no_inline_code(html: str) -> None:
     """Ready for the strict Content-Security-Policy: scripts only from files, no inline styles, no CDN."""
     scripts = re.findall(r"<script\b.*?</script>", html, re.S)
-    assert scripts == ['<script src="/static/app.js" defer></script>']  # one script, from a file, nothing inline
+    # the page's scripts, from files, nothing inline: the upload page's and its "Right?" question's (corrections)
+    assert scripts == [f'<script src="/static/{name}.js" defer></script>' for name in ("app", "corrections")]
     assert "style=" not in html and "https://" not in html and "http://" not in html
     assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
 

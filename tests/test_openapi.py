@@ -54,7 +54,9 @@ def test_document_is_built_from_the_real_limits(tiny_checkpoint: Path) -> None:
     assert doc["components"]["schemas"]["ClassScore"]["properties"]["label"]["enum"] == CLASS_NAMES
     assert "12345 bytes" in operation["responses"]["413"]["description"]
     assert "2 megapixels" in operation["responses"]["413"]["description"]
-    assert set(doc["paths"]) == {"/api/predict", "/healthz", "/api/openapi.json"}
+    assert set(doc["paths"]) == {"/api/predict", "/healthz", "/api/openapi.json"} | {
+        "/api/corrections" + tail for tail in ("", "/{id}", "/{id}/photo", "/{id}/accept", "/{id}/reject")
+    }
 
 
 def test_one_image_answer_matches_the_document(

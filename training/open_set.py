@@ -41,6 +41,7 @@ from model.open_set import (
     HierarchyClasses,
     OpenSetRule,
     OpenSetScores,
+    lowest_confidence_threshold,
     open_set_scores,
     set_kind,
     subject_classes,
@@ -434,24 +435,3 @@ def open_set_samples(
     for folder in _folders(not_subject):
         add("not_subject", folder, all_images(folder))
     return sets
-
-
-def lowest_confidence_threshold(confidence: np.ndarray, counted: np.ndarray, max_fraction: float) -> float:
-    """The lowest confidence threshold at which at most ``max_fraction`` of a set's images are both ``counted``
-    and at or above it (named as a species where they should not be).
-
-    Args:
-        confidence: float ``(N,)`` calibrated top-1 probabilities.
-        counted: bool ``(N,)``: the images that must not be named: the known photos that pass the other checks and
-            whose best class is wrong, or the unknown-species photos that pass them.
-        max_fraction: in [0, 1].
-
-    Returns:
-        A threshold in [0, 1]: 0 when few enough are counted at any confidence.
-    """
-    allowed = int(np.floor(max_fraction * len(confidence)))
-    counted_confidences = np.sort(confidence[counted])[::-1]
-    if len(counted_confidences) <= allowed:
-        return 0.0
-    # above the (allowed + 1)-th most confident counted image, only `allowed` of them remain
-    return float(min(1.0, np.nextafter(counted_confidences[allowed], np.inf)))

@@ -20,6 +20,8 @@ from model.checkpoint import ClassNames
 
 #: Longest label (and predicted label) accepted, in characters.
 MAX_LABEL_LENGTH = 200
+#: Most corrections listed at once, by the API (its ``limit``) and on the review page.
+MAX_LIST = 100
 #: The label of a fish that is none of the model's species.
 UNKNOWN_SPECIES = "unknown_species"
 #: The label of a photo without a fish.

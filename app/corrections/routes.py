@@ -9,7 +9,8 @@ API (errors are ``{"error": message}`` JSON):
 * Reviewers only, with ``Authorization: Bearer <token>`` (401 without; see :mod:`app.corrections.auth`):
   ``GET /api/corrections`` (the pending ones, oldest first), ``GET /api/corrections/<id>``, ``GET
   /api/corrections/<id>/photo``, ``POST /api/corrections/<id>/accept`` and ``/reject`` (200 with the correction),
-  ``DELETE /api/corrections/<id>`` (204); 404 for an unknown id, 409 for a review the store refuses.
+  ``DELETE /api/corrections/<id>`` (204); 404 for an unknown id. A reviewed correction may be reviewed again: the
+  last review counts.
 
 Pages: ``/review/login``, ``POST /review/logout``, ``/review`` (the pending corrections with their photos, each with
 accept, reject and delete buttons: CSRF-protected POST forms that redirect back with a message) and
@@ -34,6 +35,7 @@ from flask import Blueprint, current_app, flash, jsonify, redirect, render_templ
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf.csrf import CSRFError
 from PIL import Image
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import NotFound, RequestEntityTooLarge, ServiceUnavailable
 from werkzeug.wrappers import Response
@@ -43,7 +45,8 @@ from app.corrections import learning
 from app.corrections.auth import Reviewer, api_reviewer_required, current_api_reviewer
 from app.corrections.extension import get_store
 from app.corrections.forms import LoginForm
-from app.corrections.labels import FieldError, optional_text, parse_label
+from app.corrections.labels import MAX_LIST, FieldError, optional_text, parse_label
+from app.corrections.models import MODEL_ID_LENGTH
 from app.corrections.photos import reencode_photo
 from app.corrections.store import (
     CorrectionNotFound,
@@ -67,8 +70,6 @@ review_bp = Blueprint("review", __name__, url_prefix="/review")
 CONSENT_VALUES = frozenset({"true", "on", "1", "yes"})
 #: Window of the per-client rate limit (``CORRECTIONS_PER_MINUTE``).
 RATE_WINDOW = timedelta(minutes=1)
-#: Most corrections listed at once, by the API (``limit``) and on the review page.
-MAX_LIST = 100
 #: A kept photo's name: the SHA-256 of its JPEG, in hex.
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: The review actions a reviewer may take on a pending correction, besides deleting it.
@@ -94,7 +95,7 @@ class SubmissionRefused(Exception):
 def _model_id() -> str:
     """A stable id of the served model, recorded with each correction: its checkpoint's file name for now (the lead
     swaps in ``learning.model_id(predictor)``)."""
-    return str(get_predictor().summary().get("checkpoint") or "unknown")
+    return str(get_predictor().summary().get("checkpoint") or "unknown")[:MODEL_ID_LENGTH]
 
 
 def client_address() -> str:
@@ -274,8 +275,8 @@ def correction_photo(correction_id: int) -> Response:
 @api_bp.post("/api/corrections/<int:correction_id>/<any(accept, reject):action>")
 @api_reviewer_required
 def review_correction(correction_id: int, action: str) -> Response:
-    """Accept or reject a pending correction (reviewers): 200 with the reviewed correction; 404 for an unknown id,
-    409 when the store refuses the review (e.g. not pending)."""
+    """Accept or reject a correction (reviewers; again if reviewed before: the last review counts): 200 with the
+    reviewed correction; 404 for an unknown id, 409 when the store refuses the review (its reviewer is gone)."""
     view = get_store().review(correction_id, action, current_api_reviewer().id)
     _review_changed(action, correction_id, current_api_reviewer().name)
     return jsonify(correction_json(view))
@@ -333,12 +334,13 @@ def not_found(error: StoreError) -> Response:
 
 @api_bp.errorhandler(InvalidReview)
 def invalid_review(error: InvalidReview) -> Response:
-    """409 ``{"error": message}``: the store refuses the review (e.g. the correction is not pending)."""
+    """409 ``{"error": message}``: the store refuses the review (e.g. its reviewer was deleted meanwhile)."""
     return _json_error(str(error), 409)
 
 
 @api_bp.errorhandler(StoreError)
-def store_unavailable(error: StoreError) -> Response:
+@api_bp.errorhandler(SQLAlchemyError)
+def store_unavailable(error: Exception) -> Response:
     """503 ``{"error": message}`` when the database fails; the details go to the log only."""
     logger.error("corrections store error: %s", error)
     return _json_error("the corrections database is not available: try again later", 503)
@@ -449,7 +451,8 @@ def csrf_refused(error: CSRFError) -> tuple[str, int]:
 
 
 @review_bp.errorhandler(StoreError)
-def review_store_unavailable(error: StoreError) -> Response:
+@review_bp.errorhandler(SQLAlchemyError)
+def review_store_unavailable(error: Exception) -> Response:
     """503 when the database fails; the details go to the log only."""
     logger.error("corrections store error on the review pages: %s", error)
     return ServiceUnavailable("the corrections database is not available: try again later").get_response()
