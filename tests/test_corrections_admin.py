@@ -276,8 +276,13 @@ def test_backup_then_restore_round_trip(
     assert str(backup) in capsys.readouterr().out
     store.delete(kept)
     submit(store, "blue_tang")
+    assert admin(url, "backup", "--out", f"{tmp_path / 'new'}/") == 0  # a new folder: a dated file in it
+    (dated,) = (tmp_path / "new").iterdir()
+    assert dated.name.startswith("corrections-") and str(dated) in capsys.readouterr().out
     assert admin(url, "restore", str(backup)) == 0
     assert [(v.id, v.label) for v in store.pending()] == [(kept, "clownfish")]
+    assert admin(url, "restore", str(dated)) == 0
+    assert [v.label for v in store.pending()] == ["blue_tang"]
     assert admin(url, "restore", str(tmp_path / "missing.bak")) == 1
     err = capsys.readouterr().err
     assert err.startswith("fish-admin restore: error: restore failed:") and err.count("\n") == 1

@@ -330,17 +330,20 @@ def write_summary(summary: ExportSummary, out: Path, stream: TextIO) -> None:
 # --- backup and restore -----------------------------------------------------------------------------------------
 
 
-def run_backup(url: str, out: Path, stream: TextIO) -> None:
-    """Back up the database at ``url`` to ``out``, a file or a folder to write a dated file in
-    (:func:`app.corrections.backup.backup`).
+def run_backup(url: str, out: str, stream: TextIO) -> None:
+    """Back up the database at ``url`` to ``out``: a file, or a folder to write a dated file in (an existing one, or
+    one created when ``out`` ends with a slash) (:func:`app.corrections.backup.backup`).
 
     Raises:
         AdminError: the backup failed (its message says why).
+        OSError: the folder cannot be created.
     """
     from app.corrections import backup as backups  # written beside this module; imported only when asked
 
     try:
-        written = backups.backup(url, out)
+        if out.endswith(("/", os.sep)):  # a folder, maybe new: the backup is a dated file in it
+            Path(out).mkdir(parents=True, exist_ok=True)
+        written = backups.backup(url, Path(out))
     except backups.BackupError as exc:
         raise AdminError(f"backup failed: {exc}") from exc
     stream.write(f"backed up {shown(url)} to {written}\n")
@@ -390,7 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--force", action="store_true", help="replace a previous export in DIR")
     back = commands.add_parser("backup", help="back up the database to FILE (replaced if there)")
     back.add_argument(
-        "--out", required=True, type=Path, metavar="FILE", help="the backup file, or a folder to write a dated one in"
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the backup file, or a folder to write a dated one in (created when the name ends with /)",
     )
     rest = commands.add_parser("restore", help="replace the database's contents with a backup FILE's")
     rest.add_argument("source", type=Path, metavar="FILE")
