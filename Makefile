@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/fish4knowledge
 
-.PHONY: install install-dev run proxy nginx postgres test test-fast lint browser train-default evaluate-default quantize-default experiments loadtest abench bench clean
+.PHONY: install install-dev run proxy nginx postgres test test-fast lint browser train-default memory-features-default evaluate-default quantize-default experiments loadtest abench bench clean
 
 # The project installs editable (pyproject.toml): its packages import from anywhere, its commands (fish-train,
 # fish-evaluate, fish-predict, fish-quantize) land in $(VENV)/bin, and edits here take effect without reinstalling.
@@ -73,6 +73,14 @@ train-default: install
 	  --subject fish --open-set-photos $(PHOTOS) --not-subject $(NOT_FISH) --novelty-rejection 0.1 \
 	  --max-unknown-named 0.1
 	$(PY) -m training.refit runs/f4k_lite2 --out runs/f4k_lite2_refit --C 4
+	$(PY) -m training.memory_features --checkpoint runs/f4k_lite2_refit/release.pt --data $(DATA) \
+	  --split-file runs/f4k_lite2/split.csv
+
+# The base features beside the shipped checkpoint (weights/fish4knowledge_lite2.features.npz, 3.4 MB): what the app's
+# corrections memory is fitted with and judged on (app/corrections/learning.py); about 2 minutes.
+memory-features-default: install
+	$(PY) -m training.memory_features --checkpoint weights/fish4knowledge_lite2.pt --data $(DATA) \
+	  --split-file weights/fish4knowledge_split.csv
 
 evaluate-default: install
 	$(PY) evaluate.py --checkpoint weights/fish4knowledge_lite2.pt --data $(DATA) \

@@ -25,6 +25,7 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.corrections.learning import memory_context
 from app.inference import get_batcher, get_predictor
 from app.model_page import model_page_context, model_subject
 from app.uploads import (
@@ -252,5 +253,8 @@ def too_large(error: RequestEntityTooLarge) -> tuple[str, int]:
 def model_page() -> tuple[str, int]:
     """What the model knows and how well: its classes, how it was trained, validation metrics (with the
     calibration error and softmax temperature where the checkpoint records them), the thresholds of its
-    verdicts, confusion matrix (see :func:`app.model_page.model_page_context`)."""
-    return render_template("model.html", **model_page_context(get_predictor().describe())), 200
+    verdicts, confusion matrix (see :func:`app.model_page.model_page_context`), and what it learnt from its users'
+    reviewed corrections (:func:`app.corrections.learning.memory_context`)."""
+    context = model_page_context(get_predictor().describe())
+    memory = memory_context(current_app._get_current_object())  # type: ignore[attr-defined]
+    return render_template("model.html", **context, memory=memory), 200

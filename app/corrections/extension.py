@@ -60,12 +60,13 @@ def init_app(app: Flask) -> None:
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     from app import api, web  # the blueprints import get_store from here: imported once this module is loaded
-    from app.corrections import auth, routes
+    from app.corrections import auth, learning, routes
 
     store = CorrectionStore.from_config(app.config)
     weakref.finalize(app, store.close)
     app.extensions[EXTENSION_KEY] = store
     auth.init_app(app)
+    learning.init_app(app)
     # No Referer check on HTTPS (Flask-WTF's default): the pages send Referrer-Policy: no-referrer, so browsers send
     # none; the signed, session-bound token and the SameSite=Lax session cookie do the work.
     app.config.setdefault("WTF_CSRF_SSL_STRICT", False)

@@ -46,7 +46,6 @@ from app.corrections.auth import Reviewer, api_reviewer_required, current_api_re
 from app.corrections.extension import get_store
 from app.corrections.forms import LoginForm
 from app.corrections.labels import MAX_LIST, FieldError, optional_text, parse_label
-from app.corrections.models import MODEL_ID_LENGTH
 from app.corrections.photos import reencode_photo
 from app.corrections.store import (
     CorrectionNotFound,
@@ -93,9 +92,8 @@ class SubmissionRefused(Exception):
 
 
 def _model_id() -> str:
-    """A stable id of the served model, recorded with each correction: its checkpoint's file name for now (the lead
-    swaps in ``learning.model_id(predictor)``)."""
-    return str(get_predictor().summary().get("checkpoint") or "unknown")[:MODEL_ID_LENGTH]
+    """The served model's id (:func:`app.corrections.learning.model_id`), recorded with each correction."""
+    return learning.get_learning().model_id
 
 
 def client_address() -> str:
