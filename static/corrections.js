@@ -49,7 +49,7 @@
 
   function choice(value, text, extra) {
     const radio = el("input", { type: "radio", name: "correction-label", value: value, required: true });
-    return el("label", { class: "choice" }, [radio, text, extra || null]);
+    return el("label", { class: extra ? "choice with-field" : "choice" }, [radio, text, extra || null]);
   }
 
   /** The "Right?" block for one answer: {file, crop, prediction} from app.js. */

@@ -299,6 +299,15 @@ def test_a_refused_name_shows_the_server_message_and_stores_nothing(
     )
     assert widest <= PHONE["width"]  # no choice, field or button past the screen's edge
     assert ask.locator("#correction-other").bounding_box()["width"] >= 150  # still wide enough to type in
+    beside = ask.locator("label.choice").evaluate_all(
+        """(labels) => labels.map((label) => {
+            const words = document.createRange();
+            words.selectNodeContents([...label.childNodes].find((node) => node.nodeType === Node.TEXT_NODE));
+            const radio = label.querySelector("input[type=radio]").getBoundingClientRect();
+            return words.getClientRects()[0].left > radio.right;
+        })"""
+    )
+    assert beside == [True] * len(beside)  # each choice's words start beside its radio button, not under it
     page.get_by_role("button", name="Send").click()  # nothing chosen: said on the page, nothing sent
     assert status.inner_text() == "Choose what it is first." and "error" in status.get_attribute("class")
 
@@ -385,9 +394,11 @@ def test_a_reviewer_logs_in_and_accepts_rejects_and_deletes(
 
 
 def test_the_review_api_refuses_the_browser_without_a_token(
-    server: Server, page: Any, picture: Path, reviewer: str, console: Console
+    server: Server, phone: Any, picture: Path, reviewer: str, console: Console
 ) -> None:
+    """On a phone, which then shows the review page: each correction's facts stay inside its card."""
     console.allow(HTTP_4XX)
+    page = phone
     correction = post_correction(server.base, picture.read_bytes(), label="not_a_fish")
     page.goto(server.base + "/")
     for action in ("accept", "reject"):
@@ -403,3 +414,11 @@ def test_the_review_api_refuses_the_browser_without_a_token(
     page.wait_for_url(server.base + "/review")
     assert page.request.post(f"{server.base}/api/corrections/{correction}/accept").status == 401
     assert server.store.get(correction).status == "pending"
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    card = page.locator(f".correction[data-id='{correction}']")
+    inside = card.evaluate(
+        "(card) => Math.max(...[...card.querySelectorAll('*')].map((e) => e.getBoundingClientRect().right))"
+        " <= card.getBoundingClientRect().right"
+    )
+    assert inside  # the model's long id wraps instead of running past the card's edge
