@@ -61,11 +61,11 @@ def _as_server_user() -> list[str]:
     return ["runuser", "-u", SERVER_USER, "--"]
 
 
-def _run(command: list[str], what: str) -> None:
-    """Run a server tool; fail with its output when it fails."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=PG_CTL_TIMEOUT_S + 30)
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+def _run(command: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
+    """Run a server tool in the cluster's folder (the server user may not enter ours), its output captured."""
+    return subprocess.run(
+        command, cwd=folder, capture_output=True, text=True, check=False, timeout=PG_CTL_TIMEOUT_S + 30
+    )
 
 
 def _start(bindir: Path, prefix: list[str], folder: Path) -> int:
@@ -80,9 +80,7 @@ def _start(bindir: Path, prefix: list[str], folder: Path) -> int:
         port = free_port()
         options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder} -c fsync=on"
         pg_ctl = [str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(log), "-o", options]
-        result = subprocess.run(
-            [*prefix, *pg_ctl, "-w", "-t", str(PG_CTL_TIMEOUT_S), "start"], capture_output=True, text=True
-        )
+        result = _run([*prefix, *pg_ctl, "-w", "-t", str(PG_CTL_TIMEOUT_S), "start"], folder)
         if result.returncode == 0:
             return port
     raise RuntimeError(f"PostgreSQL did not start:\n{result.stderr}\n{log.read_text() if log.exists() else ''}")
@@ -108,13 +106,15 @@ def postgres_cluster() -> Iterator[str]:
             os.chown(folder, user.pw_uid, user.pw_gid)
         initdb = [str(bindir / "initdb"), "-D", str(folder / "data"), "--auth=trust", "--username=postgres"]
         # --no-sync: initdb's own files only (a lost throw-away cluster is nothing); the server fsyncs as usual
-        _run([*prefix, *initdb, "--encoding=UTF8", "--locale=C", "--no-sync"], "initdb")
+        result = _run([*prefix, *initdb, "--encoding=UTF8", "--locale=C", "--no-sync"], folder)
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         port = _start(bindir, prefix, folder)
         try:
             yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
         finally:
             stop = [str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop"]
-            subprocess.run([*prefix, *stop], capture_output=True, check=False, timeout=PG_CTL_TIMEOUT_S + 30)
+            _run([*prefix, *stop], folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

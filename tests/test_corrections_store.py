@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, event
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, event
 
 from app.corrections import backup as backups
 from app.corrections import migrations
+from app.corrections.models import Base
 from app.corrections.store import (
     CorrectionNotFound,
     CorrectionStore,
@@ -64,15 +67,8 @@ def photo(seed: int) -> tuple[bytes, tuple[int, int]]:
 
 def submit(store: CorrectionStore, seed: int = 0, *, with_photo: int | None = None, **fields):
     """Submit a valid correction (``fields`` override), with the photo of seed ``with_photo`` if given."""
-    values = {
-        "label": f"clownfish {seed}",
-        "label_kind": "species",
-        "features": features(seed),
-        "model_id": "model-a",
-        "client_key": "c" * 64,
-        "predicted_label": "blue_tang",
-        "crop": "0,0,1,1",
-    }
+    values = dict(label=f"clownfish {seed}", label_kind="species", features=features(seed), model_id="model-a")
+    values.update(client_key="c" * 64, predicted_label="blue_tang", crop="0,0,1,1")
     if with_photo is not None:
         values["photo"], values["photo_size"] = photo(with_photo)
     return store.submit(**{**values, **fields})
@@ -94,6 +90,11 @@ def test_submitted_corrections_are_pending_and_read_back(store: CorrectionStore)
     assert (store.count(), store.count("pending"), store.count("rejected")) == (2, 2, 0)
     with pytest.raises(CorrectionNotFound, match="no correction 999"):
         store.get(999)
+    for huge in (2**31, 2**63, 2**80):  # past PostgreSQL's int4 and SQLite's int64: no such row, no database error
+        for call in (store.get, store.delete, lambda i: store.review(i, "accept", 1)):
+            with pytest.raises(CorrectionNotFound):
+                call(huge)
+        assert store.reviewer(huge) is None
 
 
 def test_reviews_accept_reject_and_review_again(store: CorrectionStore) -> None:
@@ -109,8 +110,9 @@ def test_reviews_accept_reject_and_review_again(store: CorrectionStore) -> None:
     assert store.accepted() == []
     with pytest.raises(InvalidReview, match="accept or reject"):
         store.review(one.id, "approve", ana_id.id)
-    with pytest.raises(InvalidReview, match="no reviewer 99"):
-        store.review(one.id, "accept", 99)
+    for reviewer_id in (99, 2**31):
+        with pytest.raises(InvalidReview, match=f"no reviewer {reviewer_id}"):
+            store.review(one.id, "accept", reviewer_id)
     with pytest.raises(CorrectionNotFound):
         store.review(999, "accept", ana_id.id)
     assert store.get(one.id) == again  # the refused reviews changed nothing
@@ -139,8 +141,9 @@ def test_a_photo_is_stored_once_per_content(store: CorrectionStore) -> None:
     assert first.photo_sha256 == second.photo_sha256 != other.photo_sha256
     assert store.photo(first.photo_sha256) == jpeg
     assert store.photo_bytes_total() == len(jpeg) + len(photo(4)[0])
-    with pytest.raises(PhotoNotFound):
-        store.photo("0" * 64)
+    for unknown in ("0" * 64, "\x00"):
+        with pytest.raises(PhotoNotFound):
+            store.photo(unknown)
 
 
 def test_accepted_returns_features_bit_exact_of_the_model_asked(store: CorrectionStore) -> None:
@@ -188,6 +191,7 @@ def test_reviewers_by_token_and_by_password(store: CorrectionStore) -> None:
     assert store.reviewer_by_password("ana", "correct horse") == ana
     assert store.reviewer_by_password("ana", "wrong horse") is None
     assert store.reviewer_by_password("nobody", "correct horse") is None
+    assert store.reviewer_by_password("ana\x00", "correct horse") is None  # no database error on PostgreSQL
     assert store.reviewer_by_token(bot_token).name == "bot" and token != bot_token
     assert store.reviewer_by_password("bot", "") is None  # token-only: no password signs in
     for wrong in ("", token[:-1], token + "x", bot_token.upper()):
@@ -236,6 +240,7 @@ BAD_SUBMISSIONS = [
     ({"photo": b"GIF89a...", "photo_size": (1, 1)}, "JPEG"),
     ({"photo": photo(0)[0], "photo_size": (0, 8)}, "photo_size"),
     ({"photo_size": (12, 8)}, "without a photo"),
+    ({"predicted_label": "blue\x00tang"}, "NUL"),  # PostgreSQL's text cannot hold one: refused on both
 ]
 
 
@@ -243,7 +248,7 @@ def test_invalid_input_is_refused_with_a_message_naming_it(store: CorrectionStor
     for fields, message in BAD_SUBMISSIONS:
         with pytest.raises(ValueError, match=message):
             submit(store, 1, **fields)
-    for name in ("", " ana", "n" * 65):
+    for name in ("", " ana", "n" * 65, "a\x00b"):
         with pytest.raises(ValueError, match="name"):
             store.add_reviewer(name)
     with pytest.raises(ValueError, match="password"):
@@ -259,12 +264,6 @@ def test_invalid_input_is_refused_with_a_message_naming_it(store: CorrectionStor
 
 def test_the_migrated_schema_is_the_models(store: CorrectionStore, url: str) -> None:
     """An upgraded empty database has exactly the tables, columns, indexes and constraints of the models."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-    from sqlalchemy import create_engine
-
-    from app.corrections.models import Base
-
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
@@ -298,8 +297,8 @@ def test_opening_a_second_store_on_a_migrated_database_changes_nothing(store: Co
 def test_two_processes_opening_a_fresh_database_at_once_both_succeed(backend: str, tmp_path: Path, request) -> None:
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'c.db'}"
     command = [sys.executable, "-m", "tests.store_writer", "open", url]
-    processes = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)]
-    processes.append(subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    processes = [subprocess.Popen(command, cwd=ROOT, text=True, **pipes) for _ in range(2)]
     try:
         assert [process.stdout.readline() for process in processes] == ["ready\n", "ready\n"]
         for process in processes:  # both migrate a database nobody has migrated yet, now

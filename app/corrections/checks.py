@@ -15,17 +15,27 @@ from model.crop import Crop
 
 #: The first bytes of every JPEG file (SOI and the next marker's 0xFF).
 JPEG_MAGIC = b"\xff\xd8\xff"
+#: The largest id of a row (an ``Integer`` primary key: 32 bits on PostgreSQL).
+MAX_ID = 2**31 - 1
+
+
+def is_row_id(value: Any) -> bool:
+    """Whether ``value`` may be a row's id: an int within :data:`MAX_ID` (a larger one names no row, and would make
+    PostgreSQL fail with "integer out of range" and SQLite with OverflowError rather than find nothing)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_ID - 1 <= value <= MAX_ID
 
 
 def check_text(name: str, value: Any, max_length: int, *, optional: bool = False) -> None:
-    """Raise ValueError unless ``value`` is a str of 1 to ``max_length`` characters, not all blank (or None, when
-    ``optional``)."""
+    """Raise ValueError unless ``value`` is a str of 1 to ``max_length`` characters, not all blank, without a NUL
+    character (or None, when ``optional``)."""
     if value is None and optional:
         return
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-blank string, got {value!r:.80}")
     if len(value) > max_length:
         raise ValueError(f"{name} must be at most {max_length} characters, got {len(value)}")
+    if "\x00" in value:  # PostgreSQL's text cannot hold one: refused on every database alike
+        raise ValueError(f"{name} must not contain a NUL character")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...] | Mapping[str, str]) -> None:
@@ -97,8 +107,8 @@ def memory_report_json(model_id: Any, status: Any, reason: Any, report: Any, blo
         raise ValueError(f"blob must be bytes or None, got {type(blob).__name__}")
     if status == "served" and blob is None:
         raise ValueError("a served memory needs its blob")
-    if reason is not None and not isinstance(reason, str):
-        raise ValueError(f"reason must be a string or None, got {type(reason).__name__}")
+    if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
+        raise ValueError(f"reason must be a string without a NUL character, or None, got {reason!r:.80}")
     if not isinstance(report, dict):
         raise ValueError(f"report must be a dict, got {type(report).__name__}")
     try:

@@ -244,6 +244,8 @@ class CorrectionStore:
         Raises:
             CorrectionNotFound: there is none.
         """
+        if not checks.is_row_id(correction_id):
+            raise CorrectionNotFound(f"no correction {correction_id!r:.40}")
         with self._read() as session:
             found = session.execute(_with_reviewer_name().where(Correction.id == correction_id)).first()
         if found is None:
@@ -314,10 +316,10 @@ class CorrectionStore:
         if action not in REVIEW_ACTIONS:
             raise InvalidReview(f"a review is {' or '.join(REVIEW_ACTIONS)}, got {action!r:.40}")
         with self._write.begin() as session:
-            row = session.get(Correction, correction_id)
+            row = session.get(Correction, correction_id) if checks.is_row_id(correction_id) else None
             if row is None:
                 raise CorrectionNotFound(f"no correction {correction_id}")
-            reviewer = session.get(Reviewer, reviewer_id)
+            reviewer = session.get(Reviewer, reviewer_id) if checks.is_row_id(reviewer_id) else None
             if reviewer is None:
                 raise InvalidReview(f"no reviewer {reviewer_id}")
             row.status, row.reviewed_by, row.reviewed_at = REVIEW_ACTIONS[action], reviewer.id, utcnow()
@@ -332,6 +334,8 @@ class CorrectionStore:
         Raises:
             CorrectionNotFound: no correction has that id.
         """
+        if not checks.is_row_id(correction_id):
+            raise CorrectionNotFound(f"no correction {correction_id!r:.40}")
         with self._write.begin() as session:
             sha256 = session.scalar(select(Correction.photo_sha256).where(Correction.id == correction_id))
             if session.execute(delete(Correction).where(Correction.id == correction_id)).rowcount != 1:
@@ -365,8 +369,9 @@ class CorrectionStore:
         Raises:
             PhotoNotFound: there is none.
         """
+        valid = isinstance(sha256, str) and "\x00" not in sha256  # no photo has a NUL (PostgreSQL fails on it)
         with self._read() as session:
-            jpeg = session.scalar(select(Photo.jpeg).where(Photo.sha256 == sha256))
+            jpeg = session.scalar(select(Photo.jpeg).where(Photo.sha256 == sha256)) if valid else None
         if jpeg is None:
             raise PhotoNotFound(f"no photo {sha256!r:.80}")
         return jpeg
@@ -424,6 +429,7 @@ class CorrectionStore:
     def reviewer_by_password(self, name: str, password: str) -> ReviewerView | None:
         """The reviewer named ``name`` if ``password`` is theirs; None otherwise (unknown name, token-only
         reviewer, wrong password), after the same hashing work in every case."""
+        name = name if isinstance(name, str) and "\x00" not in name else ""  # no name has a NUL (nor is blank)
         with self._read() as session:
             found = session.execute(
                 select(Reviewer.id, Reviewer.name, Reviewer.password_hash).where(Reviewer.name == name)
@@ -436,6 +442,8 @@ class CorrectionStore:
 
     def reviewer(self, reviewer_id: int) -> ReviewerView | None:
         """The reviewer ``reviewer_id``, or None."""
+        if not checks.is_row_id(reviewer_id):
+            return None
         with self._read() as session:
             found = session.execute(select(Reviewer.id, Reviewer.name).where(Reviewer.id == reviewer_id)).first()
         return ReviewerView(found.id, found.name) if found is not None else None
