@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
+from werkzeug.security import generate_password_hash
 
 from app.corrections import learning
+from app.corrections import store as store_module
 from app.corrections.extension import EXTENSION_KEY, instance_secret_key
 from app.corrections.labels import FieldError, ProposedLabel, parse_label
 from app.corrections.store import CorrectionStore
@@ -31,10 +34,31 @@ CLASS_NAMES = sorted(COLOURS)
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(scope="module")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty corrections database at the newest schema, migrated once per module: each :func:`store` is a copy
+    (a migration per test cost tens of milliseconds, most of it waiting for the disk)."""
+    path = tmp_path_factory.mktemp("corrections") / "migrated.sqlite3"
+    CorrectionStore.from_config({"DATABASE_URL": f"sqlite:///{path}"}).close()
+    assert not path.with_name(f"{path.name}-wal").exists()  # closed: everything is in the file copied
+    return path
+
+
+@pytest.fixture(scope="module")
+def alice_password_hash() -> str:
+    """The hash of :data:`PASSWORD`, computed once per module (werkzeug's scrypt costs about 80 ms of CPU)."""
+    return generate_password_hash(PASSWORD)
+
+
 @pytest.fixture
-def store(app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CorrectionStore]:
-    """A fresh corrections database (SQLite in ``tmp_path``) in the module's app, for this test only."""
-    fresh = CorrectionStore.from_config({"DATABASE_URL": f"sqlite:///{tmp_path / 'c.sqlite3'}"})
+def store(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_database: Path
+) -> Iterator[CorrectionStore]:
+    """A fresh corrections database (SQLite in ``tmp_path``, a copy of :func:`migrated_database`, opened as the app
+    opens it) in the module's app, for this test only."""
+    database = tmp_path / "c.sqlite3"
+    shutil.copyfile(migrated_database, database)
+    fresh = CorrectionStore.from_config({"DATABASE_URL": f"sqlite:///{database}"})
     monkeypatch.setitem(app.extensions, EXTENSION_KEY, fresh)
     yield fresh
     fresh.close()
@@ -49,9 +73,12 @@ def reviews(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 @pytest.fixture
-def token(store: CorrectionStore) -> str:
-    """The API token of a reviewer named alice (password :data:`PASSWORD`)."""
-    return store.add_reviewer("alice", password=PASSWORD)
+def token(store: CorrectionStore, alice_password_hash: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The API token of a reviewer named alice (password :data:`PASSWORD`), added by ``add_reviewer`` with the
+    password hash of :func:`alice_password_hash` instead of a new one (a new salt: the same check)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "generate_password_hash", lambda password: alice_password_hash)
+        return store.add_reviewer("alice", password=PASSWORD)
 
 
 def submit(client: FlaskClient, image: bytes | None = None, address: str = "192.0.2.1", **form: Any) -> Any:
