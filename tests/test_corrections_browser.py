@@ -228,6 +228,7 @@ def test_no_then_another_species_with_consent_keeps_the_photo_without_exif(
 
     ask.get_by_role("button", name="No", exact=True).click()
     assert ask.locator("#correction-form").is_visible()
+    assert page.evaluate("document.activeElement.name") == "correction-label"  # the keyboard is at the choices
     assert ask.get_by_role("button", name="No", exact=True).get_attribute("aria-expanded") == "true"
     choices = ask.locator("label.choice")
     named = prediction["top_k"][1:] if prediction["verdict"] == "species" else prediction["top_k"]
@@ -312,7 +313,9 @@ def test_a_refused_name_shows_the_server_message_and_stores_nothing(
     assert status.inner_text() == "Choose what it is first." and "error" in status.get_attribute("class")
 
     choose_another_species(page, "Nemo 42")
-    response = send(page)
+    with page.expect_response(lambda r: r.url.endswith("/api/corrections")) as sent:
+        page.locator("#correction-other").press("Enter")  # Enter in the name's field sends, as Send does
+    response = sent.value
     assert response.status == 400
     message = response.json()["error"]
     assert "is not understood" in message
@@ -344,9 +347,14 @@ def test_a_reviewer_logs_in_and_accepts_rejects_and_deletes(
     server: Server, page: Any, picture: Path, reviewer: str
 ) -> None:
     image = picture.read_bytes()
+    species = post_photo(f"{server.base}/api/predict", image)["top_k"][0]  # one of the model's species
     accept, reject, delete = (
-        post_correction(server.base, image, label=label, predicted_label="not_a_fish", consent="true")
-        for label in ("Pterois volitans", "unknown_species", "not_a_fish")
+        post_correction(server.base, image, label=label, predicted_label=predicted, consent="true")
+        for label, predicted in (
+            ("Pterois volitans", species["label"]),
+            ("unknown_species", "not_a_fish"),
+            ("not_a_fish", species["label"]),
+        )
     )
 
     response = page.goto(server.base + "/review")
@@ -362,10 +370,15 @@ def test_a_reviewer_logs_in_and_accepts_rejects_and_deletes(
     pending = server.store.count("pending")
     assert pending >= 3
     assert page.locator(".correction").count() == min(pending, 100)
-    for correction, proposed in ((accept, "Pterois volitans"), (reject, "a fish, but none of the model's species")):
+    shown = (
+        (accept, score_text(species), "Pterois volitans", "a species the model does not know"),
+        (reject, "not a fish", "a fish, but none of the model's species", "a fish, but none of the model's species"),
+    )
+    for correction, predicted, proposed, kind in shown:
         card = page.locator(f".correction[data-id='{correction}']")
-        assert card.locator(".facts dd").first.inner_text() == "not a fish"  # the model's answer
-        assert card.locator(".facts dd.proposed").inner_text() == proposed
+        facts = card.locator(".facts dd").all_inner_texts()
+        assert facts[:3] == [predicted, proposed, kind]  # the model's answer, the user's label and its kind
+        assert card.locator(".facts dd.proposed i[lang=la]").count() == (correction == accept)  # italic Latin
         image_element = card.locator("img.correction-photo")
         image_element.scroll_into_view_if_needed()
         page.wait_for_function("(img) => img.complete", arg=image_element.element_handle())
@@ -399,8 +412,13 @@ def test_the_review_api_refuses_the_browser_without_a_token(
     """On a phone, which then shows the review page: each correction's facts stay inside its card."""
     console.allow(HTTP_4XX)
     page = phone
-    correction = post_correction(server.base, picture.read_bytes(), label="not_a_fish")
+    correction = post_correction(server.base, picture.read_bytes(), label="not_a_fish", consent="true")
+    sha256 = server.store.get(correction).photo_sha256
     page.goto(server.base + "/")
+    # the kept photo, by either address: the API's wants a token, the review page's a logged-in reviewer
+    assert page.request.get(f"{server.base}/api/corrections/{correction}/photo").status == 401
+    hidden = page.request.get(f"{server.base}/review/photo/{sha256}", max_redirects=0)
+    assert hidden.status == 302 and "/review/login" in hidden.headers["location"]
     for action in ("accept", "reject"):
         answer = page.request.post(f"{server.base}/api/corrections/{correction}/{action}")
         assert answer.status == 401 and answer.headers["www-authenticate"].startswith("Bearer")
