@@ -1,13 +1,15 @@
 """The users' corrections in a real browser (issue 19): Chromium driven by Playwright against real gunicorn serving
-the default model, with small synthetic photos.
+the default model, with a small synthetic photo.
 
 Covers the "Right?" question under an answer (static/corrections.js): No with another species and consent (the
-photo kept without EXIF), Yes without consent (no photo), a name the server refuses (its message on the page,
-nothing stored); the review pages (templates/login.html, templates/review.html): the redirect to the login page, a
-wrong password, the pending corrections with their photos, accept, reject and delete with their messages, logging
-out; and the review API refusing the browser's anonymous calls. Each flow checks what the user sees and then what
-the corrections database holds (a :class:`CorrectionStore` on the server's SQLite file). Every page must log no
-console error (CSP violations included), except the 4xx answers a test provokes.
+photo kept without EXIF), Yes without consent (no photo; the model's own answer, and a canned "species" answer, since
+the default model calls a synthetic photo no fish), a name the server refuses (its message on the page, nothing
+stored; on a phone, where the choices must fit); the review pages (templates/login.html, templates/review.html): the
+redirect to the login page, a wrong password, the pending corrections with their photos and labels, accept, reject
+and delete with their messages, logging out; and the review API and kept photos refused to the browser without a
+token or a login. Each flow checks what the user sees and then what the corrections database holds (a
+:class:`CorrectionStore` on the server's SQLite file). Every page must log no console error (CSP violations
+included), except the 4xx answers a test provokes.
 
 Needs the ``playwright`` package (requirements-dev.txt) and Debian's Chromium (``make browser``; set
 ``FISH_CHROMIUM`` to use another binary); never ``playwright install``. Skipped with the reason when the browser
@@ -24,6 +26,7 @@ import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +57,12 @@ if not MODEL.is_file():
     pytest.skip(f"the default model {MODEL} is missing", allow_module_level=True)
 
 
+@dataclass(frozen=True)
 class Server:
     """Real gunicorn and its corrections database: ``base`` URL, and ``store`` on the same SQLite file."""
 
-    def __init__(self, base: str, store: CorrectionStore) -> None:
-        self.base = base
-        self.store = store
+    base: str
+    store: CorrectionStore
 
 
 @pytest.fixture(scope="module")
@@ -359,6 +362,7 @@ def test_a_reviewer_logs_in_and_accepts_rejects_and_deletes(
 
     response = page.goto(server.base + "/review")
     assert response.ok and page.url.startswith(server.base + "/review/login")  # redirected, not shown
+    assert page.locator(".flashes").inner_text() == "Log in to review the corrections."
     assert page.locator(".correction").count() == 0
     log_in(page, reviewer, "not the password")
     assert page.get_by_role("alert").inner_text() == "Sorry: Unknown name or wrong password."
@@ -407,10 +411,9 @@ def test_a_reviewer_logs_in_and_accepts_rejects_and_deletes(
 
 
 def test_the_review_api_refuses_the_browser_without_a_token(
-    server: Server, phone: Any, picture: Path, reviewer: str, console: Console
+    server: Server, phone: Any, picture: Path, reviewer: str
 ) -> None:
     """On a phone, which then shows the review page: each correction's facts stay inside its card."""
-    console.allow(HTTP_4XX)
     page = phone
     correction = post_correction(server.base, picture.read_bytes(), label="not_a_fish", consent="true")
     sha256 = server.store.get(correction).photo_sha256
