@@ -147,16 +147,21 @@ def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def identify(page: Any, server: Server, picture: Path, verdict: str | None = None) -> dict[str, Any]:
-    """Open the upload page, send ``picture`` and wait for the "Right?" question under the answer; returns the
-    API's prediction that the page shows: the model's, or with ``verdict`` in place of its own (its top class then
-    the label, as the API gives it), for the verdicts the default model never gives a synthetic photo."""
+def identify(
+    page: Any, server: Server, picture: Path, verdict: str | None = None, crop_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Open the upload page, send ``picture`` (its crop box first moved with the keys ``crop_keys``) and wait for
+    the "Right?" question under the answer; returns the API's prediction that the page shows: the model's, or with
+    ``verdict`` in place of its own (its top class then the label, as the API gives it), for the verdicts the default
+    model never gives a synthetic photo."""
     if verdict is not None:  # (the page's multipart body, a blob, cannot be sent on from a route: asked here)
         real = post_photo(f"{server.base}/api/predict", picture.read_bytes())
         canned = {**real, "verdict": verdict, "confident": verdict == "species", "label": real["top_k"][0]["label"]}
         page.route("**/api/predict", lambda route: route.fulfill(json=canned))
     page.goto(server.base + "/")
     page.set_input_files("#image", str(picture))
+    for key in crop_keys:
+        page.locator(".crop-box").press(key)
     with page.expect_response(lambda r: r.url.endswith("/api/predict")) as response:
         page.get_by_role("button", name="Identify").click()
     assert response.value.status == 200
@@ -219,8 +224,11 @@ def post_correction(base: str, image: bytes, **form: str) -> int:
 def test_no_then_another_species_with_consent_keeps_the_photo_without_exif(
     server: Server, page: Any, picture: Path
 ) -> None:
+    """With a crop drawn: the crop is recorded, and the whole photo kept."""
     before = server.store.count()
-    prediction = identify(page, server, picture)
+    prediction = identify(page, server, picture, crop_keys=("Shift+ArrowLeft", "Shift+ArrowUp") * 5)
+    crop = [float(v) for v in page.locator(".crop-box").get_attribute("data-crop").split(",")]
+    assert crop == pytest.approx([0, 0, 0.9, 0.9])  # five steps of 2 % narrower and shorter
     ask = page.locator(".result [data-testid=correction]")
     assert "Right?" in ask.locator(".right-question").inner_text()
     assert ask.get_by_role("button", name="Yes", exact=True).is_visible()
@@ -254,10 +262,11 @@ def test_no_then_another_species_with_consent_keeps_the_photo_without_exif(
     assert server.store.count() == before + 1
     view = server.store.get(correction)
     assert (view.status, view.label_kind, view.label) == ("pending", "new_species", "Amphiprion perideraion")
-    assert view.predicted_label == model_answer(prediction) and view.crop is None
+    assert view.predicted_label == model_answer(prediction)
+    assert [float(v) for v in view.crop.split(",")] == pytest.approx(crop)  # what the features are of
     assert view.photo_sha256 is not None
     kept = Image.open(io.BytesIO(server.store.photo(view.photo_sha256)))
-    assert kept.format == "JPEG" and kept.size == (160, 120)
+    assert kept.format == "JPEG" and kept.size == (160, 120)  # the whole photo, for the reviewer
     assert not kept.getexif() and "exif" not in kept.info  # no camera, no position
 
 
