@@ -7,6 +7,7 @@ a fourth colour is the new species the users teach."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -143,6 +144,13 @@ def test_a_harmful_memory_is_refused_with_its_reason_and_the_served_one_stays(
     assert answer(client, COLOURS["blue_tang"])["label"] == "blue_tang"
     page = client.get("/model").get_data(as_text=True)
     assert "The newest memory was refused" in page and "validation macro-F1 would fall" in page
+    with app.app_context():  # and on the review page, for the reviewers
+        get_store().add_reviewer("bob", password="a long enough password")
+    login = client.get("/review/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', login).group(1)
+    client.post("/review/login", data={"name": "bob", "password": "a long enough password", "csrf_token": csrf})
+    review = client.get("/review").get_data(as_text=True)
+    assert "The newest memory was refused" in review and "validation macro-F1 would fall" in review
 
 
 def test_without_base_features_corrections_are_kept_but_not_learnt(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -214,6 +214,7 @@ def test_scientific_names_of_the_model_species_are_its_classes() -> None:
         ({"label": "Pterois volitans 3"}, "scientific name"),
         ({"label": "<script>alert(1)</script>"}, "scientific name"),
         ({"predicted_label": "y" * 201}, "predicted_label is too long"),
+        ({"predicted_label": "clown\x00fish"}, "predicted_label must not contain control characters"),
         ({"crop": "0,0,2,2"}, "crop"),
         ({"crop": "0.5"}, "crop"),
     ],
@@ -450,8 +451,9 @@ def test_review_forms_without_the_csrf_token_are_refused(
 
 def test_logout(client: FlaskClient, store: CorrectionStore, token: str) -> None:
     log_in(client)
-    page = client.get("/review").get_data(as_text=True)
-    response = client.post("/review/logout", data={"csrf_token": csrf_token(page)})
+    page = client.get("/review")
+    assert page.headers["Cache-Control"] == "no-store"  # not kept by a cache or the back button after logout
+    response = client.post("/review/logout", data={"csrf_token": csrf_token(page.get_data(as_text=True))})
     assert response.status_code == 302 and response.headers["Location"].endswith("/review/login")
     assert client.get("/review").status_code == 302
 

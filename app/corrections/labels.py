@@ -13,6 +13,7 @@ Anything else is refused with a message that says what is accepted. Pure functio
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -96,9 +97,12 @@ def optional_text(raw: str | None, field: str) -> str | None:
     """An optional text field, whitespace collapsed; None when absent or empty.
 
     Raises:
-        FieldError: longer than :data:`MAX_LABEL_LENGTH` characters (the message names ``field``).
+        FieldError: longer than :data:`MAX_LABEL_LENGTH` characters, or holding a control character such as NUL
+            (which PostgreSQL's text cannot store); the message names ``field``.
     """
     text = " ".join((raw or "").split())
     if len(text) > MAX_LABEL_LENGTH:
         raise FieldError(f"{field} is too long: at most {MAX_LABEL_LENGTH} characters, got {len(text)}")
+    if any(unicodedata.category(character) == "Cc" for character in text):
+        raise FieldError(f"{field} must not contain control characters")
     return text or None

@@ -400,7 +400,10 @@ def render_review(corrections: list[CorrectionView], pending: int, error: str | 
     """The review page's HTML."""
     predictor = get_predictor()
     names = {name: predictor.score(name, 0.0) for name in predictor.class_names}
-    return render_template("review.html", corrections=corrections, pending=pending, names=names, error=error)
+    memory = learning.memory_context(current_app._get_current_object())  # type: ignore[attr-defined]
+    return render_template(
+        "review.html", corrections=corrections, pending=pending, names=names, error=error, memory=memory
+    )
 
 
 @review_bp.post("/<int:correction_id>/<any(accept, reject, delete):action>")
@@ -436,6 +439,14 @@ def photo(sha256: str) -> Response:
         return _jpeg(get_store().photo(sha256))
     except PhotoNotFound:
         raise NotFound("no such photo") from None
+
+
+@review_bp.after_request
+def not_stored(response: Response) -> Response:
+    """The review pages and photos are private: no cache (nor the browser's back/forward cache) keeps them after
+    the reviewer logs out."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @review_bp.errorhandler(CSRFError)
