@@ -145,3 +145,25 @@ def resolve_backend(name: str, device: str | torch.device = "cpu") -> str:
         logger.warning("openvino is not installed (pip install openvino): predicting with torch, which is slower")
         return "torch"
     return "openvino"
+
+
+def check_backend(backend: str, precision: str, device: str | torch.device, int8_model: Any) -> str:
+    """The backend that ``backend`` resolves to (:func:`resolve_backend`) after checking that it
+    and ``precision`` are known names and fit ``device`` and ``int8_model`` (see :class:`model.predictor.Predictor`).
+
+    Raises:
+        ValueError: an unknown name, OpenVINO off the CPU, or int8 without OpenVINO or its quantized network.
+    """
+    if precision not in ("auto", *SERVED_PRECISIONS):
+        raise ValueError(f"precision must be 'auto', {INT8!r} or one of {PRECISIONS}, got {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "openvino" and torch.device(device).type != "cpu":
+        raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
+    resolved = resolve_backend(backend, device)
+    if precision == INT8 and (resolved != "openvino" or int8_model is None):
+        raise ValueError(
+            "precision int8 needs the openvino backend (backend auto or openvino, on the CPU) and the quantized "
+            "network (quantize.py)"
+        )
+    return resolved

@@ -20,12 +20,10 @@ from PIL import Image
 
 from model import quantization
 from model.backends import (
-    BACKENDS,
     INT8,
-    PRECISIONS,
-    SERVED_PRECISIONS,
     BackendUnavailableError,
     OpenVINONetwork,
+    check_backend,
     resolve_backend,
 )
 from model.checkpoint import (
@@ -58,28 +56,6 @@ logger = logging.getLogger(__name__)
 def _first(*values: float | None) -> float | None:
     """The first of ``values`` that is not None (an override, then the checkpoint's record, then a default)."""
     return next((v for v in values if v is not None), None)
-
-
-def _check_backend(backend: str, precision: str, device: str | torch.device, int8_model: Any) -> str:
-    """The backend that ``backend`` resolves to (:func:`model.backends.resolve_backend`) after checking that it
-    and ``precision`` are known names and fit ``device`` and ``int8_model`` (see :class:`Predictor`).
-
-    Raises:
-        ValueError: an unknown name, OpenVINO off the CPU, or int8 without OpenVINO or its quantized network.
-    """
-    if precision not in ("auto", *SERVED_PRECISIONS):
-        raise ValueError(f"precision must be 'auto', {INT8!r} or one of {PRECISIONS}, got {precision!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "openvino" and torch.device(device).type != "cpu":
-        raise ValueError("the openvino backend runs on the CPU: use device cpu or backend torch")
-    resolved = resolve_backend(backend, device)
-    if precision == INT8 and (resolved != "openvino" or int8_model is None):
-        raise ValueError(
-            "precision int8 needs the openvino backend (backend auto or openvino, on the CPU) and the quantized "
-            "network (quantize.py)"
-        )
-    return resolved
 
 
 def _served_rule(
@@ -172,7 +148,7 @@ class Predictor:
         self.hierarchy = hierarchy
         self.gaussians = gaussians
         self.temperature = temperature  # validated by the property's setter
-        requested_backend, backend = backend, _check_backend(backend, precision, device, int8_model)
+        requested_backend, backend = backend, check_backend(backend, precision, device, int8_model)
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.network = OpenSetNetwork(self.model)

@@ -189,22 +189,20 @@ class CorrectionStore:
         photo: bytes | None = None,
         photo_size: tuple[int, int] | None = None,
     ) -> CorrectionView:
-        """Store a new pending correction, and its photo if given, in one transaction committed before returning.
+        """Store a new pending correction, and its photo if given, in one transaction committed before returning
+        it (status ``pending``).
 
         Args:
             label: what the photo shows, at most 200 characters (a species name, or a word for the other kinds).
             label_kind: one of :data:`LABEL_KINDS`.
             features: the model's features of the (cropped) photo: 1-D, finite, float32; kept bit-exact.
-            model_id: the model that computed ``features`` (at most 128 characters).
-            client_key: who sent it (the SHA-256 hex of the client address), for the rate limit; at most 64.
+            model_id, client_key: the model that computed ``features`` (at most 128 characters); who sent it (the
+                SHA-256 hex of the client address, at most 64), for the rate limit.
             predicted_label: the model's answer that is being corrected.
             crop: the ``x,y,w,h`` crop the features are of (:meth:`model.crop.Crop.parse`'s format).
             photo: the photo, as :func:`app.corrections.photos.reencode_photo` encoded it (None: no consent);
                 stored once per content (SHA-256), whoever sends it again.
             photo_size: the photo's ``(width, height)`` in pixels, given with ``photo``.
-
-        Returns:
-            The stored correction (status ``pending``).
 
         Raises:
             ValueError: an argument is invalid; the message says which and why.

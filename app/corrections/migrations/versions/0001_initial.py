@@ -24,29 +24,8 @@ def _timestamp(name: str, nullable: bool = False) -> sa.Column:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
-def upgrade() -> None:
-    """Create the four tables and their indexes."""
-    op.create_table(
-        "reviewers",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(64), nullable=False),
-        sa.Column("password_hash", sa.String(256), nullable=True),
-        sa.Column("token_hash", sa.String(64), nullable=False),
-        _timestamp("created_at"),
-        sa.PrimaryKeyConstraint("id", name="pk_reviewers"),
-        sa.UniqueConstraint("name", name="uq_reviewers_name"),
-        sa.UniqueConstraint("token_hash", name="uq_reviewers_token_hash"),
-    )
-    op.create_table(
-        "photos",
-        sa.Column("sha256", sa.String(64), nullable=False),
-        sa.Column("jpeg", sa.LargeBinary(), nullable=False),
-        sa.Column("width", sa.Integer(), nullable=False),
-        sa.Column("height", sa.Integer(), nullable=False),
-        sa.Column("size_bytes", sa.Integer(), nullable=False),
-        _timestamp("created_at"),
-        sa.PrimaryKeyConstraint("sha256", name="pk_photos"),
-    )
+def _create_corrections() -> None:
+    """The corrections table and its indexes."""
     op.create_table(
         "corrections",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -77,6 +56,32 @@ def upgrade() -> None:
     op.create_index("ix_corrections_client_key_created_at", "corrections", ["client_key", "created_at"])
     op.create_index("ix_corrections_model_id", "corrections", ["model_id"])
     op.create_index("ix_corrections_photo_sha256", "corrections", ["photo_sha256"])
+
+
+def upgrade() -> None:
+    """Create the four tables and their indexes."""
+    op.create_table(
+        "reviewers",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("password_hash", sa.String(256), nullable=True),
+        sa.Column("token_hash", sa.String(64), nullable=False),
+        _timestamp("created_at"),
+        sa.PrimaryKeyConstraint("id", name="pk_reviewers"),
+        sa.UniqueConstraint("name", name="uq_reviewers_name"),
+        sa.UniqueConstraint("token_hash", name="uq_reviewers_token_hash"),
+    )
+    op.create_table(
+        "photos",
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("jpeg", sa.LargeBinary(), nullable=False),
+        sa.Column("width", sa.Integer(), nullable=False),
+        sa.Column("height", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        _timestamp("created_at"),
+        sa.PrimaryKeyConstraint("sha256", name="pk_photos"),
+    )
+    _create_corrections()
     op.create_table(
         "memories",
         sa.Column("id", sa.Integer(), nullable=False),
