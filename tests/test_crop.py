@@ -9,12 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 from PIL import Image
 
 from model.crop import Crop
 from model.decoding import decode_image
 from model.errors import ImageError
-from tests.helpers import COLOURS, encode, make_app, synthetic_image
+from tests.helpers import COLOURS, encode, synthetic_image
 
 
 def two_fish(size: tuple[int, int] = (400, 200)) -> Image.Image:
@@ -65,8 +66,7 @@ def test_the_decoder_crops_the_upright_photo_at_the_resolution_the_model_needs()
     assert refused.value.status == 400
 
 
-def test_the_api_answers_for_the_crop_and_echoes_it(tiny_checkpoint: Path) -> None:
-    client = make_app(MODEL_PATH=str(tiny_checkpoint)).test_client()
+def test_the_api_answers_for_the_crop_and_echoes_it(client: FlaskClient) -> None:
     photo = encode(two_fish())
 
     def ask(*crops: str, images: int = 1) -> tuple[int, dict]:
@@ -90,8 +90,7 @@ def test_the_api_answers_for_the_crop_and_echoes_it(tiny_checkpoint: Path) -> No
     assert status == 400 and "crop: the crop is empty" in error["error"]
 
 
-def test_the_page_takes_the_crop_without_javascript(tiny_checkpoint: Path) -> None:
-    client = make_app(MODEL_PATH=str(tiny_checkpoint)).test_client()
+def test_the_page_takes_the_crop_without_javascript(client: FlaskClient) -> None:
     page = client.post("/", data={"image": (io.BytesIO(encode(two_fish())), "f.jpg"), "crop": "0.5,0,0.5,1"})
     assert page.status_code == 200 and "Blue tang" in page.get_data(as_text=True)
     bad = client.post("/", data={"image": (io.BytesIO(encode(two_fish())), "f.jpg"), "crop": "1,1,1,1"})
@@ -120,12 +119,11 @@ def test_predict_py_takes_crops_from_a_csv(tiny_checkpoint: Path, tmp_path: Path
     assert main([*args, "--crops", str(crops)]) == 2
 
 
-def test_explain_adds_where_the_model_looked_for_one_image(tiny_checkpoint: Path) -> None:
+def test_explain_adds_where_the_model_looked_for_one_image(client: FlaskClient) -> None:
     """``explain=true`` adds a PNG heat map of the network's input size over the (cropped) photo; at most one per
     request; the page's checkbox shows it without JavaScript."""
     import base64
 
-    client = make_app(MODEL_PATH=str(tiny_checkpoint)).test_client()
     photo = encode(two_fish())
     answer = client.post("/api/predict?explain=true", data={"image": (io.BytesIO(photo), "f.jpg")}).get_json()
     assert answer["explanation"].startswith("data:image/png;base64,")
