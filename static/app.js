@@ -555,7 +555,7 @@
   }
 
   function tableResults(entries) {
-    const rows = entries.map((entry) => {
+    const rows = entries.map((entry, index) => {
       const p = entry.prediction;
       const cells = [
         el("td", {}, entry.file.type.startsWith("image/") ? el("img", { class: "row-thumbnail", src: objectUrl(entry.file), alt: "" }) : null),
@@ -575,7 +575,7 @@
                 ]
               : el("span", { class: "number" }, "–"),
           ),
-          el("td", { class: "top-cell" }, [
+          el("td", { class: "top-cell", "data-index": String(index) }, [
             verdictOf(p) === "species" ? null : el("p", { class: "top-label" }, "Closest species it knows"),
             el(
               "ol",
@@ -634,6 +634,13 @@
       // static/corrections.js adds "Right?" under the answer: the photo and crop as sent, and the answer
       const answer = { file: entries[0].file, crop: entries[0].crop || "", prediction: entries[0].prediction };
       section.dispatchEvent(new CustomEvent("fish:answer", { bubbles: true, detail: answer }));
+    } else {
+      // and under each photo's answer in the table (no crop: it is for one photo only); index from 1
+      section.querySelectorAll("td.top-cell[data-index]").forEach((cell) => {
+        const index = Number(cell.dataset.index);
+        const answer = { file: entries[index].file, crop: "", prediction: entries[index].prediction, index: index + 1 };
+        cell.dispatchEvent(new CustomEvent("fish:answer", { bubbles: true, detail: answer }));
+      });
     }
     const heading = section.querySelector("h2");
     if (heading.getBoundingClientRect().top > window.innerHeight) {

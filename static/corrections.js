@@ -1,7 +1,8 @@
-/* Reef fish identifier: "Right?" under the answer for one photo, the users' corrections (issue 19).
+/* Reef fish identifier: "Right?" under every answer, the users' corrections (issue 19).
  *
- * static/app.js renders an answer and dispatches "fish:answer" on its result section, with {file, crop, prediction}
- * (the photo as sent, its crop field, the API's prediction). Here: "Right?" with Yes and No, and a consent checkbox
+ * static/app.js renders the answers and dispatches "fish:answer" where each goes (the result section of one photo,
+ * or each row's cell of a table of several) with {file, crop, prediction, index} (the photo as sent, its crop field,
+ * the API's prediction, the table row from 1). Here: "Right?" with Yes and No, and a consent checkbox
  * (off by default) to keep the photo. Yes sends the model's answer as the label; No offers the model's other
  * species, another species (a scientific name), "a fish, but none of these species" and "not a fish". Either posts
  * the same photo and crop to the corrections API (POST /api/corrections, the form's data-corrections-api) and then
@@ -47,39 +48,42 @@
     return score.scientific_name && score.scientific_name !== name ? name + " (" + score.scientific_name + ")" : name;
   }
 
-  function choice(value, text, extra) {
-    const radio = el("input", { type: "radio", name: "correction-label", value: value, required: true });
+  function choice(group, value, text, extra) {
+    const radio = el("input", { type: "radio", name: group, value: value, required: true });
     return el("label", { class: extra ? "choice with-field" : "choice" }, [radio, text, extra || null]);
   }
 
-  /** The "Right?" block for one answer: {file, crop, prediction} from app.js. */
+  /** The "Right?" block for one answer: {file, crop, prediction, index} from app.js; index (the row of a table of
+   * several photos, from 1) makes its ids and its radio group its own. */
   function ask(answer) {
     const p = answer.prediction;
-    const yes = el("button", { type: "button", class: "secondary", id: "correction-yes" }, "Yes");
-    const no = el("button", { type: "button", class: "secondary", id: "correction-no", "aria-expanded": "false" }, "No");
-    const consent = el("input", { type: "checkbox", id: "correction-consent" });
+    const tag = answer.index ? "-" + answer.index : "";
+    const group = "correction-label" + tag;
+    const yes = el("button", { type: "button", class: "secondary", id: "correction-yes" + tag }, "Yes");
+    const no = el("button", { type: "button", class: "secondary", id: "correction-no" + tag, "aria-expanded": "false" }, "No");
+    const consent = el("input", { type: "checkbox", id: "correction-consent" + tag });
     const other = el("input", {
       type: "text",
-      id: "correction-other",
+      id: "correction-other" + tag,
       maxlength: "200",
       autocomplete: "off",
       placeholder: "e.g. Pterois volitans",
       "aria-label": "Another species: its scientific name",
     });
     const others = p.top_k.filter((score, i) => !(i === 0 && verdictOf(p) === "species"));
-    const send = el("button", { type: "submit", id: "correction-send" }, "Send");
+    const send = el("button", { type: "submit", id: "correction-send" + tag }, "Send");
     const fieldset = el("fieldset", {}, [
       el("legend", {}, "What is it?"),
-      ...others.map((score) => choice(score.label, scoreName(score))),
-      choice("__other__", "another species: ", other),
-      choice("unknown_species", "a fish, but none of these species"),
-      choice("not_a_fish", "not a fish"),
+      ...others.map((score) => choice(group, score.label, scoreName(score))),
+      choice(group, "__other__", "another species: ", other),
+      choice(group, "unknown_species", "a fish, but none of these species"),
+      choice(group, "not_a_fish", "not a fish"),
     ]);
-    const details = el("form", { class: "correction-form", id: "correction-form", hidden: true, novalidate: true }, [
+    const details = el("form", { class: "correction-form", id: "correction-form" + tag, hidden: true, novalidate: true }, [
       fieldset,
       el("div", { class: "actions" }, send),
     ]);
-    const status = el("p", { class: "thanks", role: "status", id: "correction-status" });
+    const status = el("p", { class: "thanks", role: "status", id: "correction-status" + tag });
     const block = el("div", { class: "correction-ask", "data-testid": "correction" }, [
       el("p", { class: "right-question" }, [el("strong", {}, "Right?"), yes, no]),
       el("label", { class: "check" }, [
@@ -102,7 +106,7 @@
     yes.addEventListener("click", () => submit(modelAnswer(p)));
     details.addEventListener("submit", (event) => {
       event.preventDefault();
-      const picked = fieldset.querySelector('input[name="correction-label"]:checked');
+      const picked = fieldset.querySelector("input[name=\"" + group + "\"]:checked");
       if (!picked) {
         say("Choose what it is first.", true);
         return;

@@ -452,3 +452,35 @@ def test_the_review_api_refuses_the_browser_without_a_token(
         " <= card.getBoundingClientRect().right"
     )
     assert inside  # the model's long id wraps instead of running past the card's edge
+
+
+def test_each_answer_of_several_photos_asks_right_on_its_own(
+    server: Server, page: Any, picture: Path, tmp_path: Path
+) -> None:
+    """Several photos: every row of the table has its own "Right?" (its own ids and choices); the one answered is
+    sent with its own photo and answer."""
+    second = tmp_path / "second.jpg"
+    second.write_bytes(photo((200, 150)))
+    before = server.store.count()
+    page.goto(server.base + "/")
+    page.set_input_files("#image", [str(picture), str(second)])
+    with page.expect_response(lambda r: r.url.endswith("/api/predict")) as response:
+        page.get_by_role("button", name="Identify").click()
+    predictions = response.value.json()["predictions"]
+    asks = page.locator(".results-table tbody tr [data-testid=correction]")
+    asks.nth(1).wait_for()
+    assert asks.count() == 2
+    ids = page.locator("[data-testid=correction] [id]").evaluate_all("nodes => nodes.map((n) => n.id)")
+    assert len(ids) == len(set(ids))  # no id twice on the page
+    row = asks.nth(1)
+    row.get_by_role("button", name="No", exact=True).click()
+    groups = page.locator("[data-testid=correction] input[type=radio]").evaluate_all(
+        "radios => [...new Set(radios.map((r) => r.name))]"
+    )
+    assert len(groups) == 2  # choosing in one row never unchecks the other's choice
+    with page.expect_response(lambda r: r.url.endswith("/api/corrections")) as sent:
+        row.get_by_role("button", name="Yes", exact=True).click()
+    assert sent.value.status == 201 and server.store.count() == before + 1
+    view = server.store.get(sent.value.json()["id"])
+    assert view.predicted_label == model_answer(predictions[1]) and view.crop is None
+    assert asks.nth(0).get_by_role("button", name="Yes", exact=True).is_enabled()  # the other row untouched
