@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 
 from model.open_set import OpenSetRule, lowest_confidence_threshold
 
@@ -252,6 +250,8 @@ def fit_head(
     Raises:
         CorrectionMemoryError: a correction's features do not have the training features' dimension.
     """
+    from sklearn.linear_model import LogisticRegression  # here: the app imports this module; sklearn takes ~1 s
+
     index = {label: i for i, label in enumerate(labels)}
     used = [c_ for c_ in corrections if c_.label in index]
     dim = base.train.shape[1]
@@ -352,6 +352,8 @@ class MemoryBuilder:
 
     def val_macro_f1(self, head: tuple[np.ndarray, np.ndarray]) -> float:
         """Macro-F1 over the checkpoint's classes on the validation features (a new or open-set label is wrong)."""
+        from sklearn.metrics import f1_score  # imported here, as in fit_head
+
         predicted = self.probabilities(head, self.base.val).argmax(1)
         classes = list(range(len(self.class_names)))
         return float(f1_score(self.base.val_targets, predicted, labels=classes, average="macro", zero_division=0))
