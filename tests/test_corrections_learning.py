@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.corrections.extension import get_store
-from app.corrections.learning import get_learning, model_id
+from app.corrections.learning import get_learning, model_id, rebuild
 from app.inference import get_predictor
 from model.memory import BaseFeatures, features_path
 from tests.helpers import COLOURS, encode, make_app, synthetic_image
@@ -170,3 +170,17 @@ def test_the_model_id_is_the_name_and_the_start_of_the_sha256(tmp_path: Path) ->
     path = tmp_path / "m.pt"
     path.write_bytes(b"abc")
     assert model_id(path) == "m.pt:ba7816bf8f01cfea"  # SHA-256("abc") starts ba7816bf8f01cfea
+
+
+def test_a_worker_loads_a_memory_another_built_from_the_same_corrections(
+    worker: tuple[Flask, FlaskClient, str], checkpoint: Path, instance: Path
+) -> None:
+    app, client, token = worker
+    teach(app, client, token, NEW_SPECIES, PURPLE, 3)
+    other = serving_app(checkpoint, instance)
+    state = get_learning(other)
+    with other.app_context():
+        before = get_store().memories(state.model_id)
+        report = rebuild(other, state)  # as after a review it also saw: nothing changed since the last build
+        assert get_store().memories(state.model_id) == before  # no second fit, no second record
+        assert report["new_species"] == [NEW_SPECIES] and get_predictor().memory.new_species == [NEW_SPECIES]

@@ -59,6 +59,8 @@ EXTENSION_KEY = "corrections_learning"
 MODEL_HASH_DIGITS = 16
 #: Characters of the checkpoint's file name kept in its model id (the database keeps ids of up to 128).
 MAX_NAME_IN_ID = 100
+#: Fits of one rebuild at most, while the accepted corrections keep changing under it.
+MAX_REFITS = 3
 #: The memory labels of the open-set correction kinds (the other kinds' labels are species names).
 OPEN_SET_KINDS = {UNKNOWN_SPECIES: UNKNOWN_LABEL, NOT_A_FISH: NOT_FISH_LABEL}
 
@@ -238,8 +240,12 @@ def rebuild(app: Flask, state: Learning) -> dict[str, Any]:
     """Fit and judge a memory of every accepted correction of this model, store the gate's decision, and serve it
     in this worker at once when it passed.
 
+    Another worker may have just built the same: when the newest record was built from the same accepted corrections,
+    this worker loads it instead. When the accepted corrections changed while this one was fitted (a review on
+    another worker), it fits again, so the newest record is never built from older data than an earlier one.
+
     Returns:
-        The gate's report (:meth:`model.memory.MemoryBuilder.build`), with ``accepted_ids``.
+        The gate's report (:meth:`model.memory.MemoryBuilder.build`), with ``accepted_ids`` and ``seconds``.
 
     Raises:
         CorrectionMemoryError: the base features cannot be read or the corrections do not fit them.
@@ -248,22 +254,38 @@ def rebuild(app: Flask, state: Learning) -> dict[str, Any]:
     with app.app_context():
         store, predictor = get_store(), get_predictor()
         rows = store.accepted(state.model_id)
-        started = time.perf_counter()
-        memory, report = state.builder(predictor).build([memory_correction(row) for row in rows])
-        report["accepted_ids"] = [row.id for row in rows]
-        report["seconds"] = round(time.perf_counter() - started, 2)
-        if memory is None and report["corrections"] and report["reason"]:
-            view = store.save_memory(
-                model_id=state.model_id, status="refused", reason=report["reason"], report=report, blob=None
-            )
-        else:  # served: the memory, or none at all when nothing accepted is left to learn
-            blob = memory.to_bytes() if memory is not None else b""
-            view = store.save_memory(model_id=state.model_id, status="served", reason=None, report=report, blob=blob)
+        for _ in range(MAX_REFITS):
+            ids = [row.id for row in rows]
+            newest = store.memories(state.model_id, limit=1)
+            if newest and newest[0].report.get("accepted_ids") == ids:
+                refresh(app, state)  # another worker built it already
+                return newest[0].report
+            logger.info("rebuilding the corrections memory from %d accepted corrections", len(rows))
+            started = time.perf_counter()
+            memory, report = state.builder(predictor).build([memory_correction(row) for row in rows])
+            report.update(accepted_ids=ids, seconds=round(time.perf_counter() - started, 2))
+            rows = store.accepted(state.model_id)
+            if [row.id for row in rows] == ids:
+                break
+        view = _save(store, state, memory, report)
+        if view.status == "served":
             predictor.set_memory(memory)
             state.served = view
         state.newest_seen = view.id
-    logger.info("corrections memory %d %s in %.1f s: %s", view.id, view.status, report["seconds"], report["reason"])
+    outcome = report["reason"] or f"{report['corrections']} corrections, new species: {report['new_species'] or 'none'}"
+    logger.info("corrections memory %d %s in %.1f s: %s", view.id, view.status, report["seconds"], outcome)
     return report
+
+
+def _save(store: Any, state: Learning, memory: CorrectionMemory | None, report: dict[str, Any]) -> MemoryView:
+    """Store the gate's decision: refused with its reason, or served (a memory, or none when nothing accepted is
+    left to learn from: an empty blob)."""
+    if memory is None and report["corrections"] and report["reason"]:
+        return store.save_memory(
+            model_id=state.model_id, status="refused", reason=report["reason"], report=report, blob=None
+        )
+    blob = memory.to_bytes() if memory is not None else b""
+    return store.save_memory(model_id=state.model_id, status="served", reason=None, report=report, blob=blob)
 
 
 def memory_status(app: Flask) -> dict[str, Any]:
