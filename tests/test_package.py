@@ -19,12 +19,15 @@ import pytest
 import evaluate
 import quantize
 import train
+from app.corrections import admin
 from model import commands
 from tests.helpers import ROOT
 
 #: Each command and the main it runs: the root script's, or (fish-predict, which starts decoder processes) its
-#: light entry point in model.commands, which runs predict.py's main (model.batch_predict.main).
+#: light entry point in model.commands, which runs predict.py's main (model.batch_predict.main); fish-admin (the
+#: corrections database's administration) has no root script.
 COMMANDS = {
+    "fish-admin": admin.main,
     "fish-train": train.main,
     "fish-evaluate": evaluate.main,
     "fish-predict": commands.predict,
