@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model.memory import (
+    MIN_CONFIDENCE_THRESHOLD,
     MIN_NEW_SPECIES,
     NOT_FISH_LABEL,
     UNKNOWN_LABEL,
@@ -183,3 +184,12 @@ def test_the_predictor_refuses_a_memory_of_another_model(tiny_checkpoint: Path) 
     memory = hand_made_memory(predictor, "d", 4)
     with pytest.raises(ValueError, match="other classes"):
         predictor.set_memory(dataclasses.replace(memory, labels=("x", "y", "z", "d")))
+
+
+def test_the_threshold_stays_between_a_majority_and_the_checkpoints(base: BaseFeatures) -> None:
+    strict = MemoryBuilder(base, CLASSES, temperature=1.0, rule=OpenSetRule(confidence_threshold=0.9))
+    memory, _ = strict.build(corrections("d", 3, 10, seed=9))  # none held out is wrong: the majority floor holds
+    assert memory is not None and memory.confidence_threshold == MIN_CONFIDENCE_THRESHOLD
+    lenient = MemoryBuilder(base, CLASSES, temperature=1.0, rule=OpenSetRule(confidence_threshold=0.3))
+    memory, _ = lenient.build(corrections("d", 3, 10, seed=9))
+    assert memory is not None and memory.confidence_threshold == 0.3  # never stricter than the checkpoint
