@@ -38,6 +38,8 @@
   let files = [];
   let previewUrls = [];
   let resultUrls = [];
+  // what static/corrections.js (the "Right?" question, loaded after this file) builds its elements with
+  window.fishPage = Object.freeze({ el: el });
 
   /** Build an element: attributes (null values skipped) and children (strings become text nodes). */
   function el(tag, attrs, children) {

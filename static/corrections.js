@@ -13,24 +13,9 @@
 (function () {
   const form = document.getElementById("upload-form");
   const apiUrl = form && form.dataset.correctionsApi;
-  if (!apiUrl || !window.fetch || !window.FormData) {
-    return;
-  }
-
-  /** Build an element: attributes (null/false skipped, true as an empty attribute) and children (strings as text). */
-  function el(tag, attrs, children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs || {})) {
-      if (value !== null && value !== undefined && value !== false) {
-        node.setAttribute(name, value === true ? "" : String(value));
-      }
-    }
-    for (const child of [].concat(children === undefined ? [] : children)) {
-      if (child !== null && child !== undefined) {
-        node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-      }
-    }
-    return node;
+  const el = window.fishPage && window.fishPage.el; // static/app.js's element builder
+  if (!apiUrl || !el) {
+    return; // another page, or an old browser (app.js then leaves the plain form alone too)
   }
 
   function verdictOf(p) {

@@ -5,13 +5,14 @@ JPEG factory, the Flask app and its client. The plain helpers they use (and test
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
 
+from tests.chromium import Console
 from tests.helpers import (
     COLOURS,
     TINY_ARCH,
@@ -142,3 +143,26 @@ def app(tiny_checkpoint: Path) -> Flask:
 def client(app):
     """A test client of :func:`app`."""
     return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's binary, not a Playwright download) for a browser test module; the module calls
+    :func:`tests.chromium.skip_without_browser` first."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def console() -> Iterator[Console]:
+    """The console of the pages a test opens (:class:`tests.chromium.Console`); the test fails if they logged an
+    unexpected error (a CSP violation, a script error, a failed load)."""
+    watcher = Console()
+    yield watcher
+    assert watcher.unexpected() == [], "console errors (a CSP violation, a script error, a failed load)"

@@ -18,9 +18,7 @@ import csv
 import io
 import json
 import logging
-import os
 import re
-import shutil
 import urllib.error
 import urllib.request
 import uuid
@@ -33,32 +31,18 @@ import pytest
 from app.web import verdict_headline
 from model.results import VERDICTS, ClassScore, Prediction, csv_header
 from model.taxonomy import FamilyScore
+from tests.chromium import DESKTOP, HTTP_4XX, PHONE, Console, skip_without_browser
 from tests.helpers import ROOT, SHARED_DATA, gunicorn_server
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-dev.txt")
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_data]
 
 logger = logging.getLogger(__name__)
 
-CHROMIUM = os.environ.get("FISH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 MODEL = ROOT / "weights" / "fish4knowledge_lite2.pt"
 PHOTOS = SHARED_DATA / "fish4knowledge"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
-#: Console messages a test that sends a bad file expects: Chromium logs the API's 4xx answer as an error.
-HTTP_4XX = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
 
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set FISH_CHROMIUM)", allow_module_level=True)
+skip_without_browser()
 if not MODEL.is_file():
     pytest.skip(f"the default model {MODEL} is missing", allow_module_level=True)
 if not PHOTOS.is_dir():
@@ -111,43 +95,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Real gunicorn (one worker) serving the default model; yields its base URL."""
     with gunicorn_server(MODEL, tmp_path_factory.mktemp("gunicorn")) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Chromium (Debian's binary, not a Playwright download)."""
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-class Console:
-    """Collects a page's console errors and uncaught exceptions; CSP violations are console errors too."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.allowed: list[re.Pattern[str]] = []
-
-    def watch(self, page: Any) -> Any:
-        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-        return page
-
-    def allow(self, pattern: re.Pattern[str]) -> None:
-        """Expect errors matching ``pattern`` (e.g. the 415 of a refused file)."""
-        self.allowed.append(pattern)
-
-    def unexpected(self) -> list[str]:
-        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
-
-
-@pytest.fixture
-def console() -> Iterator[Console]:
-    """The console of the pages a test opens; the test fails if they logged an unexpected error."""
-    watcher = Console()
-    yield watcher
-    assert watcher.unexpected() == [], "console errors (a CSP violation, a script error, a failed load)"
 
 
 @pytest.fixture

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -35,24 +33,16 @@ from PIL import Image
 
 from app.corrections.engine import SQLITE_FILE
 from app.corrections.store import CorrectionNotFound, CorrectionStore
+from tests.chromium import DESKTOP, HTTP_4XX, PHONE, Console, skip_without_browser
 from tests.helpers import ROOT, gunicorn_server, photo
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-dev.txt")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("FISH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 MODEL = ROOT / "weights" / "fish4knowledge_lite2.pt"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
-#: The console error Chromium logs for a 4xx answer (a refused correction, the API's 401).
-HTTP_4XX = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
 PASSWORD = "correct horse battery staple"
 THANKS = "Thanks — a reviewer will check it."
 
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set FISH_CHROMIUM)", allow_module_level=True)
+skip_without_browser()
 if not MODEL.is_file():
     pytest.skip(f"the default model {MODEL} is missing", allow_module_level=True)
 
@@ -76,42 +66,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         CorrectionStore(database, upgrade=False) as store,
     ):
         yield Server(base, store)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Chromium (Debian's binary, not a Playwright download)."""
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-class Console:
-    """A page's console errors and uncaught exceptions; CSP violations are console errors too."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.allowed: list[re.Pattern[str]] = []
-
-    def watch(self, page: Any) -> Any:
-        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-        return page
-
-    def allow(self, pattern: re.Pattern[str]) -> None:
-        self.allowed.append(pattern)
-
-    def unexpected(self) -> list[str]:
-        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
-
-
-@pytest.fixture
-def console() -> Iterator[Console]:
-    """The console of the pages a test opens; the test fails if they logged an unexpected error."""
-    watcher = Console()
-    yield watcher
-    assert watcher.unexpected() == [], "console errors (a CSP violation, a script error, a failed load)"
 
 
 @pytest.fixture
