@@ -184,3 +184,20 @@ def test_a_worker_loads_a_memory_another_built_from_the_same_corrections(
         report = rebuild(other, state)  # as after a review it also saw: nothing changed since the last build
         assert get_store().memories(state.model_id) == before  # no second fit, no second record
         assert report["new_species"] == [NEW_SPECIES] and get_predictor().memory.new_species == [NEW_SPECIES]
+
+
+def test_a_database_failure_while_polling_keeps_the_memory_and_the_answers(
+    worker: tuple[Flask, FlaskClient, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, client, token = worker
+    teach(app, client, token, NEW_SPECIES, PURPLE, 3)
+    with app.app_context():
+        store = get_store()
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise OSError("the database server is gone")
+
+    monkeypatch.setattr(store, "memories", down)
+    named = answer(client, PURPLE)  # polled first: the failure is logged, the answer given with the memory
+    assert named["label"] == NEW_SPECIES
+    assert "could not look for a new corrections memory (the database server is gone)" in caplog.text

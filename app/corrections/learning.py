@@ -173,8 +173,9 @@ def poll() -> None:
     try:
         state._last_poll = now
         refresh(current_app._get_current_object(), state)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a database or memory failure must not fail the user's request
-        logger.exception("could not look for a new corrections memory: serving the one loaded before")
+    except Exception as exc:  # noqa: BLE001 - a database or memory failure must not fail the user's request
+        # one line per poll (every MEMORY_POLL_S while the database is down), without a traceback
+        logger.warning("could not look for a new corrections memory (%s): serving the one loaded before", exc)
     finally:
         state._poll_lock.release()
 
