@@ -112,6 +112,8 @@ def test_accepted_photos_of_a_new_species_are_named_by_every_worker(
 
     with app.app_context():
         memories = get_store().memories(model_id(checkpoint))
+        # each correction recorded its photo's open-set scores as the served model gave them (none for this model)
+        assert [row.scores for row in get_store().accepted(model_id(checkpoint))] == [(None,) * 4] * 6
     assert memories[0].status == "served" and memories[0].report["new_species"] == [NEW_SPECIES]
     page = client.get("/model").get_data(as_text=True)
     section = page[page.index('id="memory"') :]

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
 
 from app.corrections import backup as backups
 from app.corrections import migrations
@@ -269,9 +270,45 @@ def test_the_migrated_schema_is_the_models(store: CorrectionStore, url: str) -> 
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert migrations.current_revision(connection) == "0001"
+            head = ScriptDirectory.from_config(migrations.alembic_config(connection)).get_current_head()
+            assert migrations.current_revision(connection) == head == "0002"
     finally:
         engine.dispose()
+
+
+def test_a_database_of_the_first_schema_upgrades_keeping_its_corrections(url: str) -> None:
+    """A database written by the first release (revision 0001, no scores) is upgraded on opening; its corrections
+    stay, and are learnt from without scores."""
+    engine = create_engine(url)
+    try:
+        migrations.upgrade(engine, "0001")
+        blob = features(3).astype("<f4").tobytes()
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO corrections (created_at, status, label, label_kind, features, feature_dim, "
+                    "model_id, client_key) VALUES (:now, 'accepted', 'clownfish', 'species', :blob, 8, 'model-a', "
+                    ":client)"
+                ),
+                {"now": datetime.now(timezone.utc), "blob": blob, "client": "c" * 64},
+            )
+    finally:
+        engine.dispose()
+    with CorrectionStore(url) as upgraded:
+        [old] = upgraded.accepted("model-a")
+        assert old.label == "clownfish" and old.scores is None
+        np.testing.assert_array_equal(old.features, features(3))
+        kept = submit(upgraded, 4, scores=(0.9, None, 0.25, 0.0))
+        reviewer = upgraded.reviewer_by_token(upgraded.add_reviewer("ann"))
+        upgraded.review(kept.id, "accept", reviewer.id)
+        assert [row.scores for row in upgraded.accepted("model-a")] == [None, (0.9, None, 0.25, 0.0)]
+
+
+@pytest.mark.parametrize("scores", [(0.5, 0.1), (0.5, float("nan"), None, None), ("0.5", None, None, None), 0.5])
+def test_scores_that_are_not_four_numbers_are_refused(store: CorrectionStore, scores: object) -> None:
+    with pytest.raises(ValueError, match="scores"):
+        submit(store, scores=scores)
+    assert store.count() == 0
 
 
 def test_opening_a_second_store_on_a_migrated_database_changes_nothing(store: CorrectionStore, url: str) -> None:

@@ -4,6 +4,7 @@ message that names the argument and says what is wrong."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -54,6 +55,30 @@ def check_features(features: Any) -> None:
         raise ValueError(f"features must be a non-empty 1-D array, got shape {features.shape}")
     if not np.isfinite(features).all():
         raise ValueError("features must be finite (no NaN or infinity)")
+
+
+#: A correction's open-set scores: how many, and their order (:meth:`model.open_set.OpenSetScores.row`).
+SCORES = 4
+SCORES_TEXT = "subject, novelty, taxon, other"
+
+
+def scores_json(scores: Any) -> str | None:
+    """A correction's open-set scores as stored: None stays None, else JSON ``[subject, novelty, taxon, other]``.
+
+    Raises:
+        ValueError: not None nor a sequence of 4 values, each None or a finite number.
+    """
+    if scores is None:
+        return None
+    values = list(scores) if isinstance(scores, list | tuple) else None
+    if values is None or len(values) != SCORES:
+        raise ValueError(f"scores must be None or ({SCORES_TEXT}), got {scores!r:.80}")
+    for value in values:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise ValueError(f"scores must be finite numbers or None, got {value!r:.40}")
+    return json.dumps([float(v) if v is not None else None for v in values])
 
 
 def check_photo(photo: Any, photo_size: Any) -> None:

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flask import Flask, current_app
+from PIL import Image
 
 from app import inference
 from app.corrections import extension
@@ -82,8 +84,19 @@ def model_id(checkpoint: str | Path) -> str:
 
 def memory_correction(row: LabelledFeatures) -> Correction:
     """A stored accepted correction as the memory learns from it: its label (the open-set kinds by their memory
-    label) and its features. Its open-set scores were not stored, so the gate's verdicts skip those tests for it."""
-    return Correction(OPEN_SET_KINDS.get(row.label_kind, row.label), row.features)
+    label), its features, and its open-set scores (the gate's verdicts skip those tests where none were stored)."""
+    return Correction(OPEN_SET_KINDS.get(row.label_kind, row.label), row.features, row.scores)
+
+
+def features_and_scores(
+    predictor: Predictor, image: Image.Image
+) -> tuple[np.ndarray, tuple[float | None, float | None, float | None, float | None]]:
+    """What a correction records of its (decoded, cropped) photo: the network's penultimate features, float32
+    ``(D,)``, and the open-set scores ``(subject, novelty, taxon, other)`` (None where this model has none), from
+    one pass of the served network (:meth:`model.predictor.Predictor.outputs`)."""
+    _, features, imagenet_logits = predictor.outputs(predictor.preprocess([image]))
+    scores = predictor.open_set_scores(features, imagenet_logits).row(0)
+    return features[0].numpy().astype(np.float32), scores
 
 
 @dataclass

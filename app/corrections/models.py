@@ -125,7 +125,9 @@ class Photo(Base):
 
 class Correction(Base):
     """One user's correction of one answer, with the features the model computed for the photo (``features``:
-    ``feature_dim`` little-endian float32 values, of model ``model_id``) and, with consent, the photo itself."""
+    ``feature_dim`` little-endian float32 values, of model ``model_id``), its open-set scores (``scores``: JSON
+    ``[subject, novelty, taxon, other]``, numbers or null; NULL before migration 0002) and, with consent, the photo
+    itself."""
 
     __tablename__ = "corrections"
     __table_args__ = (
@@ -152,6 +154,7 @@ class Correction(Base):
     client_key: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
     reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"))
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    scores: Mapped[str | None] = mapped_column(Text)
 
 
 class Memory(Base):

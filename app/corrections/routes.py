@@ -197,7 +197,7 @@ def submit() -> tuple[Response, int]:
     check_caps(store, client)
     upload, crop = uploads.files[0], uploads.crops[0]
     image = decode_upload(upload, crop)
-    features = predictor.embed([image])[0]
+    features, scores = learning.features_and_scores(predictor, image)
     photo = kept_photo(upload, crop, image) if consent else None
     if photo is not None:
         check_photo_room(store, len(photo[0]))
@@ -211,6 +211,7 @@ def submit() -> tuple[Response, int]:
         crop=",".join(f"{v:.6g}" for v in crop) if crop is not None else None,
         photo=photo[0] if photo else None,
         photo_size=(photo[2], photo[3]) if photo else None,
+        scores=scores,
     )
     kept = "kept" if photo else "not kept"
     logger.info("correction %d: %s (%s), photo %s", view.id, view.label_kind, view.label, kept)

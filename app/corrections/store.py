@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -52,7 +52,9 @@ from app.corrections.views import (
     MemoryView,
     ReviewerView,
     correction_view,
+    features_of,
     memory_view,
+    scores_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -108,17 +110,6 @@ def _dummy_password_hash() -> str:
     """A hash no password matches: checked against when a name has no password, so that the answer takes as long
     as for a real one (no telling names apart by timing)."""
     return generate_password_hash(secrets.token_urlsafe(16))
-
-
-def _features_of(correction_id: int, blob: bytes, dim: int) -> np.ndarray:
-    """The stored features as a new, writable float32 array.
-
-    Raises:
-        StoreError: the blob does not hold ``dim`` float32 values.
-    """
-    if len(blob) != 4 * dim:
-        raise StoreError(f"correction {correction_id}: its features hold {len(blob)} bytes, not {dim} float32")
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 def _with_reviewer_name() -> Any:
@@ -188,21 +179,21 @@ class CorrectionStore:
         crop: str | None = None,
         photo: bytes | None = None,
         photo_size: tuple[int, int] | None = None,
+        scores: Sequence[float | None] | None = None,
     ) -> CorrectionView:
         """Store a new pending correction, and its photo if given, in one transaction committed before returning
         it (status ``pending``).
 
         Args:
-            label: what the photo shows, at most 200 characters (a species name, or a word for the other kinds).
-            label_kind: one of :data:`LABEL_KINDS`.
+            label, label_kind: what the photo shows, at most 200 characters (a species name, or a word for the
+                other kinds), and its kind, one of :data:`LABEL_KINDS`.
             features: the model's features of the (cropped) photo: 1-D, finite, float32; kept bit-exact.
             model_id, client_key: the model that computed ``features`` (at most 128 characters); who sent it (the
                 SHA-256 hex of the client address, at most 64), for the rate limit.
-            predicted_label: the model's answer that is being corrected.
-            crop: the ``x,y,w,h`` crop the features are of (:meth:`model.crop.Crop.parse`'s format).
-            photo: the photo, as :func:`app.corrections.photos.reencode_photo` encoded it (None: no consent);
-                stored once per content (SHA-256), whoever sends it again.
-            photo_size: the photo's ``(width, height)`` in pixels, given with ``photo``.
+            predicted_label, crop: the model's answer being corrected; the ``x,y,w,h`` crop the features are of.
+            photo, photo_size: the photo as :func:`app.corrections.photos.reencode_photo` encoded it (None: no
+                consent), stored once per content (SHA-256), and its ``(width, height)`` in pixels.
+            scores: the photo's open-set scores ``(subject, novelty, taxon, other)``, each a number or None.
 
         Raises:
             ValueError: an argument is invalid; the message says which and why.
@@ -226,6 +217,7 @@ class CorrectionStore:
             feature_dim=int(features.size),
             model_id=model_id,
             client_key=client_key,
+            scores=checks.scores_json(scores),
         )
         with self._write.begin() as session:
             if photo is not None and sha256 is not None and photo_size is not None:
@@ -344,20 +336,32 @@ class CorrectionStore:
         logger.info("correction %d deleted", correction_id)
 
     def accepted(self, model_id: str | None = None) -> list[LabelledFeatures]:
-        """The accepted corrections (those of ``model_id``'s features only, when given), by id: what to learn from.
+        """The accepted corrections (those of ``model_id``'s features only, when given), by id: what to learn from,
+        with their open-set scores where recorded.
 
         Raises:
-            StoreError: a correction's stored features are damaged.
+            StoreError: a correction's stored features or scores are damaged.
         """
         query = select(
-            Correction.id, Correction.label, Correction.label_kind, Correction.features, Correction.feature_dim
+            Correction.id,
+            Correction.label,
+            Correction.label_kind,
+            Correction.features,
+            Correction.feature_dim,
+            Correction.scores,
         )
         query = query.where(Correction.status == "accepted").order_by(Correction.id)
         if model_id is not None:
             query = query.where(Correction.model_id == model_id)
         with self._read() as session:
             rows = session.execute(query).all()
-        return [LabelledFeatures(id, label, kind, _features_of(id, blob, dim)) for id, label, kind, blob, dim in rows]
+        try:
+            return [
+                LabelledFeatures(id, label, kind, features_of(id, blob, dim), scores_of(id, scores))
+                for id, label, kind, blob, dim, scores in rows
+            ]
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
 
     # --- photos -----------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import numpy as np
 
+from app.corrections import checks
 from app.corrections.models import Correction, Memory
 
 
@@ -40,12 +41,14 @@ class ReviewerView:
 
 @dataclass(frozen=True)
 class LabelledFeatures:
-    """An accepted correction's label and the model's features of its photo (float32, shape ``(D,)``)."""
+    """An accepted correction's label, the model's features of its photo (float32, shape ``(D,)``) and its open-set
+    scores ``(subject, novelty, taxon, other)`` (None: not recorded)."""
 
     id: int
     label: str
     label_kind: str
     features: np.ndarray
+    scores: tuple[float | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,30 @@ def memory_view(row: Memory) -> MemoryView:
         reason=row.reason,
         report=json.loads(row.report),
     )
+
+
+def features_of(correction_id: int, blob: bytes, dim: int) -> np.ndarray:
+    """The stored features as a new, writable float32 array.
+
+    Raises:
+        ValueError: the blob does not hold ``dim`` float32 values.
+    """
+    if len(blob) != 4 * dim:
+        raise ValueError(f"correction {correction_id}: its features hold {len(blob)} bytes, not {dim} float32")
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def scores_of(correction_id: int, text: str | None) -> tuple[float | None, ...] | None:
+    """The stored open-set scores as a tuple of 4 (None for a row without them).
+
+    Raises:
+        ValueError: the column does not hold what :func:`app.corrections.checks.scores_json` writes.
+    """
+    if text is None:
+        return None
+    try:
+        values = json.loads(text)
+        checks.scores_json(values)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"correction {correction_id}: its scores are damaged: {exc}") from None
+    return tuple(values)
