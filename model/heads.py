@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,36 @@ class NormalizedLinear(nn.Linear):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return super().forward(nn.functional.normalize(features, dim=1))
+
+
+def fit_logistic_regression(
+    x: np.ndarray,
+    y: np.ndarray,
+    c: float,
+    *,
+    class_weight: str | None = None,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A multinomial logistic regression (scikit-learn's ``LogisticRegression``, L2 penalty ``c``, lbfgs, at most
+    5,000 iterations) as a linear head's parameters: the heads :class:`NormalizedLinear` (``training.refit``) and the
+    corrections memory (:mod:`model.memory`) are fitted with it.
+
+    Args:
+        x: float ``(N, D)`` inputs (L2-normalised features for those heads); y: int ``(N,)`` labels.
+        class_weight, sample_weight: scikit-learn's (``"balanced"``; float ``(N,)``).
+
+    Returns:
+        ``(classes, coef, intercept)``: the labels present in ``y`` (sorted, ``(K,)``), float64 ``(K, D)`` and
+        ``(K,)``; with two classes, scikit-learn's one row (``logit(1) - logit(0)``) is split into two.
+    """
+    from sklearn.linear_model import LogisticRegression  # here: the app imports the heads; sklearn takes ~1 s
+
+    regression = LogisticRegression(C=c, class_weight=class_weight, max_iter=5000)
+    regression.fit(x, y, sample_weight=sample_weight)
+    coef, intercept = regression.coef_, regression.intercept_
+    if len(regression.classes_) == 2:
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    return regression.classes_, coef, intercept
 
 
 #: What a classifier slot may hold: a library's Linear, or one of our heads.

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.heads import fit_logistic_regression
 from model.open_set import OpenSetRule, lowest_confidence_threshold
 
 logger = logging.getLogger(__name__)
@@ -256,8 +257,6 @@ def fit_head(
     Raises:
         CorrectionMemoryError: a correction's features do not have the training features' dimension.
     """
-    from sklearn.linear_model import LogisticRegression  # here: the app imports this module; sklearn takes ~1 s
-
     index = {label: i for i, label in enumerate(labels)}
     used = [c_ for c_ in corrections if c_.label in index]
     dim = base.train.shape[1]
@@ -267,15 +266,14 @@ def fit_head(
     x = np.concatenate([base.train, normalize(added)])
     y = np.concatenate([base.train_targets, np.array([index[c_.label] for c_ in used], dtype=np.int64)])
     from_users = np.arange(len(y)) >= len(base.train)
-    regression = LogisticRegression(C=c, max_iter=5000)
-    regression.fit(x.astype(np.float64), y, sample_weight=sample_weights(y, from_users))
+    classes, coef, intercept = fit_logistic_regression(
+        x.astype(np.float64), y, c, sample_weight=sample_weights(y, from_users)
+    )
     weight = np.zeros((len(labels), dim), np.float32)
-    bias = np.full(len(labels), -1e4, np.float32)  # a label no row has (cannot happen: every label has rows)
-    coef, intercept = regression.coef_, regression.intercept_
-    if len(regression.classes_) == 2:  # scikit-learn's binary model has one row: logit(1) - logit(0)
-        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-    weight[regression.classes_] = coef
-    bias[regression.classes_] = intercept
+    # a label no row has (one held out with all its corrections by the gate's folds) is never the answer
+    bias = np.full(len(labels), -1e4, np.float32)
+    weight[classes] = coef
+    bias[classes] = intercept
     return weight, bias
 
 

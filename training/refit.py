@@ -27,13 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.cli import setup_logging
-from model.heads import NormalizedLinear
+from model.heads import NormalizedLinear, fit_logistic_regression
 from model.network import classifier_name
 from model.predictor import Predictor
 from training.config import TrainConfig, config_from_dict, csv_list, load_yaml, save_config
@@ -70,11 +68,8 @@ def fit_normalized_head(features: torch.Tensor, targets: torch.Tensor, num_class
     if int(present.min()) == 0:
         raise ValueError(f"every class needs training features; counts {present.tolist()}")
     x = torch.nn.functional.normalize(features.double(), dim=1).numpy()
-    regression = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x, targets.numpy())
+    _, coef, intercept = fit_logistic_regression(x, targets.numpy(), c, class_weight="balanced")
     head = NormalizedLinear(features.shape[1], num_classes)
-    coef, intercept = regression.coef_, regression.intercept_
-    if num_classes == 2:  # scikit-learn's binary model has one row: logit(1) - logit(0)
-        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(coef))
         head.bias.copy_(torch.from_numpy(intercept))
