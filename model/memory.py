@@ -13,7 +13,7 @@ weigh as much as the training crops ("domain-balanced"): with plain class balanc
 anemonefish among its 280 training crops moved the other Clark's photos' top-1 from 81.7 to 79.2 %; domain-balanced,
 to 90.0 %. Then each label weighs the same (scikit-learn's ``class_weight="balanced"`` rule).
 
-Before a memory is served it is judged (:func:`build_memory`, the gate) on the checkpoint's validation features
+Before a memory is served it is judged (:meth:`MemoryBuilder.build`, the gate) on the checkpoint's validation features
 (its macro-F1 may drop by at most :data:`MAX_F1_DROP`) and on the corrections held out in turn (``FOLDS``-fold:
 each fold's answers come from a memory fitted without it; the memory must answer at least as many of them right as
 the network alone). The same cross-validated answers choose its "not sure" threshold: the lowest at which at most
@@ -156,7 +156,7 @@ class CorrectionMemory:
         confidence_threshold: the "not sure" threshold while this memory is served, in [0, 1].
         num_classes: how many of ``labels`` are the checkpoint's classes.
         counts: accepted corrections per label.
-        report: the gate's numbers (:func:`build_memory`).
+        report: the gate's numbers (:meth:`MemoryBuilder.build`).
     """
 
     labels: tuple[str, ...]
@@ -277,13 +277,6 @@ def fit_head(
     return weight, bias
 
 
-def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Calibrated probabilities of float ``(N, K)`` logits at ``temperature`` (as the predictor's)."""
-    z = logits / temperature
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
-
-
 def verdict_for(
     probabilities: np.ndarray,
     labels: Sequence[str],
@@ -350,9 +343,13 @@ class MemoryBuilder:
         return self._base_head
 
     def probabilities(self, head: tuple[np.ndarray, np.ndarray], features: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities of ``head`` for float ``(N, D)`` features: ``(N, K)``."""
+        """Calibrated probabilities of ``head`` for float ``(N, D)`` features: ``(N, K)``, by the predictor's one
+        formula (:func:`model.predictor.calibrated_probabilities`), as the memory will be served."""
+        from model.predictor import calibrated_probabilities  # model.predictor imports this module
+
         weight, bias = head
-        return softmax(normalize(features) @ weight.T + bias, self.temperature)
+        logits = torch.from_numpy(normalize(features) @ weight.T + bias)
+        return calibrated_probabilities(logits, self.temperature).numpy()
 
     def val_macro_f1(self, head: tuple[np.ndarray, np.ndarray]) -> float:
         """Macro-F1 over the checkpoint's classes on the validation features (a new or open-set label is wrong)."""
