@@ -17,6 +17,7 @@ import functools
 import io
 import itertools
 import os
+import re
 import struct
 import subprocess
 import tempfile
@@ -141,6 +142,19 @@ def make_app(**settings: Any) -> Flask:
     # an instance folder of its own (the corrections database, the secret key), never the checkout's instance/
     instance = settings.pop("INSTANCE_PATH", None) or tempfile.mkdtemp(prefix="fish-instance-")
     return create_app({"TESTING": True, "BACKEND": "torch", "INSTANCE_PATH": instance, **settings})
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token of a page's form (Flask-WTF's hidden ``csrf_token`` field)."""
+    match = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def log_in_reviewer(client: FlaskClient, name: str, password: str) -> Any:
+    """Log a reviewer in through ``/review/login``'s form, with its CSRF token; the response of the POST."""
+    token = csrf_token(client.get("/review/login").get_data(as_text=True))
+    return client.post("/review/login", data={"name": name, "password": password, "csrf_token": token})
 
 
 # --- requests to /api/predict and checks of their answers --------------------------------------------------------

@@ -7,7 +7,6 @@ a fourth colour is the new species the users teach."""
 from __future__ import annotations
 
 import io
-import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from app.corrections.extension import get_store
 from app.corrections.learning import get_learning, model_id, rebuild
 from app.inference import get_predictor
 from model.memory import BaseFeatures, features_path
-from tests.helpers import COLOURS, encode, make_app, synthetic_image
+from tests.helpers import COLOURS, encode, log_in_reviewer, make_app, synthetic_image
 
 CLASS_NAMES = sorted(COLOURS)
 NEW_SPECIES = "Amphiprion perideraion"
@@ -148,9 +147,7 @@ def test_a_harmful_memory_is_refused_with_its_reason_and_the_served_one_stays(
     assert "The newest memory was refused" in page and "validation macro-F1 would fall" in page
     with app.app_context():  # and on the review page, for the reviewers
         get_store().add_reviewer("bob", password="a long enough password")
-    login = client.get("/review/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', login).group(1)
-    client.post("/review/login", data={"name": "bob", "password": "a long enough password", "csrf_token": csrf})
+    log_in_reviewer(client, "bob", "a long enough password")
     review = client.get("/review").get_data(as_text=True)
     assert "The newest memory was refused" in review and "validation macro-F1 would fall" in review
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator
@@ -28,7 +27,16 @@ from app.corrections.extension import EXTENSION_KEY, instance_secret_key
 from app.corrections.labels import FieldError, ProposedLabel, parse_label
 from app.corrections.store import CorrectionStore
 from model.checkpoint import ClassNames
-from tests.helpers import COLOURS, assert_json_error, assert_matches, encode, photo, synthetic_image
+from tests.helpers import (
+    COLOURS,
+    assert_json_error,
+    assert_matches,
+    csrf_token,
+    encode,
+    log_in_reviewer,
+    photo,
+    synthetic_image,
+)
 
 CLASS_NAMES = sorted(COLOURS)
 PASSWORD = "correct horse battery staple"
@@ -103,15 +111,8 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def csrf_token(html: str) -> str:
-    match = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', html)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
-
-
 def log_in(client: FlaskClient, name: str = "alice", password: str = PASSWORD) -> Any:
-    token = csrf_token(client.get("/review/login").get_data(as_text=True))
-    return client.post("/review/login", data={"name": name, "password": password, "csrf_token": token})
+    return log_in_reviewer(client, name, password)
 
 
 # --- submitting ------------------------------------------------------------------------------------------------------
