@@ -286,7 +286,8 @@ def rebuild(app: Flask, state: Learning) -> dict[str, Any]:
             predictor.set_memory(memory)
             state.served = view
         state.newest_seen = view.id
-    outcome = report["reason"] or f"{report['corrections']} corrections, new species: {report['new_species'] or 'none'}"
+    new_species = ", ".join(report["new_species"]) or "none"
+    outcome = report["reason"] or f"{report['corrections']} corrections, new species: {new_species}"
     logger.info("corrections memory %d %s in %.1f s: %s", view.id, view.status, report["seconds"], outcome)
     return report
 
