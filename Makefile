@@ -47,6 +47,11 @@ proxy: nginx
 postgres:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
 
+# The test targets let Python cache compiled modules (__pycache__, git-ignored) even where the environment sets
+# PYTHONDONTWRITEBYTECODE: without it every pytest process compiles and assertion-rewrites the test modules again
+# (about 3.5 s of CPU per process here).
+test test-fast: export PYTHONDONTWRITEBYTECODE :=
+
 # Every test, in two pytest-xdist processes of one torch thread each (see test-fast).
 test: install-dev lint browser nginx postgres
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal

@@ -15,11 +15,8 @@ One store per process (after a fork: gunicorn workers each open their own), shar
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import hmac
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -29,9 +26,8 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, sessionmaker
-from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.corrections import checks, migrations
+from app.corrections import checks, credentials, migrations
 from app.corrections.engine import WRITE_OPTION, create_engine, database_url
 from app.corrections.models import (
     LABEL_KINDS,
@@ -98,18 +94,6 @@ class InvalidReview(StoreError):
 
 class ReviewerExists(StoreError):
     """A reviewer already has that name."""
-
-
-def _token_hash(token: str) -> str:
-    """The SHA-256 (hex) of an API token, as stored."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@functools.cache
-def _dummy_password_hash() -> str:
-    """A hash no password matches: checked against when a name has no password, so that the answer takes as long
-    as for a real one (no telling names apart by timing)."""
-    return generate_password_hash(secrets.token_urlsafe(16))
 
 
 def _with_reviewer_name() -> Any:
@@ -402,9 +386,9 @@ class CorrectionStore:
             raise ValueError(f"a reviewer's name must not start or end with a space, got {name!r}")
         if password is not None and (not isinstance(password, str) or not password):
             raise ValueError("the password must be a non-empty string (None: token-only reviewer)")
-        token = secrets.token_urlsafe(32)
-        password_hash = generate_password_hash(password) if password is not None else None
-        row = Reviewer(name=name, password_hash=password_hash, token_hash=_token_hash(token), created_at=utcnow())
+        token, token_hash = credentials.new_token()
+        password_hash = credentials.hash_password(password) if password is not None else None
+        row = Reviewer(name=name, password_hash=password_hash, token_hash=token_hash, created_at=utcnow())
         try:
             with self._write.begin() as session:
                 if session.scalar(select(Reviewer.id).where(Reviewer.name == name)) is not None:
@@ -419,12 +403,13 @@ class CorrectionStore:
         """The reviewer whose API token is ``token``; None for any other string."""
         if not isinstance(token, str) or not token:
             return None
-        digest = _token_hash(token)
         with self._read() as session:
             found = session.execute(
-                select(Reviewer.id, Reviewer.name, Reviewer.token_hash).where(Reviewer.token_hash == digest)
+                select(Reviewer.id, Reviewer.name, Reviewer.token_hash).where(
+                    Reviewer.token_hash == credentials.token_hash(token)
+                )
             ).first()
-        if found is None or not hmac.compare_digest(found.token_hash, digest):
+        if found is None or not credentials.token_matches(found.token_hash, token):
             return None
         return ReviewerView(found.id, found.name)
 
@@ -437,10 +422,7 @@ class CorrectionStore:
                 select(Reviewer.id, Reviewer.name, Reviewer.password_hash).where(Reviewer.name == name)
             ).first()
         stored = found.password_hash if found is not None else None
-        if not isinstance(password, str) or stored is None:
-            check_password_hash(_dummy_password_hash(), password if isinstance(password, str) else "")
-            return None
-        return ReviewerView(found.id, found.name) if check_password_hash(stored, password) else None
+        return ReviewerView(found.id, found.name) if credentials.password_matches(stored, password) else None
 
     def reviewer(self, reviewer_id: int) -> ReviewerView | None:
         """The reviewer ``reviewer_id``, or None."""
