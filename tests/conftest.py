@@ -71,7 +71,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     path = save_checkpoint(release_checkpoint(ckpt), tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
-    predictor = Predictor.from_checkpoint(path, precision="auto")  # the app's precision (bf16 on such CPUs)
+    predictor = Predictor.from_checkpoint(path, precision="fp32")  # as the tests' apps serve it (make_app)
     held_out = [(name, seed, size) for name in class_names for seed, size in ((0, (40, 32)), (50, (200, 120)))]
     photos = [Image.open(io.BytesIO(encode(synthetic_image(COLOURS[n], size, seed)))) for n, seed, size in held_out]
     for (name, _, _), prediction in zip(held_out, predictor.predict(photos), strict=True):

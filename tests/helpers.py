@@ -130,18 +130,20 @@ def train_tiny_network(class_names: list[str], per_class: int = 8, min_probabili
 
 
 def make_app(**settings: Any) -> Flask:
-    """``create_app`` in testing mode with the torch backend, then ``settings`` (e.g. ``MODEL_PATH``, limits).
+    """``create_app`` in testing mode with the torch backend in fp32, then ``settings`` (e.g. ``MODEL_PATH``, limits).
 
     The torch backend, not the default "auto" (OpenVINO on a CPU): what the app does with a request (routes,
     limits, errors, pages, JSON) does not depend on the backend, and OpenVINO converts the model and times fp32
     against bf16 at every start-up, seconds per app. The tests that exist for the OpenVINO or "auto" backend pass
-    ``BACKEND`` themselves and are marked ``slow``.
+    ``BACKEND`` themselves and are marked ``slow``. fp32, not "auto" (bf16 on CPUs with AMX or AVX-512 BF16): the tiny
+    network runs a photo in about 4 ms in fp32 and 13 ms in bf16 here; the precisions' agreement has its own tests
+    (``tests/test_model.py``).
     """
     from app import create_app
 
     # an instance folder of its own (the corrections database, the secret key), never the checkout's instance/
     instance = settings.pop("INSTANCE_PATH", None) or tempfile.mkdtemp(prefix="fish-instance-")
-    return create_app({"TESTING": True, "BACKEND": "torch", "INSTANCE_PATH": instance, **settings})
+    return create_app({"TESTING": True, "BACKEND": "torch", "PRECISION": "fp32", "INSTANCE_PATH": instance, **settings})
 
 
 def csrf_token(html: str) -> str:

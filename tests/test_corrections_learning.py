@@ -38,7 +38,7 @@ def checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     path = tmp_path_factory.mktemp("learning") / "tiny.pt"
     shutil.copyfile(tiny_checkpoint, path)
-    predictor = Predictor.from_checkpoint(path, precision="auto")
+    predictor = Predictor.from_checkpoint(path, precision="fp32")  # as make_app serves it
 
     def embed(seeds: range) -> tuple[np.ndarray, np.ndarray]:
         images = [synthetic_image(COLOURS[name], (40, 32), seed) for name in CLASS_NAMES for seed in seeds]
