@@ -129,6 +129,12 @@ def train_tiny_network(class_names: list[str], per_class: int = 8, min_probabili
     raise AssertionError(f"the tiny network did not learn {class_names} in 500 steps")
 
 
+@functools.cache
+def _instances() -> tempfile.TemporaryDirectory[str]:
+    """The folder of this test process's app instance folders (:func:`make_app`), removed when the process exits."""
+    return tempfile.TemporaryDirectory(prefix="fish-test-instances-")
+
+
 def make_app(**settings: Any) -> Flask:
     """``create_app`` in testing mode with the torch backend in fp32, then ``settings`` (e.g. ``MODEL_PATH``, limits).
 
@@ -142,7 +148,7 @@ def make_app(**settings: Any) -> Flask:
     from app import create_app
 
     # an instance folder of its own (the corrections database, the secret key), never the checkout's instance/
-    instance = settings.pop("INSTANCE_PATH", None) or tempfile.mkdtemp(prefix="fish-instance-")
+    instance = settings.pop("INSTANCE_PATH", None) or tempfile.mkdtemp(prefix="instance-", dir=_instances().name)
     return create_app({"TESTING": True, "BACKEND": "torch", "PRECISION": "fp32", "INSTANCE_PATH": instance, **settings})
 
 
