@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from tools.hostile_images import png_chunk
+
 if TYPE_CHECKING:
     import pytest
     import torch
@@ -250,10 +252,6 @@ def answer_with_verdicts(monkeypatch: pytest.MonkeyPatch, app: Flask, verdicts: 
 
 
 # --- crafted image files -----------------------------------------------------------------------------------------
-
-
-def png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
 @functools.cache

@@ -28,10 +28,10 @@ from tests.helpers import (
     encode,
     make_app,
     photo,
-    png_chunk,
     post_images,
     synthetic_image,
 )
+from tools.hostile_images import constant_png
 
 CLASS_NAMES = sorted(COLOURS)
 MiB = 2**20
@@ -43,13 +43,7 @@ MiB = 2**20
 @functools.cache
 def zeros_png(width: int, height: int) -> bytes:
     """A real, fully decodable 8-bit grayscale PNG of zeros: ``width x height`` pixels in very few bytes."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_RLE)  # runs of zeros: as small, faster than default
-    rows = 64
-    block = bytes(width + 1) * rows  # each row: filter byte 0, then ``width`` zero pixels
-    idat = [compressor.compress(block[: (width + 1) * min(rows, height - y)]) for y in range(0, height, rows)]
-    idat.append(compressor.flush())
-    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", b"".join(idat)) + png_chunk(b"IEND", b"")
+    return constant_png((width, height), b"\x00")
 
 
 def png_declaring_size(width: int, height: int) -> bytes:

@@ -155,7 +155,7 @@ def test_a_decode_past_its_deadline_is_stopped_and_its_process_replaced(tiny_che
     assert post_images(client, jpeg_bytes()).status_code == 200
     body = assert_json_error(post_images(client, slow_png()), 413)
     assert "takes too long to decode" in body["error"] and "0.05 s" in body["error"], body["error"]
-    assert_nothing_burns_cpu(os.getpid())  # the forkserver and the decoders are this process's descendants
+    assert_nothing_burns_cpu(os.getpid(), window=0.5)  # the forkserver and the decoders: this process's descendants
     assert post_images(client, jpeg_bytes()).status_code == 200  # a new decoder took the killed one's place
 
 
