@@ -4,6 +4,10 @@ This module owns the application factory ``create_app`` (Flask tutorial style), 
 (cookiecutter-flask style): the settings (:func:`configure`, from their one declaration in :mod:`app.settings`), the
 model (:func:`init_model`, wired by :mod:`app.inference`), the blueprints (:mod:`app.web`, :mod:`app.api`), JSON
 errors for API paths and the security headers. Serve it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+The steps import the blueprints and the model's modules when they run (as Flask's tutorial imports its blueprints
+inside the factory), so importing a light part of the package (``app.settings``, the corrections store that
+``fish-admin`` uses) does not load torch: ``fish-admin --help`` answers in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,12 +19,9 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app import api, inference, settings, web
-from app.corrections import extension as corrections
+from app import settings
 from app.request_class import InMemoryRequest
 from app.settings import ENV_PREFIX
-from app.uploads import start_deadline
-from model.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         ValueError: a setting has an invalid value.
     """
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    from app.corrections import extension as corrections
+
     app.request_class = InMemoryRequest
     configure(app, config)
     init_model(app)
@@ -82,6 +85,9 @@ def init_model(app: Flask) -> None:
             to point the app at another one.
         ValueError, model.backends.BackendUnavailableError: see :func:`app.inference.init_app`.
     """
+    from app import inference
+    from model.checkpoint import CheckpointError
+
     try:
         inference.init_app(app)
     except CheckpointError as exc:
@@ -93,6 +99,9 @@ def init_model(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Mount the HTML page (``/``) and the JSON API (``/api/...``, ``/healthz``), and start each request's deadline
     for the decoding they do (``REQUEST_DEADLINE_S``, see :func:`app.uploads.start_deadline`)."""
+    from app import api, web
+    from app.uploads import start_deadline
+
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
     app.before_request(start_deadline)

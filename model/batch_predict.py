@@ -36,11 +36,12 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm import tqdm
 
-from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser, setup_logging
+from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser
 from model.crop import Crop
 from model.decoder_pool import DEFAULT_DECODE_TIMEOUT_S, DecoderPool
 from model.decoding import DEFAULT_MAX_PIXELS
 from model.errors import ImageError
+from model.logs import setup_logging
 from model.predictor import Predictor
 from model.results import VERDICTS, Prediction, csv_header, csv_row
 from model.runtime import resolve_device, set_torch_threads

@@ -2,7 +2,7 @@
 
 ``fish-evaluate`` / ``evaluate.py`` (:mod:`training.cli`), ``fish-predict`` / ``predict.py``
 (:mod:`model.batch_predict`) and ``fish-quantize`` / ``quantize.py`` declare their inference options
-(``--checkpoint``, ``--batch-size``, ``--workers``, ``--device``, ``--precision``, ``--backend``), set up logging and
+(``--checkpoint``, ``--batch-size``, ``--workers``, ``--device``, ``--precision``, ``--backend``) and
 tell a user's mistake (exit code 2, one logged line) from a bug here, once. It lives in ``model`` because
 ``model.batch_predict`` uses it and ``model`` imports nothing from ``training``.
 """
@@ -10,7 +10,6 @@ tell a user's mistake (exit code 2, one logged line) from a bug here, once. It l
 from __future__ import annotations
 
 import argparse
-import logging
 
 from model.backends import BACKENDS, SERVED_PRECISIONS, BackendUnavailableError
 from model.checkpoint import CheckpointError
@@ -55,15 +54,3 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, precision: str, 
         default=backend,
         help="torch (the reference), openvino, or auto: OpenVINO on the CPU, torch on a GPU",
     )
-
-
-def log_format(rank: int = 0) -> str:
-    """The commands' log line: ``time level logger: message``, with ``[rank N]`` before the logger in torchrun's
-    processes other than rank 0."""
-    return f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s"
-
-
-def setup_logging(rank: int = 0) -> None:
-    """Log to stderr as :func:`log_format` says: INFO and above (the commands' progress and errors), or only
-    WARNING and above in torchrun's processes other than rank 0 (``rank``), so that one process reports progress."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=log_format(rank))

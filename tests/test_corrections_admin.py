@@ -83,6 +83,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # --- add-reviewer -----------------------------------------------------------------------------------------------
 
 
+def test_fish_admin_imports_neither_torch_nor_the_web_app() -> None:
+    """``fish-admin`` manages a database: its module (and so ``--help`` and every command) loads neither torch,
+    timm nor the app's routes, which would cost seconds per call."""
+    heavy = ("torch", "torchvision", "timm", "openvino", "app.api", "app.inference")
+    code = f"import sys, app.corrections.admin; print(sorted(m for m in sys.modules if m.startswith({heavy!r})))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout[:500]
+
+
 def test_add_reviewer_prints_a_token_the_store_knows(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert admin(url, "add-reviewer", "alice") == 0
     out = capsys.readouterr().out

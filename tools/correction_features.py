@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.cli import setup_logging
+from model.logs import setup_logging
 from model.predictor import Predictor
 from training.data import Sample, read_split
 from training.evaluation import collect_outputs

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from model.cli import setup_logging
+from model.logs import setup_logging
 from model.memory import NOT_FISH_LABEL, UNKNOWN_LABEL, BaseFeatures, Correction, MemoryBuilder, normalize
 from model.predictor import Predictor
 from model.results import Prediction

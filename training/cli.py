@@ -21,7 +21,8 @@ from typing import Any
 
 from model import quantization
 from model.checkpoint import CheckpointError
-from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser, setup_logging
+from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser
+from model.logs import setup_logging
 from model.network import WeightsUnavailableError
 from model.predictor import Predictor
 from model.runtime import resolve_device

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from model.checkpoint import Checkpoint, CheckpointError, ClassNames, load_checkpoint, save_checkpoint
-from model.cli import setup_logging
+from model.logs import setup_logging
 from model.predictor import Predictor
 from model.taxonomy import Families
 from training.config import csv_list

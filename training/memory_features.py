@@ -19,7 +19,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from model.cli import setup_logging
+from model.logs import setup_logging
 from model.memory import BaseFeatures, features_path, normalize
 from model.predictor import Predictor
 from training.data import read_split

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from model.cli import setup_logging
 from model.heads import NormalizedLinear, fit_logistic_regression
+from model.logs import setup_logging
 from model.network import classifier_name
 from model.predictor import Predictor
 from training.config import TrainConfig, config_from_dict, csv_list, load_yaml, save_config

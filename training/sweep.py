@@ -67,7 +67,7 @@ from typing import Any
 import torch
 import yaml
 
-from model.cli import log_format, setup_logging
+from model.logs import log_format, setup_logging
 from model.network import WEIGHTS_IMAGENET, WEIGHTS_NONE
 from training.config import TrainConfig, config_from_dict, load_yaml, normalise_keys
 from training.trainer import fit

@@ -16,8 +16,8 @@ reviewer accepts or rejects it; the accepted ones teach the model. The package, 
 * ``routes`` (the web pages and API of the corrections) and ``learning`` (the memory of accepted corrections the
   workers serve) are built on the store by their owners.
 
-These modules import neither Flask nor torch themselves (``routes`` and ``learning`` aside); importing them still
-runs ``app/__init__.py``, which does.
+These modules import neither Flask nor torch themselves (``routes`` and ``learning`` aside); importing them runs
+``app/__init__.py``, which imports Flask but loads the model's modules (torch) only when an app is made.
 
 A new migration: change :mod:`~app.corrections.models`, then write ``migrations/versions/NNNN_<what>.py`` by hand
 or let Alembic draft it against a database at the current head::

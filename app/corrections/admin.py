@@ -50,8 +50,8 @@ from app import settings
 from app.corrections.engine import database_url
 from app.corrections.photos import reencode_photo
 from app.corrections.store import CorrectionStore, CorrectionView, PhotoNotFound, StoreError
-from model.cli import setup_logging
 from model.crop import Crop
+from model.logs import setup_logging
 
 logger = logging.getLogger("fish-admin")
 
