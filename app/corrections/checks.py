@@ -62,14 +62,12 @@ SCORES = 4
 SCORES_TEXT = "subject, novelty, taxon, other"
 
 
-def scores_json(scores: Any) -> str | None:
-    """A correction's open-set scores as stored: None stays None, else JSON ``[subject, novelty, taxon, other]``.
+def check_scores(scores: Any) -> list[float | None]:
+    """A correction's open-set scores ``[subject, novelty, taxon, other]``, each a float or None.
 
     Raises:
-        ValueError: not None nor a sequence of 4 values, each None or a finite number.
+        ValueError: not a list or tuple of 4 values, each None or a finite number.
     """
-    if scores is None:
-        return None
     values = list(scores) if isinstance(scores, list | tuple) else None
     if values is None or len(values) != SCORES:
         raise ValueError(f"scores must be None or ({SCORES_TEXT}), got {scores!r:.80}")
@@ -78,7 +76,16 @@ def scores_json(scores: Any) -> str | None:
             isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
         ):
             raise ValueError(f"scores must be finite numbers or None, got {value!r:.40}")
-    return json.dumps([float(v) if v is not None else None for v in values])
+    return [float(v) if v is not None else None for v in values]
+
+
+def scores_json(scores: Any) -> str | None:
+    """A correction's open-set scores as stored: None stays None, else JSON ``[subject, novelty, taxon, other]``.
+
+    Raises:
+        ValueError: see :func:`check_scores`.
+    """
+    return None if scores is None else json.dumps(check_scores(scores))
 
 
 def check_photo(photo: Any, photo_size: Any) -> None:

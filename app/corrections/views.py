@@ -110,8 +110,6 @@ def scores_of(correction_id: int, text: str | None) -> tuple[float | None, ...] 
     if text is None:
         return None
     try:
-        values = json.loads(text)
-        checks.scores_json(values)
+        return tuple(checks.check_scores(json.loads(text)))
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"correction {correction_id}: its scores are damaged: {exc}") from None
-    return tuple(values)
