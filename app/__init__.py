@@ -39,9 +39,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         model.checkpoint.CheckpointError: the checkpoint at MODEL_PATH is missing or invalid.
         ValueError: a setting has an invalid value.
     """
-    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     from app.corrections import extension as corrections
 
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = InMemoryRequest
     configure(app, config)
     init_model(app)

@@ -3,7 +3,7 @@
 The app learns from its users' accepted corrections by refitting a linear head on the checkpoint's training features
 plus the corrections' features, and judges each new memory on the validation features (:mod:`model.memory`). Those
 features are computed once per release, here, and shipped beside the checkpoint as ``<name>.features.npz``
-(:func:`model.memory.features_path`; int8 rows, about 5 MB for Fish4Knowledge's 4,070 images at 1,280 features).
+(:func:`model.memory.features_path`; int8 rows, 3.4 MB for Fish4Knowledge's 4,070 images at 1,280 features).
 Without that file the app serves and stores corrections but does not learn from them (the model page says so).
 
 The features are the served network's (the app's default backend and precision, so they match what the app embeds
