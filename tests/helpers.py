@@ -20,6 +20,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -51,6 +52,20 @@ SHARED_DATA = Path(os.environ.get("FISH_SHARED_DATA", ROOT.parent / "shared" / "
 
 #: Three well-separated colours: a tiny network learns them in a few steps.
 COLOURS = {"blue_tang": (20, 40, 220), "clownfish": (240, 120, 20), "green_chromis": (30, 200, 60)}
+
+
+def modules_loaded_by(statement: str, modules: tuple[str, ...]) -> list[str]:
+    """The modules among ``modules`` (each a module name: it, or any module below it) that a fresh Python has loaded
+    after running ``statement`` in the repository root: how the tests check that a light entry point stays light.
+
+    Raises:
+        subprocess.CalledProcessError: ``statement`` failed.
+    """
+    below = tuple(f"{module}." for module in modules)
+    listing = f"print(*sorted(m for m in sys.modules if m in {modules!r} or m.startswith({below!r})))"
+    code = f"import sys\n{statement}\n{listing}"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return result.stdout.split()
 
 
 # --- synthetic images and ImageFolder trees ----------------------------------------------------------------------

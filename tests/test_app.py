@@ -33,7 +33,16 @@ from model.decoding import decode_image
 from model.errors import ImageError
 from model.results import VERDICTS, Prediction
 from model.runtime import cpu_threads
-from tests.helpers import COLOURS, ROOT, answer_with_verdicts, encode, gunicorn_server, make_app, synthetic_image
+from tests.helpers import (
+    COLOURS,
+    ROOT,
+    answer_with_verdicts,
+    encode,
+    gunicorn_server,
+    make_app,
+    modules_loaded_by,
+    synthetic_image,
+)
 from tools.loadtest import multipart
 
 CLASS_NAMES = sorted(COLOURS)
@@ -819,12 +828,7 @@ def test_gunicorn_config(monkeypatch: pytest.MonkeyPatch) -> None:
     # a lone request gets every core this process may use: the app's own rule (cpu_threads), not the host's count
     assert os.environ["FISH_THREADS"] == str(cpu_threads())
     # the master must not import torch (nor the app, which does), directly or through another module
-    check = (
-        "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
-        "print(sorted({'torch', 'app', 'model'} & set(sys.modules)))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+    assert modules_loaded_by("import runpy; runpy.run_path('gunicorn.conf.py')", ("torch", "app", "model")) == []
 
 
 def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

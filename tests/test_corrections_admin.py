@@ -19,7 +19,7 @@ from PIL import Image
 from app.corrections.admin import CSV_COLUMNS, main
 from app.corrections.photos import reencode_photo
 from app.corrections.store import CorrectionStore
-from tests.helpers import COLOURS, ROOT
+from tests.helpers import COLOURS, ROOT, modules_loaded_by
 from training.data import scan_extra_data
 
 NEW_SPECIES = "Amphiprion perideraion"
@@ -87,9 +87,7 @@ def test_fish_admin_imports_neither_torch_nor_the_web_app() -> None:
     """``fish-admin`` manages a database: its module (and so ``--help`` and every command) loads neither torch,
     timm nor the app's routes, which would cost seconds per call."""
     heavy = ("torch", "torchvision", "timm", "openvino", "app.api", "app.inference")
-    code = f"import sys, app.corrections.admin; print(sorted(m for m in sys.modules if m.startswith({heavy!r})))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]", result.stdout[:500]
+    assert modules_loaded_by("import app.corrections.admin", heavy) == []
 
 
 def test_add_reviewer_prints_a_token_the_store_knows(url: str, capsys: pytest.CaptureFixture[str]) -> None:

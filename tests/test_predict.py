@@ -8,8 +8,6 @@ import dataclasses
 import io
 import itertools
 import logging
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +21,7 @@ from model import batch_predict
 from model.decoding import decode_image
 from model.predictor import Predictor
 from model.results import VERDICTS, Prediction
-from tests.helpers import COLOURS, ROOT, encode, make_app, make_imagefolder, photo, synthetic_image
+from tests.helpers import COLOURS, encode, make_app, make_imagefolder, modules_loaded_by, photo, synthetic_image
 from tools.hostile_images import progressive_with_repeated_scan, slow_png, with_sof_size
 
 TOP_K = 2
@@ -307,10 +305,7 @@ def test_the_predict_entry_points_import_neither_torch_nor_timm(module: str) -> 
     """Every decoder process re-imports the script that was run (multiprocessing does so for ``__main__``):
     predict.py and fish-predict's entry point must import none of torch, torchvision, timm or pydantic, which
     would cost each decoder process seconds and a few GB of address space."""
-    heavy = ("torch", "torchvision", "timm", "pydantic", "openvino")
-    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]", result.stdout[:500]
+    assert modules_loaded_by(f"import {module}", ("torch", "torchvision", "timm", "pydantic", "openvino")) == []
 
 
 def test_predict_stops_with_exit_code_1_when_the_decoder_processes_fail(
