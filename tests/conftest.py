@@ -48,9 +48,10 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A release checkpoint of a resnet18 at 32 px TRAINED on :data:`COLOURS` (:func:`train_tiny_network`), written
-    by the real ``make_checkpoint``, ``release_checkpoint`` (fp16) and ``save_checkpoint``: served, it names the
-    species of a clownfish-, blue-tang- or green-chromis-coloured photo, with a clear margin.
+    """A release checkpoint of the :data:`TINY_ARCH` network at 32 px TRAINED on :data:`COLOURS`
+    (:func:`train_tiny_network`), written by the real ``make_checkpoint``, ``release_checkpoint`` (fp16) and
+    ``save_checkpoint``: served, it names the species of a clownfish-, blue-tang- or green-chromis-coloured photo,
+    with a clear margin.
 
     Checked here through a real :class:`model.predictor.Predictor` on held-out JPEGs (the photo
     :func:`jpeg_bytes` sends among them), so a test that relies on the right species fails here first.

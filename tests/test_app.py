@@ -36,6 +36,7 @@ from model.runtime import cpu_threads
 from tests.helpers import (
     COLOURS,
     ROOT,
+    TINY_ARCH,
     answer_with_verdicts,
     encode,
     gunicorn_server,
@@ -140,7 +141,7 @@ def test_page_renders_form(client: FlaskClient) -> None:
     assert '<label for="image"' in html  # the drop zone is the input's label
     assert 'data-api="/api/predict"' in html
     assert "Reef fish identifier" in html
-    assert "resnet18" in html and "3 species" in html
+    assert TINY_ARCH in html and "3 species" in html
     assert 'href="/model"' in html
     assert alert_text(html) == ""
     assert_no_inline_code(html)
@@ -417,7 +418,7 @@ def test_model_page_renders_a_bare_checkpoint(client: FlaskClient) -> None:
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert "<h1>About the model</h1>" in html
-    assert "resnet18" in html and "32 × 32" in html
+    assert TINY_ARCH in html and "32 × 32" in html
     for label, name in zip(CLASS_NAMES, SPECIES_NAMES, strict=True):
         assert f'<th scope="row">{name} <code class="label">{label}</code></th>' in html
     assert "records no per-species metrics" in html
@@ -644,7 +645,7 @@ def test_api_predict_schema(client: FlaskClient, jpeg_bytes: Callable[..., bytes
     confidences = [t["confidence"] for t in top]
     assert confidences == sorted(confidences, reverse=True)
     assert sum(confidences) == pytest.approx(1.0, abs=1e-4)
-    assert body["model"]["arch"] == "resnet18"
+    assert body["model"]["arch"] == TINY_ARCH
     assert body["model"]["num_classes"] == len(CLASS_NAMES)
     assert body["verdict"] in VERDICTS and body["confident"] is (body["verdict"] == "species")
     assert {"subject_score", "novelty"} <= set(body)
@@ -691,7 +692,7 @@ def test_healthz(client: FlaskClient, tiny_checkpoint: Path) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.get_json()
-    assert body == {"status": "ok", "model": "resnet18", "checkpoint": tiny_checkpoint.name, "classes": CLASS_NAMES}
+    assert body == {"status": "ok", "model": TINY_ARCH, "checkpoint": tiny_checkpoint.name, "classes": CLASS_NAMES}
 
 
 # Bad uploads, missing fields, body limits and odd images: tests/test_api_inputs.py.

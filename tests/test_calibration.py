@@ -17,7 +17,7 @@ from PIL import Image
 from model.network import build_model
 from model.predictor import Predictor
 from model.transforms import Preprocessing
-from tests.helpers import COLOURS, make_app
+from tests.helpers import COLOURS, TINY_ARCH, make_app
 from training.data import scan_image_folder
 from training.evaluation import evaluate_predictor
 from training.metrics import (
@@ -190,7 +190,7 @@ def test_predictor_temperature_two_is_flatter_than_one(tiny_checkpoint: Path) ->
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, math.nan, math.inf])
 def test_predictor_refuses_a_bad_temperature(temperature: float) -> None:
-    model = build_model("resnet18", num_classes=len(CLASS_NAMES))
+    model = build_model(TINY_ARCH, num_classes=len(CLASS_NAMES))
     with pytest.raises(ValueError, match="temperature"):
         Predictor(model, CLASS_NAMES, Preprocessing.for_image_size(32), temperature=temperature)
     predictor = Predictor(model, CLASS_NAMES, Preprocessing.for_image_size(32), temperature=0.5)
