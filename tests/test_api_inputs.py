@@ -161,7 +161,9 @@ BAD_INPUTS: dict[str, tuple[Callable[[], bytes], int]] = {
     "truncated-jpeg": (lambda: noisy_jpeg()[: len(noisy_jpeg()) * 6 // 10], 400),
     "truncated-jpeg-header": (lambda: noisy_jpeg()[:100], 400),
     "corrupt-jpeg-header": (lambda: patched(noisy_jpeg(), b"\xff\xc0", 5, bytes(4)), 400),  # SOF: 0 x 0 pixels
-    "corrupt-jpeg-data": (lambda: patched(noisy_jpeg(), b"\xff\xda", 2000, b"\xff" * 200), 400),
+    # 0xFF fill bytes then 0x76: an 0xFF followed by a byte that no JPEG marker (nor a stuffed 0x00) is, whatever
+    # the entropy-coded bytes around it
+    "corrupt-jpeg-data": (lambda: patched(noisy_jpeg(), b"\xff\xda", 2000, b"\xff" * 200 + b"\x76"), 400),
     "truncated-png": (lambda: noisy_png()[: len(noisy_png()) // 2], 400),
     "truncated-png-header": (lambda: noisy_png()[:30], 400),
     "corrupt-png-data": (lambda: patched(noisy_png(), b"IDAT", 100, bytes(40)), 400),

@@ -92,16 +92,16 @@ def test_imagenet_weights_unavailable_names_the_alternatives(tmp_path: Path, mon
 
 
 def test_weights_path_loads_a_local_state_dict_and_drops_a_mismatched_head(tmp_path: Path) -> None:
-    source = build_model("resnet18", num_classes=10)
-    path = tmp_path / "r18.pth"
+    source = build_model(TINY_ARCH, num_classes=10)
+    path = tmp_path / "tiny.pth"
     torch.save(source.state_dict(), path)
-    model = build_model("resnet18", num_classes=3, weights=str(path))
+    model = build_model(TINY_ARCH, num_classes=3, weights=str(path))
     assert torch.equal(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
     assert model.fc.out_features == 3
-    with pytest.raises(WeightsUnavailableError, match="not a resnet50 state dict"):
-        build_model("resnet50", num_classes=3, weights=str(path))
+    with pytest.raises(WeightsUnavailableError, match="not a test_efficientnet state dict"):
+        build_model("test_efficientnet", num_classes=3, weights=str(path))
     with pytest.raises(WeightsUnavailableError, match="could not read"):
-        build_model("resnet18", num_classes=3, weights=str(tmp_path / "missing.pth"))
+        build_model(TINY_ARCH, num_classes=3, weights=str(tmp_path / "missing.pth"))
 
 
 def test_eval_transform_shape_and_normalisation() -> None:

@@ -23,7 +23,7 @@ from model.heads import MLPHead
 from model.network import build_model, classifier_name
 from model.predictor import Predictor
 from model.transforms import Preprocessing
-from tests.helpers import COLOURS, ROOT, make_imagefolder, synthetic_image
+from tests.helpers import COLOURS, ROOT, TINY_ARCH, make_imagefolder, synthetic_image
 from training.config import TrainConfig, config_from_dict, get_args_parser, parse_args, validate
 from training.engine import train_one_epoch
 from training.optim import (
@@ -57,16 +57,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_mlp_head_has_the_requested_layers_and_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     head = {"type": "mlp", "hidden": [32, 16], "dropout": 0.3}
-    model = build_model("resnet18", num_classes=3, head=head)
+    model = build_model(TINY_ARCH, num_classes=3, head=head)
     assert classifier_name(model) == "fc" and isinstance(model.fc, MLPHead)
     linears = [m for m in model.fc if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(512, 32), (32, 16), (16, 3)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(model.num_features, 32), (32, 16), (16, 3)]
     assert [m.p for m in model.fc if isinstance(m, nn.Dropout)] == [0.3, 0.3]
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
     ckpt = make_checkpoint(
         model=model,
-        arch="resnet18",
+        arch=TINY_ARCH,
         class_names=sorted(COLOURS),
         preprocessing=Preprocessing.for_image_size(32),
         epoch=0,
@@ -92,10 +92,10 @@ def test_heads_fit_other_torchvision_families() -> None:
 
 
 def test_weights_path_with_a_linear_head_seeds_an_mlp_backbone(tmp_path: Path) -> None:
-    source = build_model("resnet18", num_classes=1000)
-    torch.save(source.state_dict(), tmp_path / "r18.pth")
-    model = build_model("resnet18", 3, weights=str(tmp_path / "r18.pth"), head={"type": "mlp", "hidden": [16]})
-    torch.testing.assert_close(model.conv1.weight, source.conv1.weight)
+    source = build_model(TINY_ARCH, num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "tiny.pth")
+    model = build_model(TINY_ARCH, 3, weights=str(tmp_path / "tiny.pth"), head={"type": "mlp", "hidden": [16]})
+    torch.testing.assert_close(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
     assert isinstance(model.fc, MLPHead)
 
 
