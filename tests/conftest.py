@@ -17,6 +17,7 @@ from tests.helpers import (
     COLOURS,
     TINY_ARCH,
     TINY_IMAGE_SIZE,
+    close_apps,
     encode,
     make_app,
     make_imagefolder,
@@ -26,6 +27,13 @@ from tests.helpers import (
 
 if TYPE_CHECKING:
     from flask import Flask
+
+
+@pytest.fixture(scope="module", autouse=True)
+def apps_closed_after_each_module() -> Iterator[None]:
+    """The decoder processes of the apps a test module made stop when the module is done (:func:`close_apps`)."""
+    yield
+    close_apps()
 
 
 @pytest.fixture(scope="session", autouse=True)

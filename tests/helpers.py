@@ -173,7 +173,29 @@ def make_app(**settings: Any) -> Flask:
 
     # an instance folder of its own (the corrections database, the secret key), never the checkout's instance/
     instance = settings.pop("INSTANCE_PATH", None) or tempfile.mkdtemp(prefix="instance-", dir=_instances().name)
-    return create_app({"TESTING": True, "BACKEND": "torch", "PRECISION": "fp32", "INSTANCE_PATH": instance, **settings})
+    app = create_app({"TESTING": True, "BACKEND": "torch", "PRECISION": "fp32", "INSTANCE_PATH": instance, **settings})
+    _open_apps.append(app)
+    return app
+
+
+#: The apps :func:`make_app` made in this process whose decoder processes :func:`close_apps` has not yet stopped.
+_open_apps: list[Flask] = []
+
+
+def close_apps() -> None:
+    """Stop the decoder processes of every app :func:`make_app` has made since the last call (``conftest.py`` calls
+    it as each test module ends).
+
+    Without it an app's :class:`model.decoder_pool.DecoderPool` lived until the app was garbage-collected: a Flask app
+    sits in reference cycles, so most lived to the end of the process, their pool threads polling all the while,
+    then closed one after the other (pebble's 0.1 s poll each): 12 such closes took a worker 2 s after its last
+    test. Closing twice is harmless (the app's own finalizer still runs)."""
+    from app.inference import DECODER_KEY
+
+    while _open_apps:
+        decoder = _open_apps.pop().extensions.get(DECODER_KEY)
+        if decoder is not None:
+            decoder.close()
 
 
 def csrf_token(html: str) -> str:
