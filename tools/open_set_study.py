@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,16 @@ def teacher_logits(arch: str, roots: dict[str, tuple[Path, list]], out: Path) ->
     return logits
 
 
+def halves(sizes: dict[str, int], splits: int) -> Iterator[dict[str, np.ndarray]]:
+    """For each of ``splits`` random halvings of every set (seeds 0, 1, ...), each half in turn: the rows to choose
+    on (bool masks); the others measure."""
+    for seed in range(splits):
+        rng = np.random.default_rng(seed)
+        half = {n: rng.random(size) < 0.5 for n, size in sizes.items()}
+        for side in (True, False):
+            yield {n: half[n] == side for n in sizes}
+
+
 def lowest_threshold(score: dict[str, np.ndarray], gate: dict[str, np.ndarray], right: np.ndarray, rows=None) -> float:
     """The lowest score threshold meeting the release's bounds on the rows given (all rows by default)."""
     rows = rows or {n: np.ones(len(score[n]), bool) for n in score}
@@ -93,20 +104,16 @@ def named_and_right(scores: dict[str, dict[str, np.ndarray]], gate: dict[str, np
         named = {n: gate[n] & (score[n] >= threshold) for n in score}
         row = [(named["clarkii"] & right).mean(), named["perideraion"].mean(), named["reef_fish"].mean()]
         held = []
-        for seed in range(20):
-            rng = np.random.default_rng(seed)
-            half = {n: rng.random(len(score[n])) < 0.5 for n in score}
-            for side in (True, False):
-                fit = {n: half[n] == side for n in score}
-                t = lowest_threshold(score, gate, right, fit)
-                named = {n: gate[n] & (score[n] >= t) & ~fit[n] for n in score}
-                held.append(
-                    [
-                        (named["clarkii"] & right).sum() / (~fit["clarkii"]).sum(),
-                        named["perideraion"].sum() / (~fit["perideraion"]).sum(),
-                        named["reef_fish"].sum() / (~fit["reef_fish"]).sum(),
-                    ]
-                )
+        for fit in halves({n: len(score[n]) for n in score}, splits=20):
+            t = lowest_threshold(score, gate, right, fit)
+            named = {n: gate[n] & (score[n] >= t) & ~fit[n] for n in score}
+            held.append(
+                [
+                    (named["clarkii"] & right).sum() / (~fit["clarkii"]).sum(),
+                    named["perideraion"].sum() / (~fit["perideraion"]).sum(),
+                    named["reef_fish"].sum() / (~fit["reef_fish"]).sum(),
+                ]
+            )
         cells = [*row, *np.mean(held, axis=0)]
         print(f"| {label} | " + " | ".join(f"{100 * c:.1f} %" for c in cells) + " |")
 
@@ -155,13 +162,9 @@ def not_a_fish(
         cells.append("{:.1f} % ({:.1f} %, {:.1f} %)".format(*(100 * x for x in shares)))
     gate = {n: novelty[n] > np.percentile(novelty["clarkii"], 50) for n in novelty}
     held = []
-    for seed in range(10):
-        rng = np.random.default_rng(seed)
-        half = {n: rng.random(len(novelty[n])) < 0.5 for n in novelty}
-        for side in (True, False):
-            fit = {n: half[n] == side for n in novelty}
-            rule = _best_rule(fish, other, subject_refused, gate, fit)
-            held.append(refused(gate, rule, {n: ~fit[n] for n in novelty}))
+    for fit in halves({n: len(novelty[n]) for n in novelty}, splits=10):
+        rule = _best_rule(fish, other, subject_refused, gate, fit)
+        held.append(refused(gate, rule, {n: ~fit[n] for n in novelty}))
     cells.append("{:.1f} % ({:.1f} %, {:.1f} %)".format(*(100 * x for x in np.mean(held, axis=0))))
     return cells
 
