@@ -169,6 +169,23 @@ def not_a_fish(
     return cells
 
 
+def print_not_a_fish(
+    sources: dict[str, dict[str, np.ndarray]],
+    taxa: HierarchyClasses,
+    subject_refused: dict[str, np.ndarray],
+    novelty: dict[str, np.ndarray],
+) -> None:
+    """Part 2's table: one row per source of ImageNet probabilities (:func:`not_a_fish`)."""
+    print("\nsea life 'not a fish' (reef fish 'not a fish', validation crops 'not a fish'):")
+    print(
+        "| ImageNet probabilities from | every picture judged | novelty over the Clark's median | over its 90th"
+        " percentile | median, held-out halves |"
+    )
+    print("|:--|--:|--:|--:|--:|")
+    for label, probabilities in sources.items():
+        print(f"| {label} | " + " | ".join(not_a_fish(probabilities, taxa, subject_refused, novelty)) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="weights/fish4knowledge_lite2.pt")
@@ -226,26 +243,16 @@ def main(argv: list[str] | None = None) -> int:
         gate,
         right,
     )
-    roots = image_sets(args.data, Path(args.split_file), ckpt.class_names)
     sources = {
         "the kept (distilled) ImageNet head": {n: torch.softmax(outputs[n]["imagenet_logits"], 1).numpy() for n in SETS}
     }
+    roots = image_sets(args.data, Path(args.split_file), ckpt.class_names)
     for arch in filter(None, args.teachers.split(",")):
         sources[f"the original {arch}"] = {
             n: torch.softmax(torch.from_numpy(x), 1).numpy() for n, x in teacher_logits(arch, roots, args.out).items()
         }
     subject_refused = {n: scores[n].subject.numpy() < serving.subject_threshold for n in SETS}
-    novelty = {n: scores[n].novelty.numpy() for n in SETS}
-    print("\nsea life 'not a fish' (reef fish 'not a fish', validation crops 'not a fish'):")
-    print(
-        "| ImageNet probabilities from | every picture judged | novelty over the Clark's median | over its 90th"
-        " percentile | median, held-out halves |"
-    )
-    print("|:--|--:|--:|--:|--:|")
-    for label, probabilities in sources.items():
-        print(
-            f"| {label} | " + " | ".join(not_a_fish(probabilities, record.hierarchy, subject_refused, novelty)) + " |"
-        )
+    print_not_a_fish(sources, record.hierarchy, subject_refused, {n: scores[n].novelty.numpy() for n in SETS})
     return 0
 
 
