@@ -1,10 +1,10 @@
 """Grad-CAM explanations (model/explain.py): the heat map and its PNG, the class explained, errors, and a predictor
 left exactly as it was (same logits, no hooks, no gradients), alone and beside concurrent predictions.
 
-The tiny trained ResNet-18 sees 32 px, where its last block is one cell: its heat maps are all zeros. Where a map
-must follow the image, the tests use the same network at 64 px (a 2 x 2 map: different images give different maps,
-but the tiny network's random backbone puts its heat where it likes), and a hand-made network of colour detectors
-whose Grad-CAM is known: the pixels of the explained class's colour.
+The tiny trained network (timm's test_resnet) sees 32 px, where its last block is one cell: its heat maps are all
+zeros. Where a map must follow the image, the tests use the same network at 64 px (a 2 x 2 map: different images
+give different maps, but the tiny network's random backbone puts its heat where it likes), and a hand-made network
+of colour detectors whose Grad-CAM is known: the pixels of the explained class's colour.
 """
 
 from __future__ import annotations
