@@ -14,22 +14,10 @@ from typing import Any
 
 import torch
 
+from model.choices import BACKENDS, INT8, PRECISIONS, SERVED_PRECISIONS  # declared without torch for the parsers
+from model.errors import BackendUnavailableError  # declared without torch for the commands
+
 logger = logging.getLogger(__name__)
-
-#: Float precisions of both backends (torch autocast, OpenVINO's inference precision).
-PRECISIONS = ("fp32", "bf16")
-#: int8 runs on OpenVINO only, from a network quantized beforehand (``quantize.py``, :mod:`model.quantization`).
-INT8 = "int8"
-#: Every precision a Predictor may run in (``"auto"`` resolves to one of them): the ``--precision`` choices and the
-#: API document's enum.
-SERVED_PRECISIONS = (*PRECISIONS, INT8)
-#: Inference engines behind the same Predictor API: OpenVINO (CPU), eager PyTorch, or ``"auto"`` (see
-#: :func:`resolve_backend`).
-BACKENDS = ("auto", "openvino", "torch")
-
-
-class BackendUnavailableError(RuntimeError):
-    """The requested inference backend is not installed or cannot compile the model."""
 
 
 class OpenVINONetwork:

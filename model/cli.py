@@ -4,16 +4,16 @@
 (:mod:`model.batch_predict`) and ``fish-quantize`` / ``quantize.py`` declare their inference options
 (``--checkpoint``, ``--batch-size``, ``--workers``, ``--device``, ``--precision``, ``--backend``) and
 tell a user's mistake (exit code 2, one logged line) from a bug here, once. It lives in ``model`` because
-``model.batch_predict`` uses it and ``model`` imports nothing from ``training``.
+``model.batch_predict`` uses it and ``model`` imports nothing from ``training``; it imports neither torch nor the
+model's modules, so the commands build their parsers (and answer ``--help``) before loading them.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from model.backends import BACKENDS, SERVED_PRECISIONS, BackendUnavailableError
-from model.checkpoint import CheckpointError
-from model.quantization import QuantizationUnavailableError
+from model.choices import BACKENDS, SERVED_PRECISIONS
+from model.errors import BackendUnavailableError, CheckpointError, QuantizationUnavailableError
 
 #: What loading or running a checkpoint raises for a user's mistake (a bad file, int8 not made, a backend that
 #: cannot run here); the commands log it and exit with code 2, together with ``ValueError`` and ``OSError``.

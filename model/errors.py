@@ -1,10 +1,25 @@
-"""The error of an image that cannot be classified, with the HTTP status a server answers it with.
+"""The model's errors that a user's request or command can cause, light on purpose (no imports).
 
-Raised by the decoding path (:mod:`model.decoding`, :mod:`model.jpeg_check`, :mod:`model.decoder_pool`) in the web
-app and in ``predict.py`` alike; light on purpose (no imports), since decoder processes raise it and pickle it back.
+:class:`ImageError`, an image that cannot be classified, with the HTTP status a server answers it with: raised by the
+decoding path (:mod:`model.decoding`, :mod:`model.jpeg_check`, :mod:`model.decoder_pool`) in the web app and in
+``predict.py`` alike; decoder processes raise it and pickle it back. The others say why a checkpoint cannot be
+served; the commands (:mod:`model.cli`) catch them before they import torch, and the modules that raise them
+(:mod:`model.checkpoint`, :mod:`model.backends`, :mod:`model.quantization`) import them from here.
 """
 
 from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A file is missing, is not one of our checkpoints, or has an unsupported format version."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested inference backend is not installed or cannot compile the model."""
+
+
+class QuantizationUnavailableError(RuntimeError):
+    """NNCF or OpenVINO is not installed, or the int8 network of a checkpoint has not been made."""
 
 
 class ImageError(Exception):

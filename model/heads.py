@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-#: ``--head`` choices: the classifier put on the backbone's pooled features.
-HEADS: tuple[str, ...] = ("linear", "mlp", "cosine", "normalized")
+from model.choices import HEADS  # the ``--head`` choices, declared without torch for the parsers
 
 
 class MLPHead(nn.Sequential):

@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 
+from model.errors import QuantizationUnavailableError  # declared without torch for the commands
+
 logger = logging.getLogger(__name__)
-
-
-class QuantizationUnavailableError(RuntimeError):
-    """NNCF or OpenVINO is not installed, or the int8 network of a checkpoint has not been made."""
 
 
 def int8_path(checkpoint: str | os.PathLike[str]) -> Path:

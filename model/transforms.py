@@ -28,13 +28,13 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from model.choices import AUGMENT_PRESETS  # declared without torch for the parsers
+
 #: ImageNet channel statistics (torchvision's ``weights.transforms()`` for every ImageNet classifier).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Ratio of crop to resized short side used by torchvision's ImageNet evaluation (224 / 256).
 DEFAULT_CROP_PCT = 0.875
-#: Names accepted by :func:`train_transform`'s ``augment`` (and ``train.py --augment``).
-AUGMENT_PRESETS: tuple[str, ...] = ("none", "basic", "strong", "morphology", "photo", "scene")
 #: Operations :class:`RandomMorphology` draws from, as the Pillow rank filters applied in order.
 MORPHOLOGY_OPS: dict[str, tuple[type[ImageFilter.RankFilter], ...]] = {
     "erosion": (ImageFilter.MinFilter,),

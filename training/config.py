@@ -24,9 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from model.heads import HEADS
-from model.network import arch_library
-from model.transforms import AUGMENT_PRESETS
+from model.choices import AUGMENT_PRESETS, HEADS
 from training.options import GROUPS, csv_list, int_list, option  # csv_list: also imported from here
 
 
@@ -249,6 +247,8 @@ class TrainConfig(BaseModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
+        from model.network import arch_library  # here: torch and timm load when a config is checked, not for --help
+
         arch_library(value)  # ValueError naming the registries for an unknown name
         return value
 

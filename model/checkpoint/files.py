@@ -18,6 +18,8 @@ import timm
 import torch
 import torchvision
 
+from model.errors import CheckpointError  # declared without torch for the commands
+
 #: The newest schema this code writes and reads (see :mod:`model.checkpoint`).
 FORMAT_VERSION = 1
 #: Keys without which a file is not one of our checkpoints.
@@ -36,10 +38,6 @@ _UNREADABLE = (
     TypeError,
     AttributeError,
 )
-
-
-class CheckpointError(ValueError):
-    """A file is missing, is not one of our checkpoints, or has an unsupported format version."""
 
 
 def library_versions() -> dict[str, str]:
