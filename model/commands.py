@@ -10,7 +10,11 @@ from __future__ import annotations
 
 
 def predict() -> int:
-    """``fish-predict``: :func:`model.batch_predict.main`."""
-    from model.batch_predict import main
+    """``fish-predict``: :func:`model.batch_predict.main`, with the arguments parsed before the command's module
+    (torch and all) is imported, so that ``--help`` answers at once."""
+    from model.predict_cli import get_args_parser
 
-    return main()
+    args = get_args_parser().parse_args()
+    from model.batch_predict import run
+
+    return run(args)
