@@ -3,7 +3,7 @@
 :class:`ImageError`, an image that cannot be classified, with the HTTP status a server answers it with: raised by the
 decoding path (:mod:`model.decoding`, :mod:`model.jpeg_check`, :mod:`model.decoder_pool`) in the web app and in
 ``predict.py`` alike; decoder processes raise it and pickle it back. The others say why a checkpoint cannot be
-served; the commands (:mod:`model.cli`) catch them before they import torch, and the modules that raise them
+served; the commands (:mod:`model.cli`) name them without importing torch, and the modules that raise them
 (:mod:`model.checkpoint`, :mod:`model.backends`, :mod:`model.quantization`) import them from here.
 """
 
