@@ -58,7 +58,7 @@ def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
 
-def _served_rule(
+def served_rule(
     serving: ServingRecord, subject_threshold: float | None, novelty_threshold: float | None
 ) -> OpenSetRule:
     """The open-set thresholds of a checkpoint's serving record, the subject and novelty ones overridden where
@@ -276,7 +276,7 @@ class Predictor:
             temperature=_first(serving.temperature, 1.0),
             class_info=ckpt.class_info,
             card=ModelCard.of(ckpt, name),
-            open_set=_served_rule(serving, subject_threshold, novelty_threshold),
+            open_set=served_rule(serving, subject_threshold, novelty_threshold),
             subject_classes=open_set.subject_classes,
             hierarchy=open_set.hierarchy,
             gaussians=open_set.gaussians,

@@ -52,13 +52,19 @@ def image_sets(data: Path, split_file: Path, class_names: list[str]) -> dict[str
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write ``OUT/<set>.npz`` (logits, features, imagenet_logits, targets, paths) for each set not yet there."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint``, ``--split-file``, ``--data`` and ``--out`` (the cache folder), with the shipped model's
+    defaults: the options of this command and of the tools that read its cache."""
     parser.add_argument("--checkpoint", default="weights/fish4knowledge_lite2.pt")
     parser.add_argument("--split-file", default="weights/fish4knowledge_split.csv")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=Path("runs/corrections_sim"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write ``OUT/<set>.npz`` (logits, features, imagenet_logits, targets, paths) for each set not yet there."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_set_arguments(parser)
     parser.add_argument("--backend", default="auto", help="the app's default backend (see FISH_BACKEND)")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args(argv)

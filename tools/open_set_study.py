@@ -34,8 +34,9 @@ from PIL import Image
 
 from model.checkpoint import load_checkpoint
 from model.logs import setup_logging
-from model.open_set import HierarchyClasses, OpenSetRule, open_set_scores
-from tools.correction_features import DATA, image_sets
+from model.open_set import HierarchyClasses, open_set_scores
+from model.predictor import calibrated_probabilities, served_rule
+from tools.correction_features import add_set_arguments, image_sets
 
 logger = logging.getLogger("open_set_study")
 
@@ -78,7 +79,12 @@ def halves(sizes: dict[str, int], splits: int) -> Iterator[dict[str, np.ndarray]
             yield {n: half[n] == side for n in sizes}
 
 
-def lowest_threshold(score: dict[str, np.ndarray], gate: dict[str, np.ndarray], right: np.ndarray, rows=None) -> float:
+def lowest_threshold(
+    score: dict[str, np.ndarray],
+    gate: dict[str, np.ndarray],
+    right: np.ndarray,
+    rows: dict[str, np.ndarray] | None = None,
+) -> float:
     """The lowest score threshold meeting the release's bounds on the rows given (all rows by default)."""
     rows = rows or {n: np.ones(len(score[n]), bool) for n in score}
     for threshold in np.unique(np.concatenate([score[n][rows[n]] for n in score])):
@@ -118,6 +124,19 @@ def named_and_right(scores: dict[str, dict[str, np.ndarray]], gate: dict[str, np
         print(f"| {label} | " + " | ".join(f"{100 * c:.1f} %" for c in cells) + " |")
 
 
+def _refused(
+    fish: dict[str, np.ndarray],
+    other: dict[str, np.ndarray],
+    base: dict[str, np.ndarray],
+    gate: dict[str, np.ndarray],
+    rule: tuple[float, float],
+) -> dict[str, np.ndarray]:
+    """Per set, the pictures called "not a fish": by the subject score (``base``), or past the ``gate`` with fish
+    mass below ``a`` or other organisms' mass above it by more than ``b`` (``rule = (a, b)``)."""
+    a, b = rule
+    return {n: base[n] | (gate[n] & ((fish[n] < a) | (other[n] - fish[n] > b))) for n in base}
+
+
 def _best_rule(
     fish: dict[str, np.ndarray],
     other: dict[str, np.ndarray],
@@ -130,7 +149,7 @@ def _best_rule(
     best, best_share = (0.0, 1.0), -1.0
     for a in np.linspace(0, 0.2, 41):
         for b in np.linspace(-0.5, 0.95, 59):
-            refused = {n: (base[n] | (gate[n] & ((fish[n] < a) | (other[n] - fish[n] > b))))[rows[n]] for n in rows}
+            refused = {n: r[rows[n]] for n, r in _refused(fish, other, base, gate, (float(a), float(b))).items()}
             share = refused["reef_not_fish"].mean()
             within = refused["reef_fish"].mean() <= MAX_REFUSED and refused["clarkii"].mean() <= MAX_REFUSED
             if within and share > best_share:
@@ -151,11 +170,10 @@ def not_a_fish(
     every = {n: np.ones(len(novelty[n]), bool) for n in novelty}
 
     def refused(gate: dict[str, np.ndarray], rule: tuple[float, float], rows: dict[str, np.ndarray]) -> list[float]:
-        a, b = rule
-        out = {n: subject_refused[n] | (gate[n] & ((fish[n] < a) | (other[n] - fish[n] > b))) for n in rows}
+        out = _refused(fish, other, subject_refused, gate, rule)
         return [out[n][rows[n]].mean() for n in ("reef_not_fish", "reef_fish", "f4k_val")]
 
-    cells, gate = [], every
+    cells = []
     for q in (None, 50, 90):
         gate = {n: novelty[n] > np.percentile(novelty["clarkii"], q) for n in novelty} if q else every
         shares = refused(gate, _best_rule(fish, other, subject_refused, gate, every), every)
@@ -188,10 +206,7 @@ def print_not_a_fish(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="weights/fish4knowledge_lite2.pt")
-    parser.add_argument("--split-file", default="weights/fish4knowledge_split.csv")
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--out", type=Path, default=Path("runs/corrections_sim"))
+    add_set_arguments(parser)
     parser.add_argument("--teachers", default="tf_efficientnet_lite0,tf_efficientnet_lite2")
     args = parser.parse_args(argv)
     setup_logging()
@@ -207,21 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n, o in outputs.items()
     }
-    # the shipped rule without its "not sure" threshold (the scores of part 1 take its place)
-    rule = OpenSetRule(
-        0.0,
-        serving.subject_threshold,
-        serving.novelty_threshold,
-        serving.subject,
-        serving.taxon_threshold,
-        serving.contrast_threshold,
-    )
+    rule = served_rule(serving, None, None)  # the shipped rule without its "not sure" threshold (part 1 replaces it)
     verdicts = {
         n: np.array([rule.verdict(1.0, *scores[n].row(i)) for i in range(len(cached[n]["targets"]))]) for n in SETS
     }
     gate = {n: verdicts[n] == "species" for n in SETS}  # past the shipped "not a fish" and "unknown species"
     logits = {n: outputs[n]["logits"] for n in SETS}
-    probability = {n: torch.softmax(logits[n] / serving.temperature, 1) for n in SETS}
+    probability = {n: calibrated_probabilities(logits[n], serving.temperature) for n in SETS}
     right = probability["clarkii"].argmax(1).numpy() == cached["clarkii"]["targets"]
     train = np.load(args.out / "f4k_train.npz")["features"]
     train = torch.nn.functional.normalize(torch.from_numpy(train), dim=1)
