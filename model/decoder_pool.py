@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures.process import BrokenProcessPool
@@ -134,6 +135,8 @@ class DecoderPool:
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
         self._cpu_seconds = math.ceil(self.timeout_s) + 1
+        self._close_lock = threading.Lock()
+        self._closed = False
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["model.decoder_pool"])
         self._pool = ProcessPool(
@@ -197,9 +200,14 @@ class DecoderPool:
         return self.result(self.submit(source, **options))
 
     def close(self) -> None:
-        """Stop the decoder processes (running decodes are killed); later calls get 503."""
-        self._pool.stop()
-        self._pool.join()
+        """Stop the decoder processes (running decodes are killed); later calls get 503. Safe to call again and
+        from several threads at once (pebble's own stop is not: two joins race to stop the same worker); a second
+        call returns once the first has stopped the processes."""
+        with self._close_lock:
+            if not self._closed:
+                self._pool.stop()
+                self._pool.join()
+                self._closed = True
 
     def __enter__(self) -> DecoderPool:
         return self

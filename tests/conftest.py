@@ -23,6 +23,7 @@ from tests.helpers import (
     make_imagefolder,
     synthetic_image,
     train_tiny_network,
+    wait_for_closed_apps,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +35,13 @@ def apps_closed_after_each_module() -> Iterator[None]:
     """The decoder processes of the apps a test module made stop when the module is done (:func:`close_apps`)."""
     yield
     close_apps()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decoder_pools_stopped_at_the_end() -> Iterator[None]:
+    """Every decoder pool that :func:`close_apps` stops in the background has stopped when the session ends."""
+    yield
+    wait_for_closed_apps()
 
 
 @pytest.fixture(scope="session", autouse=True)
