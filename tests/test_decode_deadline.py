@@ -183,6 +183,31 @@ def test_decoder_pool_refuses_bad_arguments_and_answers_503_once_closed() -> Non
     assert error.value.status == 503
 
 
+def test_decoder_pool_closes_from_several_threads_at_once() -> None:
+    """An app's pool can be closed by its finalizer while something else closes it (pebble's own join is not safe
+    so: two joins race to stop the same worker process)."""
+    pool = DecoderPool(2, timeout_s=5)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def close() -> None:
+        start.wait()
+        try:
+            pool.close()
+            with pytest.raises(ImageError) as error:  # every caller returns with the processes stopped
+                pool.decode(encode(noise(), "PNG"))
+            assert error.value.status == 503
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=close) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
 def test_decoder_pool_reads_paths_inside_the_decoder(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(encode(noise(), "PNG"))
     with DecoderPool(1) as pool:
