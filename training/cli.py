@@ -21,12 +21,18 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.cli import PREDICTOR_ERRORS, add_inference_arguments, command_parser
 from model.errors import CheckpointError
 from model.logs import setup_logging
 from training.config import csv_list, parse_args
+
+if TYPE_CHECKING:  # imported for annotations only: the parsers stay free of torch
+    import torch
+
+    from model.predictor import Predictor
+    from training.data import Sample
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -145,6 +151,30 @@ def quantize_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _calibration_batches(args: argparse.Namespace, fp32: Predictor) -> tuple[list[torch.Tensor], list[Sample]]:
+    """``--calibration-images`` training images drawn with ``--seed``, preprocessed by ``fp32`` as batches of one
+    (unreadable ones skipped with a warning each, as in evaluation), and the validation samples (none without
+    ``--split-file``).
+
+    Raises:
+        ValueError: no training image, or none of those drawn can be read.
+    """
+    from training.data import read_split, scan_image_folder
+    from training.evaluation import readable_batches
+
+    if args.split_file:
+        train, val = (read_split(args.split_file, fp32.class_names, split) for split in ("train", "val"))
+    else:
+        train, val = scan_image_folder(args.data, fp32.class_names)[1], []
+    if not train:
+        raise ValueError(f"no training images found in {args.data}")
+    chosen = random.Random(args.seed).sample(train, min(args.calibration_images, len(train)))
+    calibration = [images for images, _ in readable_batches(fp32, args.data, chosen, batch_size=1, workers=0)]
+    if not calibration:
+        raise ValueError(f"none of the {len(chosen)} calibration images under {args.data} could be read")
+    return calibration, val
+
+
 def quantize_main(argv: list[str] | None = None) -> int:
     """Quantize a checkpoint's network to int8 for OpenVINO and measure it against fp32.
 
@@ -159,25 +189,14 @@ def quantize_main(argv: list[str] | None = None) -> int:
     setup_logging()
     from model import quantization
     from model.predictor import Predictor
-    from training.data import read_split, scan_image_folder
-    from training.evaluation import compare_predictors, readable_batches
+    from training.evaluation import compare_predictors
 
     checkpoint = Path(args.checkpoint)
     try:
         if args.calibration_images < 1:
             raise ValueError("--calibration-images must be at least 1")
         fp32 = Predictor.from_checkpoint(checkpoint, precision="fp32")
-        if args.split_file:
-            train, val = (read_split(args.split_file, fp32.class_names, split) for split in ("train", "val"))
-        else:
-            train, val = scan_image_folder(args.data, fp32.class_names)[1], []
-        if not train:
-            raise ValueError(f"no training images found in {args.data}")
-        chosen = random.Random(args.seed).sample(train, min(args.calibration_images, len(train)))
-        # unreadable images are skipped with a warning each, as in evaluation
-        calibration = [images for images, _ in readable_batches(fp32, args.data, chosen, batch_size=1, workers=0)]
-        if not calibration:
-            raise ValueError(f"none of the {len(chosen)} calibration images under {args.data} could be read")
+        calibration, val = _calibration_batches(args, fp32)
         int8_model = quantization.quantize(fp32.network, fp32.preprocessing.image_size, calibration, len(calibration))
         path = quantization.save(int8_model, checkpoint)
         result: dict[str, Any] = {
