@@ -157,9 +157,29 @@ class OpenSetRule:
         }
 
 
+def lowest_threshold(scores: np.ndarray, counted: np.ndarray, max_fraction: float) -> float:
+    """The lowest threshold on a score at which at most ``max_fraction`` of a set's images are both ``counted`` and
+    scored at or above it (named where they should not be).
+
+    Args:
+        scores: float ``(N,)``, higher meaning surer (a calibrated probability, a logit...).
+        counted: bool ``(N,)``: the images that must not be named.
+        max_fraction: in [0, 1].
+
+    Returns:
+        Just above the score of the ``floor(max_fraction * N) + 1``-th highest counted image; ``-inf`` when few
+        enough are counted at any score.
+    """
+    allowed = int(np.floor(max_fraction * len(scores)))
+    counted_scores = np.sort(scores[counted])[::-1]
+    if len(counted_scores) <= allowed:
+        return -math.inf
+    # above the (allowed + 1)-th highest counted score, only `allowed` of them remain
+    return float(np.nextafter(counted_scores[allowed], np.inf))
+
+
 def lowest_confidence_threshold(confidence: np.ndarray, counted: np.ndarray, max_fraction: float) -> float:
-    """The lowest confidence threshold at which at most ``max_fraction`` of a set's images are both ``counted``
-    and at or above it (named as a species where they should not be).
+    """:func:`lowest_threshold` of calibrated top-1 probabilities, as a confidence threshold in [0, 1].
 
     Args:
         confidence: float ``(N,)`` calibrated top-1 probabilities.
@@ -170,12 +190,7 @@ def lowest_confidence_threshold(confidence: np.ndarray, counted: np.ndarray, max
     Returns:
         A threshold in [0, 1]: 0 when few enough are counted at any confidence.
     """
-    allowed = int(np.floor(max_fraction * len(confidence)))
-    counted_confidences = np.sort(confidence[counted])[::-1]
-    if len(counted_confidences) <= allowed:
-        return 0.0
-    # above the (allowed + 1)-th most confident counted image, only `allowed` of them remain
-    return float(min(1.0, np.nextafter(counted_confidences[allowed], np.inf)))
+    return float(min(1.0, max(0.0, lowest_threshold(confidence, counted, max_fraction))))
 
 
 def subject_classes(imagenet_probabilities: torch.Tensor, coverage: float = DEFAULT_SUBJECT_COVERAGE) -> list[int]:

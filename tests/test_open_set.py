@@ -20,6 +20,8 @@ from model.open_set import (
     OpenSetRule,
     OpenSetScores,
     distillation_loss,
+    lowest_confidence_threshold,
+    lowest_threshold,
     subject_classes,
     subject_score,
 )
@@ -316,3 +318,17 @@ def test_unknown_photos_raise_the_not_sure_threshold_when_asked() -> None:
     rule = choose_open_set(train_set, calibration, max_unknown_named=0.1, **kwargs).rule
     named = torch.softmax(calibration["unknown_photos"].logits, 1).max(1).values >= rule.confidence_threshold
     assert rule.confidence_threshold > 0.0 and int(named.sum()) <= 4  # 10 % of 40
+
+
+def test_lowest_threshold_lets_through_at_most_the_allowed_fraction_of_counted_images() -> None:
+    # logits, not probabilities: any real scores
+    scores = np.array([7.5, 3.0, 12.0, -2.0, 9.0, 4.0, 5.5, 0.5, 8.0, 6.0])
+    counted = np.array([True, False, True, True, False, True, False, True, True, False])
+    threshold = lowest_threshold(scores, counted, 0.2)  # 2 of 10 counted images may stay at or above it
+    assert ((scores >= threshold) & counted).sum() == 2  # 12.0 and 8.0
+    assert threshold > 7.5 and ((scores >= 7.5) & counted).sum() == 3  # the lowest such: just above the third
+    assert lowest_threshold(scores, counted, 0.6) == -np.inf  # 6 counted, 6 allowed: any threshold
+    # as a confidence: clamped to [0, 1]
+    confidence = np.array([1.0, 1.0, 0.2])
+    assert lowest_confidence_threshold(confidence, np.array([True, True, False]), 0.0) == 1.0
+    assert lowest_confidence_threshold(confidence, np.array([False, False, True]), 0.5) == 0.0

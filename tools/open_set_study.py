@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model import open_set
 from model.checkpoint import load_checkpoint
 from model.logs import setup_logging
 from model.open_set import HierarchyClasses, open_set_scores
@@ -85,17 +86,15 @@ def lowest_threshold(
     right: np.ndarray,
     rows: dict[str, np.ndarray] | None = None,
 ) -> float:
-    """The lowest score threshold meeting the release's bounds on the rows given (all rows by default)."""
+    """The lowest score threshold meeting the release's bounds on the rows given (all rows by default): the highest
+    of each set's :func:`model.open_set.lowest_threshold`."""
     rows = rows or {n: np.ones(len(score[n]), bool) for n in score}
-    for threshold in np.unique(np.concatenate([score[n][rows[n]] for n in score])):
-        named = {n: gate[n] & (score[n] >= threshold) for n in score}
-        if (
-            named["perideraion"][rows["perideraion"]].mean() <= MAX_NAMED
-            and named["reef_fish"][rows["reef_fish"]].mean() <= MAX_NAMED
-            and (named["clarkii"] & ~right)[rows["clarkii"]].mean() <= MAX_WRONG
-        ):
-            return float(threshold)
-    return float("inf")
+    bounds = [
+        ("perideraion", gate["perideraion"], MAX_NAMED),
+        ("reef_fish", gate["reef_fish"], MAX_NAMED),
+        ("clarkii", gate["clarkii"] & ~right, MAX_WRONG),
+    ]
+    return max(open_set.lowest_threshold(score[n][rows[n]], counted[rows[n]], bound) for n, counted, bound in bounds)
 
 
 def named_and_right(scores: dict[str, dict[str, np.ndarray]], gate: dict[str, np.ndarray], right: np.ndarray) -> None:
