@@ -211,7 +211,7 @@ def close_apps() -> None:
     Without it an app's :class:`model.decoder_pool.DecoderPool` lived until the app was garbage-collected: a Flask app
     sits in reference cycles, so most lived to the end of the process, their pool threads polling all the while,
     then closed one after the other: 12 such closes took a worker 2 s after its last test. A close waits for
-    pebble's threads to see the pool stopped (their 0.1 s poll): 40 to 45 closes a worker, 1.4 to 1.8 s of waiting
+    pebble's threads to see the pool stopped (their 0.1 s poll): 40 to 45 closes a worker, 1.4 to 1.9 s of waiting
     when the tests waited for them (measured on the fast loop). Closing twice is harmless (the app's own finalizer
     still runs)."""
     from app.inference import DECODER_KEY
