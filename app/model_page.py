@@ -177,15 +177,25 @@ def confusion_rows(matrix: Any, classes: Sequence[str]) -> list[dict[str, Any]] 
 
 
 def verdict_thresholds(info: dict[str, Any]) -> dict[str, float]:
-    """The thresholds behind this model's verdicts, ``{"not_sure": confidence, "unknown_species": novelty,
-    "not_a_fish": subject score, "not_a_fish_taxon": taxon score, "not_a_fish_contrast": other-organism score
-    minus taxon score, "family": family probability}``, from
+    """The thresholds behind this model's verdicts, ``{"not_sure": confidence, "not_sure_logit": the best class's
+    logit, "unknown_species": novelty, "not_a_fish": subject score, "not_a_fish_taxon": taxon score,
+    "not_a_fish_contrast": other-organism score minus taxon score, "not_a_fish_novelty": the novelty above which
+    those two judge, "family": family probability}``, from
     ``Predictor.summary()["verdict_thresholds"]`` (the confidence threshold alone where the summary has none).
     Checks the model does not have (None) are left out, as is a ``not_sure`` threshold of 0 (never "not sure")."""
     recorded = info.get("verdict_thresholds")
     if not isinstance(recorded, dict):
         recorded = {"not_sure": info.get("confidence_threshold")}
-    names = ("not_sure", "unknown_species", "not_a_fish", "not_a_fish_taxon", "not_a_fish_contrast", "family")
+    names = (
+        "not_sure",
+        "not_sure_logit",
+        "unknown_species",
+        "not_a_fish",
+        "not_a_fish_taxon",
+        "not_a_fish_contrast",
+        "not_a_fish_novelty",
+        "family",
+    )
     thresholds = {name: _number(recorded.get(name)) for name in names}
     return {
         name: value

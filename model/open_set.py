@@ -68,6 +68,11 @@ class OpenSetRule:
             images is ``not_a_fish``; in [0, 1], or None (releases before the hierarchy).
         contrast_threshold: with the ImageNet hierarchy, ``other_score - taxon_score`` above which a picture
             unlike the training images is ``not_a_fish``; in [-1, 1], or None. See :meth:`not_subject`.
+        hierarchy_novelty_threshold: the ``novelty`` above which a picture counts as unlike the training images for
+            the hierarchy's test; None: ``novelty_threshold`` (releases before 2026-12-03).
+        logit_threshold: the best class's *uncalibrated* logit below which the answer is also ``not_sure``: how
+            strongly the features match any known class, which the softmax normalises away (the maximum-logit
+            score of Hendrycks et al., ICML 2022; EXPERIMENTS.md section 12); None: no such check.
 
     Raises:
         ValueError: a threshold out of range (confidence, subject and taxon in [0, 1], novelty >= 0 and finite,
@@ -80,20 +85,30 @@ class OpenSetRule:
     subject: str | None = None
     taxon_threshold: float | None = None
     contrast_threshold: float | None = None
+    hierarchy_novelty_threshold: float | None = None
+    logit_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(f"confidence threshold must be in [0, 1], got {self.confidence_threshold}")
         if self.subject_threshold is not None and not 0.0 <= self.subject_threshold <= 1.0:
             raise ValueError(f"subject threshold must be in [0, 1], got {self.subject_threshold}")
-        if self.novelty_threshold is not None and not (
-            math.isfinite(self.novelty_threshold) and self.novelty_threshold >= 0
-        ):
-            raise ValueError(f"novelty threshold must be a finite number >= 0, got {self.novelty_threshold}")
+        for name in ("novelty_threshold", "hierarchy_novelty_threshold"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name.replace('_', ' ')} must be a finite number >= 0, got {value}")
+        if self.logit_threshold is not None and not math.isfinite(self.logit_threshold):
+            raise ValueError(f"logit threshold must be a finite number, got {self.logit_threshold}")
         if self.taxon_threshold is not None and not 0.0 <= self.taxon_threshold <= 1.0:
             raise ValueError(f"taxon threshold must be in [0, 1], got {self.taxon_threshold}")
         if self.contrast_threshold is not None and not -1.0 <= self.contrast_threshold <= 1.0:
             raise ValueError(f"contrast threshold must be in [-1, 1], got {self.contrast_threshold}")
+
+    @property
+    def judged_above(self) -> float | None:
+        """The novelty above which the hierarchy's test judges a picture: ``hierarchy_novelty_threshold``, else
+        ``novelty_threshold``; None: every picture."""
+        return self.novelty_threshold if self.hierarchy_novelty_threshold is None else self.hierarchy_novelty_threshold
 
     def not_subject(
         self,
@@ -107,7 +122,7 @@ class OpenSetRule:
         1. ``subject_score < subject_threshold``, whatever the novelty (flowers, cats, text: nothing like the
            training data's ImageNet classes).
         2. With the hierarchy's thresholds, for a picture unlike the training images (``novelty`` above
-           ``novelty_threshold``, where both are known): little of the subject's taxon (``taxon_score <
+           :attr:`judged_above`, where both are known): little of the subject's taxon (``taxon_score <
            taxon_threshold``) or clearly another living thing (``other_score - taxon_score >
            contrast_threshold``): a sea anemone, a coral, a turtle.
 
@@ -117,7 +132,8 @@ class OpenSetRule:
             return True
         if self.taxon_threshold is None or taxon_score is None:
             return False
-        if novelty is not None and self.novelty_threshold is not None and novelty <= self.novelty_threshold:
+        judged_above = self.judged_above
+        if novelty is not None and judged_above is not None and novelty <= judged_above:
             return False
         if taxon_score < self.taxon_threshold:
             return True
@@ -134,26 +150,34 @@ class OpenSetRule:
         novelty: float | None = None,
         taxon_score: float | None = None,
         other_score: float | None = None,
+        *,
+        max_logit: float | None = None,
     ) -> str:
         """The verdict for one image: ``"not_a_fish"`` (:meth:`not_subject`), ``"unknown_species"``,
-        ``"not_sure"`` or ``"species"``, checked in that order. A score that is None skips its check."""
+        ``"not_sure"`` (the calibrated ``confidence`` below its threshold, or the best class's uncalibrated
+        ``max_logit`` below its) or ``"species"``, checked in that order. A score that is None skips its check."""
         if self.not_subject(subject_score, novelty, taxon_score, other_score):
             return "not_a_fish"
         if self.novelty_threshold is not None and novelty is not None and novelty > self.novelty_threshold:
             return "unknown_species"
         if confidence < self.confidence_threshold:
             return "not_sure"
+        if self.logit_threshold is not None and max_logit is not None and max_logit < self.logit_threshold:
+            return "not_sure"
         return "species"
 
     def thresholds(self) -> dict[str, float | None]:
-        """``{"not_sure": ..., "unknown_species": ..., "not_a_fish": ..., "not_a_fish_taxon": ...,
-        "not_a_fish_contrast": ...}``, None where a check is off."""
+        """``{"not_sure": ..., "not_sure_logit": ..., "unknown_species": ..., "not_a_fish": ...,
+        "not_a_fish_taxon": ..., "not_a_fish_contrast": ..., "not_a_fish_novelty": ...}``, None where a check is
+        off (``not_a_fish_novelty``: :attr:`judged_above`, where the hierarchy's test is on)."""
         return {
             "not_sure": self.confidence_threshold,
+            "not_sure_logit": self.logit_threshold,
             "unknown_species": self.novelty_threshold,
             "not_a_fish": self.subject_threshold,
             "not_a_fish_taxon": self.taxon_threshold,
             "not_a_fish_contrast": self.contrast_threshold,
+            "not_a_fish_novelty": self.judged_above if self.taxon_threshold is not None else None,
         }
 
 

@@ -69,6 +69,8 @@ def served_rule(
         subject=serving.subject,
         taxon_threshold=serving.taxon_threshold,
         contrast_threshold=serving.contrast_threshold,
+        hierarchy_novelty_threshold=serving.hierarchy_novelty_threshold,
+        logit_threshold=serving.logit_threshold,
     )
 
 
@@ -471,6 +473,7 @@ class Predictor:
         species = memory.species_columns if memory else list(range(len(labels)))
         k = max(1, min(top_k, len(species)))
         values, indices = probs[:, species].topk(k, dim=1)
+        max_logits = logits.max(dim=1).values
         predictions = []
         for row, (vals, idxs) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
             scores = [self.score(labels[species[i]], float(v)) for v, i in zip(vals, idxs, strict=True)]
@@ -478,7 +481,7 @@ class Predictor:
             if memory:
                 verdict = verdict_for(probs[row].numpy(), labels, rule, scores_row)[0]
             else:
-                verdict = rule.verdict(scores[0].confidence, *scores_row)
+                verdict = rule.verdict(scores[0].confidence, *scores_row, max_logit=float(max_logits[row]))
             subject, novelty, taxon, other = scores_row
             predictions.append(
                 Prediction(

@@ -35,8 +35,8 @@ VERDICTS: tuple[str, ...] = get_args(Verdict)
 #: What each verdict means, for the API's documentation.
 VERDICT_DESCRIPTIONS: dict[str, str] = {
     "species": "confident: `label` is the species (say its name)",
-    "not_sure": "probably one of the model's species, but `confidence` is below `threshold`: offer the first "
-    "classes of `top_k` ('not sure: maybe X or Y')",
+    "not_sure": "probably one of the model's species, but `confidence` is below `threshold` (or the best class's "
+    "logit below the model's `not_sure_logit`): offer the first classes of `top_k` ('not sure: maybe X or Y')",
     "unknown_species": "looks like the model's subject (e.g. a fish) but probably none of its species",
     "not_a_fish": "not the kind of picture the model was trained on at all",
 }
@@ -251,10 +251,15 @@ class VerdictThresholds(BaseModel):
     """The thresholds behind `verdict`; null where the model lacks that check."""
 
     not_sure: float = _probability("`not_sure` below this confidence")
+    not_sure_logit: float | None = Field(
+        None,
+        description="also `not_sure` where the best class's logit (before the softmax) is below this; null for models "
+        "without this check",
+    )
     unknown_species: float | None = Field(None, description="`unknown_species` above this `novelty`")
     not_a_fish: float | None = _probability("`not_a_fish` below this `subject_score`", default=None)
     not_a_fish_taxon: float | None = _probability(
-        "for a picture above the `unknown_species` novelty, also `not_a_fish` below this `taxon_score`; null for "
+        "for a picture above the `not_a_fish_novelty`, also `not_a_fish` below this `taxon_score`; null for "
         "models without the ImageNet hierarchy",
         default=None,
     )
@@ -262,8 +267,14 @@ class VerdictThresholds(BaseModel):
         None,
         ge=-1,
         le=1,
-        description="for a picture above the `unknown_species` novelty, also `not_a_fish` when `other_score - "
+        description="for a picture above the `not_a_fish_novelty`, also `not_a_fish` when `other_score - "
         "taxon_score` exceeds this; null for models without the ImageNet hierarchy",
+    )
+    not_a_fish_novelty: float | None = Field(
+        None,
+        ge=0,
+        description="the `novelty` above which `not_a_fish_taxon` and `not_a_fish_contrast` judge a picture (the "
+        "`unknown_species` threshold in releases before 2026-12-03); null for models without the ImageNet hierarchy",
     )
     family: float | None = _probability(
         "`family.likely` from this `family.probability`; null for models without a taxonomy", default=None

@@ -70,6 +70,34 @@ def test_hierarchy_test_judges_only_pictures_unlike_the_training_images(
     assert OpenSetRule(0.5, 0.1, 10.0, "fish").verdict(0.9, 0.5, 50.0, 0.0, 1.0) == "unknown_species"
 
 
+def test_hierarchy_test_judges_from_its_own_novelty_gate_when_it_has_one() -> None:
+    rule = OpenSetRule(0.5, 0.1, 10.0, "fish", taxon_threshold=0.1, contrast_threshold=0.5)
+    gated = dataclasses.replace(rule, hierarchy_novelty_threshold=4.0)
+    # a sea anemone as close to the training images as novelty 5: judged by the lower gate only
+    assert rule.verdict(0.9, 0.5, 5.0, 0.3, 0.95) == "species"
+    assert gated.verdict(0.9, 0.5, 5.0, 0.3, 0.95) == "not_a_fish"
+    assert gated.verdict(0.9, 0.5, 3.0, 0.3, 0.95) == "species"  # below the gate: not judged
+    assert gated.verdict(0.9, 0.5, 5.0, 0.3, 0.6) == "species"  # judged, and fish enough; "unknown" only above 10
+    assert rule.thresholds()["not_a_fish_novelty"] == 10.0 and gated.thresholds()["not_a_fish_novelty"] == 4.0
+    assert OpenSetRule(0.5, 0.1, 10.0).thresholds()["not_a_fish_novelty"] is None  # no hierarchy test
+
+
+@pytest.mark.parametrize(
+    ("confidence", "max_logit", "verdict"),
+    [
+        (0.9, 5.0, "species"),
+        (0.9, 2.0, "not_sure"),  # confident among its species, but a weak match to any of them
+        (0.3, 5.0, "not_sure"),  # a strong match, to two species at once
+        (0.9, None, "species"),  # no logit given (a corrections memory's own head): the check is skipped
+    ],
+)
+def test_logit_threshold_is_a_second_not_sure_check(confidence: float, max_logit: float | None, verdict: str) -> None:
+    rule = OpenSetRule(0.5, 0.1, 10.0, "fish", logit_threshold=3.0)
+    assert rule.verdict(confidence, 0.8, 1.0, max_logit=max_logit) == verdict
+    assert rule.verdict(confidence, 0.01, 1.0, max_logit=max_logit) == "not_a_fish"  # the other checks come first
+    assert rule.thresholds()["not_sure_logit"] == 3.0
+
+
 def test_hierarchy_gives_the_fish_classes_and_the_other_living_things() -> None:
     fish = subject_classes_for("Fish")
     assert fish is not None and fish.synset == "n02512053"
@@ -117,6 +145,62 @@ def test_contrast_rule_refuses_the_most_other_pictures_within_the_subject_budget
     assert choose_contrast_rule([hopeless], [sea_life], rule, rejection=0.0) == (0.0, 1.0)
 
 
+def _imagenet_logits(n: int, fish: float, anemone: float) -> torch.Tensor:
+    """``(n, 1000)`` logits whose softmax puts ``fish`` on the tench (0), ``anemone`` on the sea anemone (108) and
+    the rest evenly on the other classes."""
+    probabilities = torch.full((n, 1000), (1.0 - fish - anemone) / 998)
+    probabilities[:, 0], probabilities[:, 108] = fish, anemone
+    return probabilities.log()
+
+
+def test_release_lowers_the_hierarchy_gate_where_that_refuses_more_sea_life() -> None:
+    """Sea anemones as unlike the training images as a middling photo of a known fish: the "unknown species"
+    threshold does not judge them, a gate at the known photos' lower novelty quantiles does."""
+    from training.evaluation import Outputs
+    from training.open_set import choose_open_set, hierarchy_gates, refused_share
+
+    gen = torch.Generator().manual_seed(0)
+    means = torch.eye(4) * 10
+
+    def outputs(features: torch.Tensor, targets: torch.Tensor, fish: float, anemone: float) -> Outputs:
+        logits = torch.nn.functional.one_hot(targets.clamp(min=0), 4)[:, :3].float() * 5
+        return Outputs(
+            logits=logits,
+            targets=targets,
+            features=features,
+            imagenet_logits=_imagenet_logits(len(targets), fish, anemone),
+        )
+
+    targets = torch.arange(90) % 3
+    train_set = outputs(means[targets] + torch.randn(90, 4, generator=gen), targets, 0.5, 0.4)
+    val = outputs(means[targets[:30]] + torch.randn(30, 4, generator=gen), targets[:30], 0.5, 0.4)
+    # 20 photos of class 0 ever farther from its mean (novelty about r^2, r = 1..20), along the fourth axis
+    radius = torch.arange(1, 21, dtype=torch.float32)[:, None]
+    photos = outputs(means[0] + radius * torch.eye(4)[3], torch.zeros(20, dtype=torch.long), 0.6, 0.35)
+    sea_life = outputs(means[0] + 12 * torch.eye(4)[3].repeat(10, 1), torch.full((10,), -1), 0.03, 0.9)
+    calibration = {"val": val, "known_photos": photos}
+    fit = choose_open_set(
+        train_set,
+        calibration,
+        temperature=1.0,
+        confidence_threshold=0.0,
+        novelty_rejection=0.1,
+        subject="fish",
+        hierarchy=subject_classes_for("fish"),
+        not_subject=[sea_life],
+    )
+    rule = fit.rule
+    assert 0 in fit.subject_classes and 108 in fit.subject_classes  # the sea anemone passes the subject score
+    novelty = fit.scores(sea_life).novelty
+    assert rule.judged_above < novelty.min() and novelty.max() < rule.novelty_threshold  # not "unknown species"
+    assert rule.judged_above in hierarchy_gates(fit, calibration)
+    assert refused_share([fit.scores(sea_life)], rule) == 1.0
+    assert refused_share([fit.scores(photos)], rule) == 0.0 and refused_share([fit.scores(val)], rule) == 0.0
+    # with the gate at the "unknown species" threshold, none of them would be refused
+    old = dataclasses.replace(rule, hierarchy_novelty_threshold=None)
+    assert refused_share([fit.scores(sea_life)], old) == 0.0
+
+
 def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
     from model.open_set import set_kind
     from training.open_set import open_set_samples
@@ -150,6 +234,8 @@ def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
         {"novelty_threshold": float("inf")},
         {"contrast_threshold": 1.5},
         {"taxon_threshold": -0.5},
+        {"hierarchy_novelty_threshold": -1.0},
+        {"logit_threshold": float("nan")},
     ],
 )
 def test_rule_rejects_thresholds_out_of_range(kwargs: dict[str, float]) -> None:
@@ -257,7 +343,10 @@ def test_train_chooses_and_records_the_open_set_thresholds(tmp_path: Path) -> No
         "not_a_fish": pytest.approx(serving["subject_threshold"]),
         "not_a_fish_taxon": pytest.approx(serving["taxon_threshold"]),
         "not_a_fish_contrast": pytest.approx(serving["contrast_threshold"]),
+        "not_a_fish_novelty": pytest.approx(serving["hierarchy_novelty_threshold"]),
+        "not_sure_logit": serving.get("logit_threshold"),  # --max-unknown-named not given: no logit check
     }
+    assert "logit_threshold" not in serving
     # "fish" is a WordNet noun: the hierarchy's 16 fish classes and the other organisms travel in the release
     fish = subject_classes_for("fish")
     assert release["open_set"]["hierarchy"] == {"taxon": fish.subject, "other": fish.other_organisms}
@@ -273,6 +362,22 @@ def test_train_chooses_and_records_the_open_set_thresholds(tmp_path: Path) -> No
     # the thresholds are overridable: a novelty threshold of 0 calls every fish an unknown species
     predictor.open_set = OpenSetRule(predictor.confidence_threshold, 0.0, 0.0, "fish")
     assert predictor.predict([synthetic_image(COLOURS["clownfish"], seed=3)])[0].verdict == "unknown_species"
+
+    # released again on the same weights with another option, nothing retrained
+    from training.rerelease import main as rerelease
+
+    again = tmp_path / "again"
+    split = tmp_path / "run" / "split.csv"
+    args = [str(tmp_path / "run" / "release.pt"), "--out", str(again), "--split-file", str(split)]
+    assert rerelease([*args, "--max-unknown-named", "0.25", "--workers", "0"]) == 0
+    second = load_checkpoint(again / "release.pt")
+    assert second.config["max_unknown_named"] == 0.25 and second.serving.hierarchy_novelty_threshold is not None
+    assert second.serving.temperature == pytest.approx(serving["temperature"], rel=1e-2)  # fp16 weights, re-read
+    first = load_checkpoint(tmp_path / "run" / "release.pt")
+    assert second.state_dict.keys() == first.state_dict.keys()
+    assert all(torch.equal(second.state_dict[k], v) for k, v in first.state_dict.items())
+    assert (again / "split.csv").read_text() == split.read_text()
+    assert rerelease([str(tmp_path / "nothing.pt"), "--out", str(again), "--split-file", str(split)]) == 2
 
 
 def test_a_model_from_scratch_has_no_subject_check(tiny_checkpoint: Path) -> None:
@@ -294,9 +399,9 @@ def test_not_sure_threshold_rises_until_few_photos_are_named_wrongly() -> None:
     assert lowest_confidence_threshold(confidence, np.ones(10, bool), 0.0) > 0.95  # none may be named: above all
 
 
-def test_unknown_photos_raise_the_not_sure_threshold_when_asked() -> None:
+def test_unknown_photos_set_a_logit_threshold_when_asked() -> None:
     from training.evaluation import Outputs
-    from training.open_set import choose_open_set
+    from training.open_set import choose_open_set, verdict_counts
 
     gen = torch.Generator().manual_seed(0)
     targets = torch.arange(60) % 3
@@ -314,10 +419,22 @@ def test_unknown_photos_raise_the_not_sure_threshold_when_asked() -> None:
     )
     calibration = {"val": outputs(30, True), "unknown_photos": outputs(40, False)}
     kwargs = {"temperature": 1.0, "confidence_threshold": 0.0, "novelty_rejection": 0.0}
-    assert choose_open_set(train_set, calibration, **kwargs).rule.confidence_threshold == 0.0
+    unasked = choose_open_set(train_set, calibration, **kwargs).rule
+    assert unasked.confidence_threshold == 0.0 and unasked.logit_threshold is None
     rule = choose_open_set(train_set, calibration, max_unknown_named=0.1, **kwargs).rule
-    named = torch.softmax(calibration["unknown_photos"].logits, 1).max(1).values >= rule.confidence_threshold
-    assert rule.confidence_threshold > 0.0 and int(named.sum()) <= 4  # 10 % of 40
+    # the unknown photos set a threshold on the best class's logit, and leave the confidence threshold alone
+    assert rule.confidence_threshold == 0.0 and rule.logit_threshold is not None
+    unknown = calibration["unknown_photos"]
+    verdicts = verdict_counts(
+        torch.softmax(unknown.logits, 1),
+        unknown.targets,
+        OpenSetScores(None, None),
+        rule,
+        max_logits=unknown.logits.max(1).values,
+    )
+    assert verdicts["species"] == 0.1  # 4 of 40: the most allowed, and the lowest threshold that allows no more
+    best = unknown.logits.max(1).values
+    assert int((best >= rule.logit_threshold).sum()) == 4 and int((best >= rule.logit_threshold - 1e-3).sum()) > 4
 
 
 def test_lowest_threshold_lets_through_at_most_the_allowed_fraction_of_counted_images() -> None:

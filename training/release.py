@@ -198,7 +198,11 @@ def _choose_open_set(
     )
     reports = {
         name: verdict_counts(
-            calibrated_probabilities(outputs.logits, temperature), outputs.targets, fit.scores(outputs), fit.rule
+            calibrated_probabilities(outputs.logits, temperature),
+            outputs.targets,
+            fit.scores(outputs),
+            fit.rule,
+            max_logits=outputs.logits.max(1).values,
         )
         for name, outputs in sets.items()
         if name != "train"

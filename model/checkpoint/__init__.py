@@ -25,7 +25,8 @@ Schema (format version 1), all values plain Python types or tensors:
                       "precision"}}`` and, with the ImageNet hierarchy, ``"hierarchy": {"taxon": list[int],
                       "other": list[int]}``, see :mod:`model.open_set`; ``serving`` then also holds
                       ``subject_threshold``, ``novelty_threshold``, ``subject`` and (hierarchy)
-                      ``taxon_threshold`` and ``contrast_threshold``
+                      ``taxon_threshold``, ``contrast_threshold`` and (from 2026-12-03)
+                      ``hierarchy_novelty_threshold``; optionally ``logit_threshold`` (a second "not sure" check)
 ``optimizer``,        state dicts for ``--resume``; absent from release checkpoints
 ``lr_scheduler``,
 ``scaler``,
