@@ -8,7 +8,9 @@ through the predictor once and kept in ``OUT/<set>.npz``:
 - ``clarkii``: ``clownfish_photos/amphiprion_clarkii`` (one of the model's species);
 - ``perideraion``: ``clownfish_photos/amphiprion_perideraion`` (pink skunk clownfish, a species the model lacks);
 - ``reef_fish``: ``reef_photos/fish`` (reef fish of 22 families, none of the model's species);
-- ``reef_not_fish``: ``reef_photos/not_fish`` (sea life that is not a fish).
+- ``reef_not_fish``: ``reef_photos/not_fish`` (sea life that is not a fish);
+- ``flowers``: ``flowers`` (2,000 flower photos; the release's other "not a fish" set, for
+  ``tools/open_set_study.py``'s held-out release).
 
 The photo sets are for evaluation and for choosing thresholds only (their SOURCE.md); nothing here trains the
 shipped model.
@@ -49,6 +51,7 @@ def image_sets(data: Path, split_file: Path, class_names: list[str]) -> dict[str
         "perideraion": (clownfish / "amphiprion_perideraion", all_images(clownfish / "amphiprion_perideraion")),
         "reef_fish": (data / "reef_photos" / "fish", all_images(data / "reef_photos" / "fish")),
         "reef_not_fish": (data / "reef_photos" / "not_fish", all_images(data / "reef_photos" / "not_fish")),
+        "flowers": (data / "flowers", all_images(data / "flowers")),
     }
 
 
