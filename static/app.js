@@ -477,6 +477,15 @@
   /** Why no species is named, under the headline of one photo (the template's `hint` macro), or null. */
   function hint(p) {
     const kind = verdictOf(p);
+    if (kind === "not_sure" && p.confidence >= p.threshold) {
+      // named below the model's logit threshold: confident among its species, but a weak match to all of them
+      return el(
+        "p",
+        { class: "hint" },
+        "The best guess matches the species this model knows only weakly: it may be a similar fish of another " +
+          "species. Try a sharper photo, cropped to one fish.",
+      );
+    }
     if (kind === "not_sure") {
       return el(
         "p",

@@ -185,6 +185,22 @@ def test_form_post_says_when_it_is_not_sure(
         assert '<p class="species">' not in html
 
 
+@pytest.mark.parametrize(("logit_threshold", "sure"), [(-1e6, True), (1e6, False)])
+def test_a_weak_best_logit_makes_it_not_sure_whatever_the_confidence(
+    checkpoint_factory: Callable[..., Path], jpeg_bytes: Callable[..., bytes], logit_threshold: float, sure: bool
+) -> None:
+    """The release's second "not sure" threshold, on the best class's logit: served from the checkpoint, said in the
+    page's words (not the confidence's), shown in the API's thresholds."""
+    serving = {"confidence_threshold": 0.5, "temperature": 1.0, "logit_threshold": logit_threshold}
+    client = make_app(MODEL_PATH=str(checkpoint_factory(serving=serving))).test_client()
+    answer = post_image(client, jpeg_bytes()).get_json()
+    assert answer["confidence"] >= 0.5 and answer["verdict"] == ("species" if sure else "not_sure")
+    assert answer["model"]["verdict_thresholds"]["not_sure_logit"] == logit_threshold
+    html = re.sub(r"\s+", " ", post_image(client, jpeg_bytes(), url="/").get_data(as_text=True))
+    assert ("matches the species this model knows only weakly" in html) is not sure
+    assert "confidence this model needs" not in html
+
+
 NAME = "(?:" + "|".join(SPECIES_NAMES) + ")"
 KNOWS = 'This model knows <a href="/model">3 species</a>'
 
@@ -192,7 +208,8 @@ KNOWS = 'This model knows <a href="/model">3 species</a>'
 @pytest.mark.parametrize(
     ("verdict", "subject", "headline", "hint"),
     [
-        ("not_sure", "fish", f"Not sure: maybe {NAME} or {NAME}", "below the 0.0% confidence this model needs"),
+        # forced at threshold 0, where only the logit threshold can make it "not sure"
+        ("not_sure", "fish", f"Not sure: maybe {NAME} or {NAME}", "matches the species this model knows only weakly"),
         ("unknown_species", "fish", "Probably a fish this model does not know", f"{KNOWS}, and this photo looks like"),
         ("unknown_species", None, "Probably none of the species this model knows", f"{KNOWS}, and this photo looks"),
         ("not_a_fish", "fish", "This does not look like a fish", f"{KNOWS} of fish: try a photo with one of them"),

@@ -366,7 +366,10 @@ def test_the_script_words_each_verdict(server: str, new_page: Any) -> None:
     knows = f"This model knows {n} species"
     hints = {
         "species": None,
-        "not_sure": "The best guess is below the",
+        # below the confidence threshold, or (the logit threshold) above it
+        "not_sure": "The best guess is below the"
+        if real["confidence"] < real["threshold"]
+        else "The best guess matches the species this model knows only weakly",
         "unknown_species": f"{knows}, and this photo looks like none of them.",
         "not_a_fish": f"{knows}{' of ' + model['subject'] if model.get('subject') else ''}: try a photo with one",
     }
