@@ -557,6 +557,14 @@ def test_model_page_explains_the_hierarchy_rule_and_lists_every_folder(
     assert terms[-2:] == ["“Not a fish” below", "“Not a fish”, among photos unlike its species"]
     assert "gives the fish classes of its hierarchy less than 5.0% of its probability" in html
     assert "gives other living things (coral, sea anemones, crabs, turtles…) 60.0% more than those" in html
+    assert "a photo farther than the “unknown species” novelty from every species it knows" in html
+    # a release with the hierarchy's own gate and a logit threshold (2026-12-03) says both
+    thresholds |= {"not_a_fish_novelty": 5000.0, "not_sure_logit": 3.25}
+    answer_with_verdicts(monkeypatch, app, ["species"], subject="fish", verdict_thresholds=thresholds)
+    html = re.sub(r"\s+", " ", client.get("/model").get_data(as_text=True))
+    assert "a photo farther than 5,000 novelty from every species it knows is also called not a fish" in html
+    assert re.findall(r"<dt>(“[^<]+)</dt>", html)[:2] == ["“Not sure” below", "“Not sure”, for a weak match, below"]
+    assert "<dd>3.25 logit: when the likeliest species’ logit" in html
 
     from app.model_page import open_set_rows
     from model.checkpoint import EvaluationRecord
@@ -587,6 +595,10 @@ def test_model_page_explains_the_hierarchy_rule_and_lists_every_folder(
         ),
         ({"not_sure": 0.0, "unknown_species": None, "not_a_fish": 0.2}, ["“Not a fish” below"]),
         ({"not_sure": 0.0, "unknown_species": None, "not_a_fish": None}, []),
+        (
+            {"not_sure": 0.0, "not_sure_logit": 2.0, "unknown_species": None, "not_a_fish": None},
+            ["“Not sure”, for a weak match, below"],
+        ),
     ],
 )
 def test_model_page_leaves_out_the_checks_a_model_lacks(
