@@ -55,6 +55,7 @@ def init_app(app: Flask) -> None:
             backend=app.config["BACKEND"],
             num_threads=threads,
             confidence_threshold=app.config["CONFIDENCE_THRESHOLD"],
+            logit_threshold=app.config["LOGIT_THRESHOLD"],
             novelty_threshold=app.config["NOVELTY_THRESHOLD"],
             subject_threshold=app.config["SUBJECT_THRESHOLD"],
         )

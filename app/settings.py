@@ -211,6 +211,16 @@ SETTINGS: dict[str, Setting] = _declare(
             shown_default="from the checkpoint",
         ),
         Setting(
+            "LOGIT_THRESHOLD",
+            float,
+            None,
+            'below this logit of the likeliest species the answer is also "not sure" (a weak match; -1e9 turns it off)',
+            nullable=True,
+            ge=-1e9,
+            le=1e9,
+            shown_default="from the checkpoint",
+        ),
+        Setting(
             "NOVELTY_THRESHOLD",
             float,
             None,

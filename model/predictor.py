@@ -59,10 +59,13 @@ def _first(*values: float | None) -> float | None:
 
 
 def served_rule(
-    serving: ServingRecord, subject_threshold: float | None, novelty_threshold: float | None
+    serving: ServingRecord,
+    subject_threshold: float | None,
+    novelty_threshold: float | None,
+    logit_threshold: float | None = None,
 ) -> OpenSetRule:
-    """The open-set thresholds of a checkpoint's serving record, the subject and novelty ones overridden where
-    given (not None); the confidence threshold is set by :class:`Predictor`."""
+    """The open-set thresholds of a checkpoint's serving record, the subject, novelty and logit ones overridden
+    where given (not None); the confidence threshold is set by :class:`Predictor`."""
     return OpenSetRule(
         subject_threshold=_first(subject_threshold, serving.subject_threshold),
         novelty_threshold=_first(novelty_threshold, serving.novelty_threshold),
@@ -70,7 +73,7 @@ def served_rule(
         taxon_threshold=serving.taxon_threshold,
         contrast_threshold=serving.contrast_threshold,
         hierarchy_novelty_threshold=serving.hierarchy_novelty_threshold,
-        logit_threshold=serving.logit_threshold,
+        logit_threshold=_first(logit_threshold, serving.logit_threshold),
     )
 
 
@@ -208,6 +211,7 @@ class Predictor:
         confidence_threshold: float | None = None,
         novelty_threshold: float | None = None,
         subject_threshold: float | None = None,
+        logit_threshold: float | None = None,
     ) -> Predictor:
         """Load a checkpoint written by ``train.py`` (:func:`model.checkpoint.load_checkpoint`).
 
@@ -235,6 +239,7 @@ class Predictor:
             confidence_threshold=confidence_threshold,
             novelty_threshold=novelty_threshold,
             subject_threshold=subject_threshold,
+            logit_threshold=logit_threshold,
         )
         logger.info(
             "loaded %s: %s, %d classes, input %d px, temperature %.3g, %s %s on %s",
@@ -258,6 +263,7 @@ class Predictor:
         confidence_threshold: float | None = None,
         novelty_threshold: float | None = None,
         subject_threshold: float | None = None,
+        logit_threshold: float | None = None,
         **options: Any,
     ) -> Predictor:
         """A predictor over a loaded checkpoint (:meth:`from_checkpoint` without the file), ``name`` its file name
@@ -278,7 +284,7 @@ class Predictor:
             temperature=_first(serving.temperature, 1.0),
             class_info=ckpt.class_info,
             card=ModelCard.of(ckpt, name),
-            open_set=served_rule(serving, subject_threshold, novelty_threshold),
+            open_set=served_rule(serving, subject_threshold, novelty_threshold, logit_threshold),
             subject_classes=open_set.subject_classes,
             hierarchy=open_set.hierarchy,
             gaussians=open_set.gaussians,

@@ -199,6 +199,11 @@ def test_a_weak_best_logit_makes_it_not_sure_whatever_the_confidence(
     html = re.sub(r"\s+", " ", post_image(client, jpeg_bytes(), url="/").get_data(as_text=True))
     assert ("matches the species this model knows only weakly" in html) is not sure
     assert "confidence this model needs" not in html
+    # FISH_LOGIT_THRESHOLD overrides the checkpoint's, either way
+    overridden = make_app(MODEL_PATH=str(checkpoint_factory(serving=serving)), LOGIT_THRESHOLD=-logit_threshold)
+    assert post_image(overridden.test_client(), jpeg_bytes()).get_json()["verdict"] == (
+        "not_sure" if sure else "species"
+    )
 
 
 NAME = "(?:" + "|".join(SPECIES_NAMES) + ")"

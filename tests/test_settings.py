@@ -197,6 +197,8 @@ POSITIVE_INTEGERS = [key for key, s in SETTINGS.items() if s.type is int]
         ("SUBJECT_THRESHOLD", 1.001, "[0, 1]"),
         ("NOVELTY_THRESHOLD", math.inf, "a finite number >= 0"),
         ("NOVELTY_THRESHOLD", -1, "a finite number >= 0"),
+        ("LOGIT_THRESHOLD", math.inf, "[-1e+09, 1e+09]"),
+        ("LOGIT_THRESHOLD", math.nan, "[-1e+09, 1e+09]"),
         ("PRECISION", "fp16", "one of 'auto', 'fp32', 'bf16', 'int8'"),
         ("PRECISION", "FP32", "one of 'auto', 'fp32', 'bf16', 'int8'"),
         ("BACKEND", "onnx", "one of 'auto', 'openvino', 'torch'"),
