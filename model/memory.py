@@ -18,7 +18,9 @@ Before a memory is served it is judged (:meth:`MemoryBuilder.build`, the gate) o
 each fold's answers come from a memory fitted without it; the memory must answer at least as many of them right as
 the network alone). The same cross-validated answers choose its "not sure" threshold: the lowest at which at most
 :data:`MAX_CONFIDENTLY_WRONG` of the held-out corrections are named a species that is not theirs, never below
-:data:`MIN_CONFIDENCE_THRESHOLD` (0.5) nor above the checkpoint's own.
+:data:`MIN_CONFIDENCE_THRESHOLD` (0.5) nor above the checkpoint's own for a head without the network's logits
+(:attr:`model.open_set.OpenSetRule.confidence_threshold_without_logit`: the memory's head has none, so the
+release's logit check cannot apply to it).
 """
 
 from __future__ import annotations
@@ -373,7 +375,7 @@ class MemoryBuilder:
     def choose_threshold(self, labels: list[str], used: Sequence[Correction], probabilities: np.ndarray) -> float:
         """The memory's "not sure" threshold: the lowest at which at most :data:`MAX_CONFIDENTLY_WRONG` of the
         held-out corrections are named a species not theirs (with the other tests as served), never below
-        :data:`MIN_CONFIDENCE_THRESHOLD` nor above the checkpoint's own."""
+        :data:`MIN_CONFIDENCE_THRESHOLD` nor above the checkpoint's own for a head without the network's logits."""
         rule = dataclasses.replace(self.rule, confidence_threshold=0.0)
         confidence, counted = np.zeros(len(used)), np.zeros(len(used), dtype=bool)
         for i, correction in enumerate(used):
@@ -381,7 +383,7 @@ class MemoryBuilder:
             confidence[i] = probabilities[i][best]
             counted[i] = verdict == "species" and labels[best] != correction.label
         lowest = lowest_confidence_threshold(confidence, counted, MAX_CONFIDENTLY_WRONG)
-        return min(max(lowest, MIN_CONFIDENCE_THRESHOLD), self.rule.confidence_threshold)
+        return min(max(lowest, MIN_CONFIDENCE_THRESHOLD), self.rule.confidence_threshold_without_logit)
 
     def right(self, labels: list[str], used: Sequence[Correction], probabilities: np.ndarray, threshold: float) -> int:
         """How many of ``used`` the answers (``probabilities`` over ``labels``, at ``threshold``) get right."""
@@ -413,7 +415,9 @@ class MemoryBuilder:
         held = self.held_out(labels, used)
         threshold = self.choose_threshold(labels, used, held)
         base_probabilities = self.probabilities(self.base_head(), np.stack([c.features for c in used]))
-        right_base = self.right(self.class_names, used, base_probabilities, self.rule.confidence_threshold)
+        right_base = self.right(
+            self.class_names, used, base_probabilities, self.rule.confidence_threshold_without_logit
+        )
         head = fit_head(self.base, labels, used, self.c)
         report.update(
             confidence_threshold=threshold,

@@ -73,6 +73,10 @@ class OpenSetRule:
         logit_threshold: the best class's *uncalibrated* logit below which the answer is also ``not_sure``: how
             strongly the features match any known class, which the softmax normalises away (the maximum-logit
             score of Hendrycks et al., ICML 2022; EXPERIMENTS.md section 12); None: no such check.
+        unknown_confidence_threshold: with ``logit_threshold``, the calibrated confidence that would keep as few of
+            the unknown-species photos named without the logit check (the rule of earlier releases): what a head
+            that has no network logits (a corrections memory, :mod:`model.memory`) is held to
+            (:attr:`confidence_threshold_without_logit`); in [0, 1], or None.
 
     Raises:
         ValueError: a threshold out of range (confidence, subject and taxon in [0, 1], novelty >= 0 and finite,
@@ -87,6 +91,7 @@ class OpenSetRule:
     contrast_threshold: float | None = None
     hierarchy_novelty_threshold: float | None = None
     logit_threshold: float | None = None
+    unknown_confidence_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
@@ -99,10 +104,18 @@ class OpenSetRule:
                 raise ValueError(f"{name.replace('_', ' ')} must be a finite number >= 0, got {value}")
         if self.logit_threshold is not None and not math.isfinite(self.logit_threshold):
             raise ValueError(f"logit threshold must be a finite number, got {self.logit_threshold}")
+        if self.unknown_confidence_threshold is not None and not 0.0 <= self.unknown_confidence_threshold <= 1.0:
+            raise ValueError(f"unknown confidence threshold must be in [0, 1], got {self.unknown_confidence_threshold}")
         if self.taxon_threshold is not None and not 0.0 <= self.taxon_threshold <= 1.0:
             raise ValueError(f"taxon threshold must be in [0, 1], got {self.taxon_threshold}")
         if self.contrast_threshold is not None and not -1.0 <= self.contrast_threshold <= 1.0:
             raise ValueError(f"contrast threshold must be in [-1, 1], got {self.contrast_threshold}")
+
+    @property
+    def confidence_threshold_without_logit(self) -> float:
+        """The "not sure" confidence threshold for answers that have no network logit to check (a corrections
+        memory's head): the higher of ``confidence_threshold`` and ``unknown_confidence_threshold``."""
+        return max(self.confidence_threshold, self.unknown_confidence_threshold or 0.0)
 
     @property
     def judged_above(self) -> float | None:

@@ -74,6 +74,7 @@ def served_rule(
         contrast_threshold=serving.contrast_threshold,
         hierarchy_novelty_threshold=serving.hierarchy_novelty_threshold,
         logit_threshold=_first(logit_threshold, serving.logit_threshold),
+        unknown_confidence_threshold=serving.unknown_confidence_threshold,
     )
 
 

@@ -193,3 +193,8 @@ def test_the_threshold_stays_between_a_majority_and_the_checkpoints(base: BaseFe
     lenient = MemoryBuilder(base, CLASSES, temperature=1.0, rule=OpenSetRule(confidence_threshold=0.3))
     memory, _ = lenient.build(corrections("d", 3, 10, seed=9))
     assert memory is not None and memory.confidence_threshold == 0.3  # never stricter than the checkpoint
+    # a release with a logit check holds a head without logits (the memory's) to its confidence-only threshold
+    rule = OpenSetRule(confidence_threshold=0.3, logit_threshold=2.0, unknown_confidence_threshold=0.45)
+    assert rule.confidence_threshold_without_logit == 0.45
+    memory, _ = MemoryBuilder(base, CLASSES, temperature=1.0, rule=rule).build(corrections("d", 3, 10, seed=9))
+    assert memory is not None and memory.confidence_threshold == 0.45

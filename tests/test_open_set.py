@@ -236,6 +236,7 @@ def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
         {"taxon_threshold": -0.5},
         {"hierarchy_novelty_threshold": -1.0},
         {"logit_threshold": float("nan")},
+        {"unknown_confidence_threshold": 1.5},
     ],
 )
 def test_rule_rejects_thresholds_out_of_range(kwargs: dict[str, float]) -> None:
@@ -435,6 +436,13 @@ def test_unknown_photos_set_a_logit_threshold_when_asked() -> None:
     assert verdicts["species"] == 0.1  # 4 of 40: the most allowed, and the lowest threshold that allows no more
     best = unknown.logits.max(1).values
     assert int((best >= rule.logit_threshold).sum()) == 4 and int((best >= rule.logit_threshold - 1e-3).sum()) > 4
+    # and the confidence that would do the same without the logit check, for heads without logits (a memory)
+    confidence = torch.softmax(unknown.logits, 1).max(1).values
+    assert (
+        rule.unknown_confidence_threshold is not None
+        and int((confidence >= rule.unknown_confidence_threshold).sum()) == 4
+    )
+    assert rule.confidence_threshold_without_logit == rule.unknown_confidence_threshold
 
 
 def test_lowest_threshold_lets_through_at_most_the_allowed_fraction_of_counted_images() -> None:

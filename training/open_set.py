@@ -176,6 +176,7 @@ class OpenSetFit:
             contrast_threshold=self.rule.contrast_threshold,
             hierarchy_novelty_threshold=self.rule.hierarchy_novelty_threshold,
             logit_threshold=self.rule.logit_threshold,
+            unknown_confidence_threshold=self.rule.unknown_confidence_threshold,
             novelty_threshold=self.rule.novelty_threshold,
             subject=self.rule.subject,
             confidence_threshold=self.rule.confidence_threshold,
@@ -366,11 +367,11 @@ def _raised_confidence_rule(
             100 * max_confidently_wrong,
         )
     if max_unknown_named is not None:
-        logit = unknown_logit_threshold(
-            dataclasses.replace(fit, rule=rule), calibration, temperature, max_unknown_named
-        )
+        fit = dataclasses.replace(fit, rule=rule)
+        logit = unknown_logit_threshold(fit, calibration, temperature, max_unknown_named)
         if logit is not None:
-            rule = dataclasses.replace(rule, logit_threshold=logit)
+            without = max(unknown_confidence_thresholds(fit, calibration, temperature, max_unknown_named))
+            rule = dataclasses.replace(rule, logit_threshold=logit, unknown_confidence_threshold=without)
             logger.info(
                 "also 'not sure' below logit %.3f (at most %.0f %% of unknown ones named)",
                 logit,
@@ -420,6 +421,23 @@ def unknown_logit_threshold(
             thresholds.append(lowest_threshold(outputs.logits.max(1).values.numpy(), named, max_unknown_named))
     best = max(thresholds, default=-math.inf)
     return float(best) if math.isfinite(best) else None
+
+
+def unknown_confidence_thresholds(
+    fit: OpenSetFit, calibration: dict[str, Outputs], temperature: float, max_unknown_named: float
+) -> list[float]:
+    """For each set of unknown-species photos of ``calibration``, the lowest confidence threshold at which at most
+    ``max_unknown_named`` of it is named by ``fit.rule`` without its logit check (the "not sure" rule of releases
+    before 2026-12-03): what :attr:`model.open_set.OpenSetRule.unknown_confidence_threshold` records for heads that
+    have no network logit. Empty without such sets."""
+    thresholds = []
+    for name, outputs in calibration.items():
+        if set_kind(name) == "unknown_photos":
+            named, confidence, _ = _named(
+                dataclasses.replace(fit, rule=_without_not_sure(fit.rule)), outputs, temperature
+            )
+            thresholds.append(lowest_confidence_threshold(confidence.numpy(), named, max_unknown_named))
+    return thresholds
 
 
 def _without_not_sure(rule: OpenSetRule) -> OpenSetRule:

@@ -26,7 +26,8 @@ Schema (format version 1), all values plain Python types or tensors:
                       "other": list[int]}``, see :mod:`model.open_set`; ``serving`` then also holds
                       ``subject_threshold``, ``novelty_threshold``, ``subject`` and (hierarchy)
                       ``taxon_threshold``, ``contrast_threshold`` and (from 2026-12-03)
-                      ``hierarchy_novelty_threshold``; optionally ``logit_threshold`` (a second "not sure" check)
+                      ``hierarchy_novelty_threshold``; optionally ``logit_threshold`` (a second "not sure" check) and
+                      ``unknown_confidence_threshold``
 ``optimizer``,        state dicts for ``--resume``; absent from release checkpoints
 ``lr_scheduler``,
 ``scaler``,

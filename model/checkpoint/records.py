@@ -84,8 +84,9 @@ class ServingRecord:
         selective_accuracy: accuracy of those.
         subject: the noun of the training photos' subject (``"fish"``).
         subject_threshold, novelty_threshold, taxon_threshold, contrast_threshold, hierarchy_novelty_threshold,
-            logit_threshold: the open-set thresholds (:class:`model.open_set.OpenSetRule`); None where the release
-            has no such check (the last two: releases before 2026-12-03).
+            logit_threshold, unknown_confidence_threshold: the open-set thresholds
+            (:class:`model.open_set.OpenSetRule`); None where the release has no such check (the last three:
+            releases before 2026-12-03).
         family_threshold: the summed probability of a family's species from which the answer names the family
             when the species is unsure (:mod:`model.taxonomy`); None for models without a taxonomy.
     """
@@ -103,6 +104,7 @@ class ServingRecord:
     family_threshold: float | None = None
     hierarchy_novelty_threshold: float | None = None
     logit_threshold: float | None = None
+    unknown_confidence_threshold: float | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> ServingRecord:
