@@ -58,26 +58,6 @@ def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
 
-def served_rule(
-    serving: ServingRecord,
-    subject_threshold: float | None,
-    novelty_threshold: float | None,
-    logit_threshold: float | None = None,
-) -> OpenSetRule:
-    """The open-set thresholds of a checkpoint's serving record, the subject, novelty and logit ones overridden
-    where given (not None); the confidence threshold is set by :class:`Predictor`."""
-    return OpenSetRule(
-        subject_threshold=_first(subject_threshold, serving.subject_threshold),
-        novelty_threshold=_first(novelty_threshold, serving.novelty_threshold),
-        subject=serving.subject,
-        taxon_threshold=serving.taxon_threshold,
-        contrast_threshold=serving.contrast_threshold,
-        hierarchy_novelty_threshold=serving.hierarchy_novelty_threshold,
-        logit_threshold=_first(logit_threshold, serving.logit_threshold),
-        unknown_confidence_threshold=serving.unknown_confidence_threshold,
-    )
-
-
 def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``softmax(logits / temperature)`` of float ``(N, C)`` logits, rows summing to 1: the one formula for
     confidences, used by :meth:`Predictor.calibrated` (serving) and by training's release and evaluation steps.
@@ -285,7 +265,7 @@ class Predictor:
             temperature=_first(serving.temperature, 1.0),
             class_info=ckpt.class_info,
             card=ModelCard.of(ckpt, name),
-            open_set=served_rule(serving, subject_threshold, novelty_threshold, logit_threshold),
+            open_set=serving.rule(subject_threshold, novelty_threshold, logit_threshold),
             subject_classes=open_set.subject_classes,
             hierarchy=open_set.hierarchy,
             gaussians=open_set.gaussians,

@@ -203,7 +203,7 @@ def test_release_lowers_the_hierarchy_gate_where_that_refuses_more_sea_life() ->
 
 def test_open_set_samples_name_one_set_per_folder(tmp_path: Path) -> None:
     from model.open_set import set_kind
-    from training.open_set import open_set_samples
+    from training.photo_sets import open_set_samples
 
     clownfish = _photos(tmp_path / "clownfish_photos")
     reef = tmp_path / "reef_photos" / "fish"

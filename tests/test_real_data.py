@@ -14,7 +14,8 @@ from model.predictor import Predictor
 from tests.helpers import ROOT, SHARED_DATA
 from training.data import read_split, scan_image_folder, split_samples
 from training.evaluation import collect_outputs, evaluate_predictor
-from training.open_set import all_images, photo_samples, verdict_report
+from training.open_set import verdict_report
+from training.photo_sets import all_images, photo_samples
 
 FISH = SHARED_DATA / "fish4knowledge"
 FLOWERS = SHARED_DATA / "flowers"

@@ -30,7 +30,7 @@ from model.logs import setup_logging
 from model.predictor import Predictor
 from training.data import Sample, read_split
 from training.evaluation import collect_outputs
-from training.open_set import all_images
+from training.photo_sets import all_images
 
 logger = logging.getLogger("correction_features")
 

@@ -40,7 +40,7 @@ from model import open_set
 from model.checkpoint import load_checkpoint
 from model.logs import setup_logging
 from model.open_set import HierarchyClasses, open_set_scores
-from model.predictor import calibrated_probabilities, served_rule
+from model.predictor import calibrated_probabilities
 from tools.correction_features import add_set_arguments, image_sets
 
 logger = logging.getLogger("open_set_study")
@@ -207,7 +207,7 @@ def print_not_a_fish(
         print(f"| {label} | " + " | ".join(not_a_fish(probabilities, taxa, subject_refused, novelty)) + " |")
 
 
-#: Part 3's photo sets, with the kinds the release gives their folders (``training.open_set.open_set_samples``).
+#: Part 3's photo sets, with the kinds the release gives their folders (``training.photo_sets.open_set_samples``).
 RELEASE_SETS = {
     "clarkii": "known_photos",
     "perideraion": "unknown_photos",
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n, o in outputs.items()
     }
-    rule = served_rule(serving, None, None)  # the shipped rule without its "not sure" threshold (part 1 replaces it)
+    rule = serving.rule()  # the shipped rule without its "not sure" threshold (part 1 replaces it)
     verdicts = {
         n: np.array([rule.verdict(1.0, *scores[n].row(i)) for i in range(len(cached[n]["targets"]))]) for n in SETS
     }

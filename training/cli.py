@@ -104,7 +104,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from model.runtime import resolve_device
     from training.evaluation import collect_outputs, evaluate_predictor, samples_for_checkpoint
     from training.family import family_counts, named_families, true_families
-    from training.open_set import open_set_samples, verdict_report
+    from training.open_set import verdict_report
+    from training.photo_sets import open_set_samples
     from training.reports import format_verdicts, report
 
     log = logging.getLogger("evaluate")

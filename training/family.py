@@ -38,7 +38,7 @@ from model.taxonomy import Families
 from training.config import csv_list
 from training.data import Sample, read_class_info
 from training.evaluation import Outputs, collect_outputs
-from training.open_set import open_set_samples
+from training.photo_sets import open_set_samples
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def family_sets(
     batch_size: int = 64,
     workers: int = 2,
 ) -> dict[str, tuple[Outputs, list[str | None]]]:
-    """The outputs and true families of each set of ``photos`` folders (:func:`training.open_set.open_set_samples`)
+    """The outputs and true families of each set of ``photos`` folders (:func:`training.photo_sets.open_set_samples`)
     that has photos of a known family; ``outputs`` holds sets' outputs already collected (by name), the others are
     collected with ``predictor``. A set with unreadable photos is left out (its rows would not match its files)."""
     assert predictor.families is not None

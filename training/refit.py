@@ -29,16 +29,20 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.heads import NormalizedLinear, fit_logistic_regression
 from model.logs import setup_logging
 from model.network import classifier_name
 from model.predictor import Predictor
-from training.config import TrainConfig, config_from_dict, csv_list, load_yaml, save_config
+from training.config import TrainConfig, config_from_dict, load_yaml, save_config
 from training.data import read_split
 from training.evaluation import collect_outputs
-from training.release import OPEN_SET_OPTIONS, OpenSetOptions, write_release
-from training.reports import write_json
+from training.release import (
+    add_release_arguments,
+    open_set_overrides,
+    release_run,
+    run_release_command,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,17 +156,7 @@ def refit(
     logger.info("refitted %s's head on %d training images (C=%g, class-balanced)", run, len(train), c)
 
     _write_refitted_run(run, out, cfg, ckpt, model, c)
-    final = write_release(
-        out,
-        Path(cfg.data),
-        val,
-        batch_size=batch_size,
-        workers=workers,
-        target_accuracy=cfg.target_accuracy,
-        open_set=OpenSetOptions(Path(cfg.data), train, cfg),
-    )
-    write_json(out / "metrics.json", final)  # with the open-set verdicts, as train.py writes it
-    return final
+    return release_run(out, cfg, train, val, batch_size=batch_size, workers=workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,25 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="train.py run folder (best.pt, config.yaml, split.csv)")
     parser.add_argument("--out", type=Path, required=True, help="new run folder for the refitted release")
     parser.add_argument("--C", dest="c", type=float, default=DEFAULT_C, help="inverse L2 penalty of the regression")
-    parser.add_argument("--data", help="ImageFolder root, when it moved since the run")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    parser.add_argument("--open-set-photos", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
-    parser.add_argument("--not-subject", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
-    parser.add_argument("--subject", help="as train.py's")
-    for name in ("subject_rejection", "novelty_rejection", "max_confidently_wrong", "max_unknown_named"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, help="as train.py's")
+    add_release_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    overrides = {k: getattr(args, k) for k in OPEN_SET_OPTIONS if getattr(args, k) is not None}
-    try:
-        final = refit(args.run, args.out, c=args.c, data=args.data, overrides=overrides, workers=args.workers)
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
-    logger.info(
-        "released %s: val accuracy %.4f, macro-F1 %.4f", args.out / "release.pt", final["accuracy"], final["macro_f1"]
-    )
-    return 0
+
+    def release() -> dict[str, Any]:
+        overrides = open_set_overrides(args)
+        return refit(args.run, args.out, c=args.c, data=args.data, overrides=overrides, workers=args.workers)
+
+    return run_release_command(release, args.out)
 
 
 if __name__ == "__main__":

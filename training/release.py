@@ -18,8 +18,10 @@ It writes the evaluation files and saves ``release.pt`` once, with all of it (sc
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import torch
 
 from model.checkpoint import (
     Checkpoint,
+    CheckpointError,
     ServingRecord,
     load_checkpoint,
     model_from_checkpoint,
@@ -37,12 +40,13 @@ from model.checkpoint import (
 from model.imagenet_hierarchy import subject_classes_for
 from model.open_set import set_kind
 from model.predictor import Predictor, calibrated_probabilities
-from training.config import TrainConfig
+from training.config import TrainConfig, csv_list
 from training.data import Sample
 from training.evaluation import DEFAULT_TARGET_ACCURACY, Outputs, collect_outputs, evaluate_logits
 from training.family import choose_for_release
-from training.open_set import OpenSetFit, choose_open_set, open_set_samples, verdict_counts
-from training.reports import report
+from training.open_set import OpenSetFit, choose_open_set, verdict_counts
+from training.photo_sets import open_set_samples
+from training.reports import report, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,38 @@ OPEN_SET_OPTIONS = (
     "max_confidently_wrong",
     "max_unknown_named",
 )
+
+
+def add_release_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that release a trained network again (``python -m training.refit``,
+    ``python -m training.rerelease``): ``--data``, ``--workers`` and ``train.py``'s open-set options, which
+    override those the run recorded (:func:`open_set_overrides`)."""
+    parser.add_argument("--data", help="ImageFolder root, when it moved since training")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument("--open-set-photos", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
+    parser.add_argument("--not-subject", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
+    parser.add_argument("--subject", help="as train.py's")
+    for name in ("subject_rejection", "novelty_rejection", "max_confidently_wrong", "max_unknown_named"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, help="as train.py's")
+
+
+def open_set_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The open-set options (:data:`OPEN_SET_OPTIONS`) given on the command line (:func:`add_release_arguments`)."""
+    return {k: getattr(args, k) for k in OPEN_SET_OPTIONS if getattr(args, k) is not None}
+
+
+def run_release_command(release: Callable[[], dict[str, Any]], out: Path) -> int:
+    """Run a release command's work (``release()``, returning :func:`write_release`'s evaluation) and log its result;
+    the exit code: 0, or 2 on a user error (a missing file, an unreadable checkpoint, a bad option), logged."""
+    try:
+        final = release()
+    except (FileNotFoundError, CheckpointError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info(
+        "released %s: val accuracy %.4f, macro-F1 %.4f", out / "release.pt", final["accuracy"], final["macro_f1"]
+    )
+    return 0
 
 
 @dataclass
@@ -124,6 +160,30 @@ def write_release(
     return final
 
 
+def release_run(
+    out: Path, cfg: TrainConfig, train: list[Sample], val: list[Sample], *, batch_size: int = 64, workers: int = 2
+) -> dict[str, Any]:
+    """Release the run folder ``out`` (its ``best.pt`` written) as ``train.py`` does, outside ``train.py``: the
+    release step (:func:`write_release`) on ``cfg``'s data, target accuracy and open-set options, with ``train``
+    fitting the open-set scores and ``val`` evaluated, then ``out/metrics.json`` with the open-set verdicts.
+
+    Returns:
+        The release's evaluation (:func:`write_release`).
+    """
+    root = Path(cfg.data)
+    final = write_release(
+        out,
+        root,
+        val,
+        batch_size=batch_size,
+        workers=workers,
+        target_accuracy=cfg.target_accuracy,
+        open_set=OpenSetOptions(root, train, cfg),
+    )
+    write_json(out / "metrics.json", final)
+    return final
+
+
 def served_network(release: Checkpoint, device: torch.device | str) -> Predictor:
     """A :class:`model.predictor.Predictor` over ``release``'s weights (torch, fp32), as ``Predictor.from_checkpoint``
     would load the file, before any temperature or threshold is chosen (temperature 1, no open-set checks)."""
@@ -159,7 +219,7 @@ def _open_set_outputs(
     predictor: Predictor, options: OpenSetOptions, batch_size: int, workers: int
 ) -> dict[str, Outputs]:
     """The network's outputs on the training images (``"train"``) and on each folder of
-    :func:`training.open_set.open_set_samples` (``"known_photos"``, ``"unknown_photos"``, ``"not_subject"``)."""
+    :func:`training.photo_sets.open_set_samples` (``"known_photos"``, ``"unknown_photos"``, ``"not_subject"``)."""
     cfg = options.config
     kwargs = {"batch_size": batch_size, "workers": workers}
     outputs = {"train": collect_outputs(predictor, options.train_root, options.train_samples, **kwargs)}
@@ -179,7 +239,7 @@ def _choose_open_set(
 
     Returns:
         ``(the choice, {set name: verdict report})``, sets in the order ``val``, then the folders' sets
-        (:func:`training.open_set.open_set_samples`).
+        (:func:`training.photo_sets.open_set_samples`).
     """
     temperature = float(final["temperature"])
     not_subject = [outputs for name, outputs in sets.items() if set_kind(name) == "not_subject"]

@@ -23,12 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.logs import setup_logging
-from training.config import TrainConfig, config_from_dict, csv_list
+from training.config import TrainConfig, config_from_dict
 from training.data import read_split
-from training.release import OPEN_SET_OPTIONS, OpenSetOptions, write_release
-from training.reports import write_json
+from training.release import (
+    add_release_arguments,
+    open_set_overrides,
+    release_run,
+    run_release_command,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +77,7 @@ def rerelease(
     shutil.copyfile(split_file, out / "split.csv")
     save_checkpoint(ckpt, out / "best.pt")
     logger.info("releasing %s again into %s", checkpoint, out)
-    final = write_release(
-        out,
-        Path(cfg.data),
-        val,
-        batch_size=batch_size,
-        workers=workers,
-        target_accuracy=cfg.target_accuracy,
-        open_set=OpenSetOptions(Path(cfg.data), train, cfg),
-    )
-    write_json(out / "metrics.json", final)
-    return final
+    return release_run(out, cfg, train, val, batch_size=batch_size, workers=workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,27 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a release (weights/*.pt) or a run's best.pt")
     parser.add_argument("--out", type=Path, required=True, help="new run folder for the release")
     parser.add_argument("--split-file", type=Path, required=True, help="the split.csv it was trained with")
-    parser.add_argument("--data", help="ImageFolder root, when it moved since training")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    parser.add_argument("--open-set-photos", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
-    parser.add_argument("--not-subject", type=csv_list, metavar="DIR,DIR,...", help="as train.py's")
-    parser.add_argument("--subject", help="as train.py's")
-    for name in ("subject_rejection", "novelty_rejection", "max_confidently_wrong", "max_unknown_named"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, help="as train.py's")
+    add_release_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    overrides = {k: getattr(args, k) for k in OPEN_SET_OPTIONS if getattr(args, k) is not None}
-    try:
-        final = rerelease(
+
+    def release() -> dict[str, Any]:
+        overrides = open_set_overrides(args)
+        return rerelease(
             args.checkpoint, args.out, args.split_file, data=args.data, overrides=overrides, workers=args.workers
         )
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
-    logger.info(
-        "released %s: val accuracy %.4f, macro-F1 %.4f", args.out / "release.pt", final["accuracy"], final["macro_f1"]
-    )
-    return 0
+
+    return run_release_command(release, args.out)
 
 
 if __name__ == "__main__":

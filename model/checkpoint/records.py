@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from model.checkpoint.files import FORMAT_VERSION, CheckpointError, library_versions
-from model.open_set import ClassGaussians, HierarchyClasses
+from model.open_set import ClassGaussians, HierarchyClasses, OpenSetRule
 from model.transforms import Preprocessing
 
 #: Training state kept for ``--resume`` and left out of releases.
@@ -128,6 +128,29 @@ class ServingRecord:
             else:
                 values[f.name] = float(value)
         return cls(**values)
+
+    def rule(
+        self,
+        subject_threshold: float | None = None,
+        novelty_threshold: float | None = None,
+        logit_threshold: float | None = None,
+    ) -> OpenSetRule:
+        """The open-set thresholds of this record as served, the subject, novelty and logit ones overridden where
+        given (not None); the confidence threshold is left at 0 (``model.predictor.Predictor`` sets it)."""
+
+        def first(override: float | None, recorded: float | None) -> float | None:
+            return recorded if override is None else override
+
+        return OpenSetRule(
+            subject_threshold=first(subject_threshold, self.subject_threshold),
+            novelty_threshold=first(novelty_threshold, self.novelty_threshold),
+            subject=self.subject,
+            taxon_threshold=self.taxon_threshold,
+            contrast_threshold=self.contrast_threshold,
+            hierarchy_novelty_threshold=self.hierarchy_novelty_threshold,
+            logit_threshold=first(logit_threshold, self.logit_threshold),
+            unknown_confidence_threshold=self.unknown_confidence_threshold,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The ``serving`` dict: every field that is not None, numbers as Python floats (a NumPy scalar would not
