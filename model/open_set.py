@@ -20,15 +20,18 @@ verdicts (:data:`model.results.VERDICTS`), with three scores, each compared with
                    threshold: ``unknown_species``.
 ``confidence``     The calibrated softmax probability of the best class (temperature scaling). Below its
                    threshold: ``not_sure``.
+``max_logit``      The best class's logit before the softmax (Hendrycks et al., ICML 2022): how strongly the
+                   picture matches any known class. Below its threshold (releases from 2026-12-03): also
+                   ``not_sure``; a look-alike of another species often matches every known one weakly.
 
 The checks run in that order: a picture that is not of the subject is never called an unknown species.
 
 Measured on the dev sets (EXPERIMENTS.md, "not a fish"): the subject score alone lets most underwater pictures
 without fish through (its classes include coral reef and sea creatures), and ImageNet's classes see
 Fish4Knowledge's murky video crops as something other than fish about as often as they see a sea anemone as a fish.
-So the hierarchy's test only judges pictures that are also unlike the training images (novelty above its
-threshold): the video crops pass, and among the pictures unlike them, sea life without fish is told from fish of
-other species.
+So the hierarchy's test only judges pictures that are also unlike the training images (novelty above a gate of
+its own, chosen at release: :attr:`OpenSetRule.judged_above`): the video crops pass, and among the pictures unlike
+them, sea life without fish is told from fish of other species.
 """
 
 from __future__ import annotations
