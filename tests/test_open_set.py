@@ -98,6 +98,22 @@ def test_logit_threshold_is_a_second_not_sure_check(confidence: float, max_logit
     assert rule.thresholds()["not_sure_logit"] == 3.0
 
 
+def test_a_serving_record_holds_every_threshold_of_a_rule() -> None:
+    from model.checkpoint import ServingRecord
+
+    rule = OpenSetRule(
+        0.6, 0.1, 10.0, "fish", 0.05, 0.5, hierarchy_novelty_threshold=4.0, logit_threshold=3.0,
+        unknown_confidence_threshold=0.9,
+    )  # fmt: skip
+    record = ServingRecord(temperature=0.5).with_rule(rule)
+    assert record.confidence_threshold == 0.6 and record.temperature == 0.5
+    assert record.rule() == dataclasses.replace(rule, confidence_threshold=0.0)  # the predictor sets that one
+    assert ServingRecord.from_dict(record.to_dict()).rule() == record.rule()  # and the file keeps them all
+    # overrides win where given
+    assert record.rule(novelty_threshold=20.0, logit_threshold=-1.0).novelty_threshold == 20.0
+    assert record.rule(logit_threshold=-1.0).logit_threshold == -1.0 and record.rule().subject_threshold == 0.1
+
+
 def test_hierarchy_gives_the_fish_classes_and_the_other_living_things() -> None:
     fish = subject_classes_for("Fish")
     assert fish is not None and fish.synset == "n02512053"

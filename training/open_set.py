@@ -17,7 +17,7 @@ real photos of known and unknown species (``--open-set-photos``) and pictures of
   :func:`hierarchy_gates`). Without the hierarchy the ``--not-subject`` pictures only measure the result;
 - a higher "not sure" threshold, where known photos would otherwise be confidently wrong too often, and, with
   ``--max-unknown-named``, a "not sure" threshold on the best class's logit, where unknown-species photos would
-  otherwise be named too often (:func:`unknown_logit_threshold`).
+  otherwise be named too often (:func:`unknown_thresholds`).
 
 The photo folders' samples, one set per folder, come from :mod:`training.photo_sets`.
 """
@@ -133,20 +133,7 @@ class OpenSetFit:
     def serving(self, base: ServingRecord, *, coverage: float, accuracy: float) -> ServingRecord:
         """``base`` (the temperature and the selective "not sure" threshold) with this fit's thresholds, and the
         ``coverage`` and ``accuracy`` of the ``species`` answers they give on the validation images."""
-        return dataclasses.replace(
-            base,
-            subject_threshold=self.rule.subject_threshold,
-            taxon_threshold=self.rule.taxon_threshold,
-            contrast_threshold=self.rule.contrast_threshold,
-            hierarchy_novelty_threshold=self.rule.hierarchy_novelty_threshold,
-            logit_threshold=self.rule.logit_threshold,
-            unknown_confidence_threshold=self.rule.unknown_confidence_threshold,
-            novelty_threshold=self.rule.novelty_threshold,
-            subject=self.rule.subject,
-            confidence_threshold=self.rule.confidence_threshold,
-            coverage=coverage,
-            selective_accuracy=accuracy,
-        )
+        return dataclasses.replace(base.with_rule(self.rule), coverage=coverage, selective_accuracy=accuracy)
 
     def scores(self, outputs: Outputs) -> OpenSetScores:
         """The open-set scores of a set's outputs, as serving computes them
@@ -194,11 +181,10 @@ def choose_open_set(
             thresholds call the most of them so (see :func:`choose_contrast_rule`).
         max_unknown_named: where given, a second "not sure" threshold, on the best class's logit, is set where at
             most this fraction of each set of unknown-species photos (``calibration`` sets of kind
-            ``unknown_photos``) is named as a species (:func:`unknown_logit_threshold`).
+            ``unknown_photos``) is named as a species (:func:`unknown_thresholds`).
     """
     gaussians = ClassGaussians.fit(train.features, train.targets, train.logits.shape[1])
-    reference = calibration.get("known_photos", calibration["val"])
-    novelty_threshold = float(torch.quantile(gaussians.novelty(reference.features).double(), 1.0 - novelty_rejection))
+    novelty_threshold = float(torch.quantile(reference_novelty(gaussians, calibration), 1.0 - novelty_rejection))
     logger.info("'unknown species' above novelty %.1f", novelty_threshold)
     rule = OpenSetRule(confidence_threshold, novelty_threshold=novelty_threshold, subject=subject)
     classes, rule = _subject_rule(train, calibration, rule, coverage, subject_rejection)
@@ -290,11 +276,17 @@ def _hierarchy_rule(
 GATE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+def reference_novelty(gaussians: ClassGaussians, calibration: dict[str, Outputs]) -> torch.Tensor:
+    """The novelty (float64 ``(N,)``) of the photos the novelty thresholds are chosen on: the known photos of
+    ``calibration``, else its validation images."""
+    reference = calibration.get("known_photos", calibration["val"])
+    return gaussians.novelty(reference.features).double()
+
+
 def hierarchy_gates(fit: OpenSetFit, calibration: dict[str, Outputs]) -> list[float | None]:
     """The novelty gates :func:`_hierarchy_rule` tries: ``fit.rule``'s "unknown species" threshold, then the
     :data:`GATE_QUANTILES` of the known photos' (else the validation images') novelty under ``fit``'s Gaussians."""
-    reference = calibration.get("known_photos", calibration["val"])
-    novelty = fit.gaussians.novelty(reference.features).double()
+    novelty = reference_novelty(fit.gaussians, calibration)
     quantiles = torch.quantile(novelty, torch.tensor(GATE_QUANTILES, dtype=torch.float64)).tolist()
     return [fit.rule.novelty_threshold, *quantiles]
 
@@ -319,8 +311,8 @@ def _raised_confidence_rule(
 ) -> OpenSetRule:
     """``fit.rule`` with its "not sure" checks set by the photo sets of ``calibration``: the confidence threshold
     raised (never lowered) to the highest that the known photos ask for (:func:`raised_confidence_thresholds`), then,
-    with ``max_unknown_named``, the logit threshold that the unknown-species photos ask for
-    (:func:`unknown_logit_threshold`). Unchanged without such sets."""
+    with ``max_unknown_named``, the logit threshold that the unknown-species photos ask for and the confidence
+    threshold they would ask for without it (:func:`unknown_thresholds`). Unchanged without such sets."""
     rule = fit.rule
     raised = raised_confidence_thresholds(fit, calibration, temperature, max_confidently_wrong)
     if raised:
@@ -331,10 +323,10 @@ def _raised_confidence_rule(
             100 * max_confidently_wrong,
         )
     if max_unknown_named is not None:
-        fit = dataclasses.replace(fit, rule=rule)
-        logit = unknown_logit_threshold(fit, calibration, temperature, max_unknown_named)
+        logit, without = unknown_thresholds(
+            dataclasses.replace(fit, rule=rule), calibration, temperature, max_unknown_named
+        )
         if logit is not None:
-            without = max(unknown_confidence_thresholds(fit, calibration, temperature, max_unknown_named))
             rule = dataclasses.replace(rule, logit_threshold=logit, unknown_confidence_threshold=without)
             logger.info(
                 "also 'not sure' below logit %.3f (at most %.0f %% of unknown ones named)",
@@ -344,12 +336,13 @@ def _raised_confidence_rule(
     return rule
 
 
-def _named(fit: OpenSetFit, outputs: Outputs, temperature: float) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """Which of a set's images ``fit.rule`` names a species (bool ``(N,)``, its logit check skipped), with their
-    calibrated top-1 confidence and best class (``(N,)`` each)."""
-    scores = fit.scores(outputs)
+def _named(
+    rule: OpenSetRule, scores: OpenSetScores, outputs: Outputs, temperature: float
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Which of a set's images ``rule`` names a species (bool ``(N,)``, its logit check skipped), from their open-set
+    ``scores``, with their calibrated top-1 confidence and best class (``(N,)`` each)."""
     confidence, predicted = calibrated_probabilities(outputs.logits, temperature).max(1)
-    named = np.array([fit.rule.verdict(float(c), *scores.row(i)) == "species" for i, c in enumerate(confidence)])
+    named = np.array([rule.verdict(float(c), *scores.row(i)) == "species" for i, c in enumerate(confidence)])
     return named, confidence, predicted
 
 
@@ -362,46 +355,37 @@ def raised_confidence_thresholds(
     raised = []
     for name, outputs in calibration.items():
         if set_kind(name) == "known_photos":
-            without = dataclasses.replace(fit, rule=_without_not_sure(fit.rule))
-            passes, confidence, predicted = _named(without, outputs, temperature)
+            passes, confidence, predicted = _named(
+                _without_not_sure(fit.rule), fit.scores(outputs), outputs, temperature
+            )
             counted = passes & (predicted != outputs.targets).numpy()
             raised.append(lowest_confidence_threshold(confidence.numpy(), counted, max_confidently_wrong))
     return raised
 
 
-def unknown_logit_threshold(
+def unknown_thresholds(
     fit: OpenSetFit, calibration: dict[str, Outputs], temperature: float, max_unknown_named: float
-) -> float | None:
-    """The lowest threshold on the best class's logit at which at most ``max_unknown_named`` of each set of
-    unknown-species photos of ``calibration`` is named a species by ``fit.rule``
-    (:func:`model.open_set.lowest_threshold` of each; their highest). The maximum logit tells the species the
-    network lacks from those it knows better than the calibrated confidence does (Hendrycks et al., ICML 2022;
-    EXPERIMENTS.md section 12). None without such sets, or where none need be refused.
+) -> tuple[float | None, float]:
+    """What the unknown-species photos of ``calibration`` ask for, each set at most ``max_unknown_named`` named:
+
+    - the lowest threshold on the best class's logit (:func:`model.open_set.lowest_threshold` of each set's, their
+      highest) over ``fit.rule``'s other checks; None without such sets or where none need be refused. The maximum
+      logit tells the species the network lacks from those it knows better than the calibrated confidence does
+      (Hendrycks et al., ICML 2022; EXPERIMENTS.md section 12);
+    - the lowest confidence threshold that would do it without the logit check (the "not sure" rule of releases
+      before 2026-12-03; their highest, 0 without such sets): what
+      :attr:`model.open_set.OpenSetRule.unknown_confidence_threshold` records for heads without network logits.
     """
-    thresholds = []
+    logits, confidences = [], [0.0]
     for name, outputs in calibration.items():
         if set_kind(name) == "unknown_photos":
-            named, _, _ = _named(fit, outputs, temperature)
-            thresholds.append(lowest_threshold(outputs.logits.max(1).values.numpy(), named, max_unknown_named))
-    best = max(thresholds, default=-math.inf)
-    return float(best) if math.isfinite(best) else None
-
-
-def unknown_confidence_thresholds(
-    fit: OpenSetFit, calibration: dict[str, Outputs], temperature: float, max_unknown_named: float
-) -> list[float]:
-    """For each set of unknown-species photos of ``calibration``, the lowest confidence threshold at which at most
-    ``max_unknown_named`` of it is named by ``fit.rule`` without its logit check (the "not sure" rule of releases
-    before 2026-12-03): what :attr:`model.open_set.OpenSetRule.unknown_confidence_threshold` records for heads that
-    have no network logit. Empty without such sets."""
-    thresholds = []
-    for name, outputs in calibration.items():
-        if set_kind(name) == "unknown_photos":
-            named, confidence, _ = _named(
-                dataclasses.replace(fit, rule=_without_not_sure(fit.rule)), outputs, temperature
-            )
-            thresholds.append(lowest_confidence_threshold(confidence.numpy(), named, max_unknown_named))
-    return thresholds
+            scores = fit.scores(outputs)
+            named, _, _ = _named(fit.rule, scores, outputs, temperature)
+            logits.append(lowest_threshold(outputs.logits.max(1).values.numpy(), named, max_unknown_named))
+            named, confidence, _ = _named(_without_not_sure(fit.rule), scores, outputs, temperature)
+            confidences.append(lowest_confidence_threshold(confidence.numpy(), named, max_unknown_named))
+    logit = max(logits, default=-math.inf)
+    return (float(logit) if math.isfinite(logit) else None), max(confidences)
 
 
 def _without_not_sure(rule: OpenSetRule) -> OpenSetRule:

@@ -70,6 +70,11 @@ class ClassNames:
         return {k: v for k, v in dataclasses.asdict(self).items() if v}
 
 
+#: The thresholds a serving record holds for :class:`model.open_set.OpenSetRule`, under the same names: all of the
+#: rule's but the confidence threshold (the predictor's, which may be overridden and defaults to 0).
+RULE_FIELDS = tuple(f.name for f in dataclasses.fields(OpenSetRule) if f.name != "confidence_threshold")
+
+
 @dataclass(frozen=True)
 class ServingRecord:
     """How a release answers: the temperature and the thresholds chosen on validation data and the dev sets.
@@ -135,22 +140,18 @@ class ServingRecord:
         novelty_threshold: float | None = None,
         logit_threshold: float | None = None,
     ) -> OpenSetRule:
-        """The open-set thresholds of this record as served, the subject, novelty and logit ones overridden where
-        given (not None); the confidence threshold is left at 0 (``model.predictor.Predictor`` sets it)."""
+        """The open-set thresholds of this record as served (its :data:`RULE_FIELDS`), the subject, novelty and logit
+        ones overridden where given (not None); the confidence threshold is left at 0 (``model.predictor.Predictor``
+        sets it)."""
+        given = {"subject_threshold": subject_threshold, "novelty_threshold": novelty_threshold}
+        given["logit_threshold"] = logit_threshold
+        return OpenSetRule(**{f: getattr(self, f) if given.get(f) is None else given[f] for f in RULE_FIELDS})
 
-        def first(override: float | None, recorded: float | None) -> float | None:
-            return recorded if override is None else override
-
-        return OpenSetRule(
-            subject_threshold=first(subject_threshold, self.subject_threshold),
-            novelty_threshold=first(novelty_threshold, self.novelty_threshold),
-            subject=self.subject,
-            taxon_threshold=self.taxon_threshold,
-            contrast_threshold=self.contrast_threshold,
-            hierarchy_novelty_threshold=self.hierarchy_novelty_threshold,
-            logit_threshold=first(logit_threshold, self.logit_threshold),
-            unknown_confidence_threshold=self.unknown_confidence_threshold,
-        )
+    def with_rule(self, rule: OpenSetRule) -> ServingRecord:
+        """This record with ``rule``'s thresholds (its :data:`RULE_FIELDS` and its confidence threshold): what a
+        release records of the rule it chose, :meth:`rule`'s inverse."""
+        fields = {f: getattr(rule, f) for f in RULE_FIELDS}
+        return dataclasses.replace(self, confidence_threshold=rule.confidence_threshold, **fields)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``serving`` dict: every field that is not None, numbers as Python floats (a NumPy scalar would not
