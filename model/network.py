@@ -27,6 +27,7 @@ import torchvision
 from torch import nn
 
 from model.heads import CLASSIFIER_TYPES, make_head
+from model.shared_trunk import keep_pretrained_tail, trunk_names
 from model.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -312,6 +313,7 @@ def build_model(
     head: dict[str, Any] | None = None,
     *,
     keep_pretrained_head: bool = False,
+    frozen_stages: int = 0,
 ) -> nn.Module:
     """Make ``arch`` with a ``num_classes``-way classifier, optionally starting from pretrained weights.
 
@@ -330,9 +332,13 @@ def build_model(
             submodule :data:`PRETRAINED_HEAD` (an ``nn.Linear``, pooled features to 1000 logits) beside the new
             head. The model's ``forward`` ignores it; :class:`model.open_set.OpenSetNetwork` uses it to tell
             whether a picture shows the training data's subject at all. Parameters under it count as backbone.
+        frozen_stages: with ``weights="imagenet"`` and ``keep_pretrained_head``, freeze the stem and the first N
+            stages and keep the pretrained stages after them with the ImageNet classifier instead of the classifier
+            alone (:func:`model.shared_trunk.keep_pretrained_tail`: exact ImageNet logits from the shared trunk).
 
     Raises:
-        ValueError: unknown ``arch`` or head, or ``num_classes < 1``.
+        ValueError: unknown ``arch`` or head, ``num_classes < 1``, or ``frozen_stages`` the network cannot have
+            (:func:`model.shared_trunk.trunk_names`).
         WeightsUnavailableError: ImageNet weights can't be downloaded (the message names what works offline),
             or the package or local file can't be read or does not fit.
     """
@@ -340,10 +346,16 @@ def build_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     arch_library(arch)  # ValueError on an unknown name, before any download
 
+    if frozen_stages:
+        with torch.device("meta"):  # ValueError for a network without such stages, before any download
+            trunk_names(library_model(arch), frozen_stages)
     if weights in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
         model = library_model(arch, weights)
+        keep = keep_pretrained_head and weights == WEIGHTS_IMAGENET
+        if frozen_stages and keep:
+            keep_pretrained_tail(model, frozen_stages)
         old = _replace_classifier(model, num_classes, head)
-        if keep_pretrained_head and weights == WEIGHTS_IMAGENET and isinstance(old, nn.Linear):
+        if keep and not frozen_stages and isinstance(old, nn.Linear):
             model.add_module(PRETRAINED_HEAD, old)
         return model
 

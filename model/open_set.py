@@ -405,7 +405,9 @@ class OpenSetNetwork(torch.nn.Module):
 
     The features are the input of the classifier module (:func:`model.network.classifier_name`: the pooled
     features for a linear head), captured with a forward pre-hook, so any torchvision or timm model works
-    unchanged; the ImageNet logits are :func:`model.network.pretrained_head` applied to those features.
+    unchanged; the ImageNet logits are :func:`model.network.pretrained_head` applied to those features, or, for a
+    network with a shared trunk (:mod:`model.shared_trunk`), its pretrained tail applied to the trunk's output
+    (captured with a forward hook on the trunk's last module).
 
     ``forward(images)`` maps float32 ``(N, 3, S, S)`` to ``(logits (N, C), features (N, D), imagenet_logits
     (N, 1000) or (N, 0) when the model keeps no pretrained head)``.
@@ -414,22 +416,34 @@ class OpenSetNetwork(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         from model.network import classifier_name, pretrained_head
+        from model.shared_trunk import pretrained_tail
 
         self.model = model
         self.imagenet_head = pretrained_head(model)
+        self.imagenet_tail = pretrained_tail(model)
         self._captured = threading.local()  # per calling thread: concurrent forwards never mix features
         classifier = model.get_submodule(classifier_name(model))
         self._hook = classifier.register_forward_pre_hook(self._capture)
+        if self.imagenet_tail is not None:
+            model.get_submodule(self.imagenet_tail.split).register_forward_hook(self._capture_trunk)
 
     def _capture(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._captured.features = inputs[0]
 
+    def _capture_trunk(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self._captured.trunk = output
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(images)
         features, self._captured.features = getattr(self._captured, "features", None), None
+        trunk, self._captured.trunk = getattr(self._captured, "trunk", None), None
         if features is None:
             raise RuntimeError("the classifier's input was not captured")
         features = features.flatten(1)
+        if self.imagenet_tail is not None:
+            if trunk is None:
+                raise RuntimeError("the shared trunk's output was not captured")
+            return logits, features, self.imagenet_tail(trunk)
         if self.imagenet_head is None:
             return logits, features, features[:, :0]
         return logits, features, self.imagenet_head(features)

@@ -98,6 +98,14 @@ class TrainConfig(BaseModel):
         "train the head alone for N epochs first, then the whole network with --backbone-lr-scale",
         ge=0,
     )
+    frozen_stages: int = option(
+        0,
+        "fine-tuning",
+        "with --weights imagenet: keep the stem and the first N stages fixed (BatchNorm in eval mode) and the "
+        "ImageNet network's later stages beside the fine-tuned ones, so the 'not a fish' check reads the pretrained "
+        "network's own ImageNet answer for the cost of those later stages (model.shared_trunk; timm EfficientNets)",
+        ge=0,
+    )
     backbone_lr_scale: float = option(
         0.1,
         "fine-tuning",
@@ -258,6 +266,7 @@ class TrainConfig(BaseModel):
         checks = [
             (not (self.freeze_backbone and self.head_epochs), "use --freeze-backbone or --head-epochs, not both"),
             (self.ema_decay == 0 or 0.5 <= self.ema_decay < 1, "--ema-decay must be 0 (off) or in [0.5, 1)"),
+            (not self.frozen_stages or self.weights == "imagenet", "--frozen-stages needs --weights imagenet"),
         ]
         for ok, message in checks:
             if not ok:

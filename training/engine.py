@@ -28,12 +28,17 @@ logger = logging.getLogger(__name__)
 
 def train_mode(model: nn.Module) -> None:
     """``model.train()``, except that a frozen backbone stays in eval mode (BatchNorm statistics fixed,
-    dropout off), as a linear probe needs."""
+    dropout off), as a linear probe needs, and so does every BatchNorm layer whose parameters are fixed (the shared
+    trunk of ``--frozen-stages``, :mod:`model.shared_trunk`)."""
     model.train()
+    module = unwrap(model)
     if backbone_is_frozen(model):
-        module = unwrap(model)
         module.eval()
         module.get_submodule(classifier_name(module)).train()
+    for layer in module.modules():
+        weight = getattr(layer, "weight", None)
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and weight is not None and not weight.requires_grad:
+            layer.eval()
 
 
 def optimizer_step(

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from model.network import classifier_name
+from model.shared_trunk import PRETRAINED_TAIL, pretrained_tail, trunk_names
 
 
 def build_optimizer(
@@ -203,11 +204,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter outside the classifier head (:func:`model.network.classifier_name`); unwraps DDP and
-    :class:`model.open_set.OpenSetNetwork`."""
+    """Every parameter outside the classifier head (:func:`model.network.classifier_name`) that may train: not
+    the shared trunk nor the pretrained tail of ``--frozen-stages`` (:mod:`model.shared_trunk`), which stay fixed
+    for the whole run; unwraps DDP and :class:`model.open_set.OpenSetNetwork`."""
     module = unwrap(model)
-    head_prefix = classifier_name(module) + "."
-    return [param for name, param in module.named_parameters() if not name.startswith(head_prefix)]
+    fixed = (classifier_name(module) + ".",)
+    tail = pretrained_tail(module)
+    if tail is not None:
+        fixed += (PRETRAINED_TAIL + ".", *(name + "." for name in trunk_names(module, tail.frozen_stages)))
+    return [param for name, param in module.named_parameters() if not name.startswith(fixed)]
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:

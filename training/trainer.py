@@ -73,7 +73,12 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> n
     """``cfg.arch`` with ``num_classes`` outputs and ``cfg``'s head, from ``cfg.weights`` (keeping the pretrained
     ImageNet classifier beside the new head when those are ImageNet's), channels-last on ``device``."""
     model = build_model(
-        cfg.arch, num_classes, cfg.weights, head=cfg.head_spec(), keep_pretrained_head=cfg.weights == WEIGHTS_IMAGENET
+        cfg.arch,
+        num_classes,
+        cfg.weights,
+        head=cfg.head_spec(),
+        keep_pretrained_head=cfg.weights == WEIGHTS_IMAGENET,
+        frozen_stages=cfg.frozen_stages,
     )
     return model.to(device, memory_format=torch.channels_last)
 
