@@ -24,7 +24,7 @@ from torch import nn
 PRETRAINED_TAIL = "pretrained_tail"
 
 
-def _check(model: nn.Module, frozen_stages: int) -> EfficientNet:
+def _check(model: nn.Module, frozen_stages: int) -> None:
     if not isinstance(model, EfficientNet):
         raise ValueError(
             f"--frozen-stages needs a timm EfficientNet-style network (e.g. tf_efficientnet_lite2), not "
@@ -33,7 +33,6 @@ def _check(model: nn.Module, frozen_stages: int) -> EfficientNet:
     if not 1 <= frozen_stages <= len(model.blocks):
         stages = len(model.blocks)
         raise ValueError(f"frozen_stages must be between 1 and {stages} for this network, got {frozen_stages}")
-    return model
 
 
 def trunk_names(model: nn.Module, frozen_stages: int) -> tuple[str, ...]:
@@ -48,8 +47,8 @@ def trunk_names(model: nn.Module, frozen_stages: int) -> tuple[str, ...]:
 
 
 class PretrainedTail(nn.Module):
-    """The pretrained network after its shared trunk: stages ``frozen_stages..``, ``conv_head``, ``bn2``, global
-    pooling and the ImageNet classifier, copied from ``model``.
+    """The pretrained network after its shared trunk: ``stages`` (blocks ``frozen_stages..``, ``conv_head``, ``bn2``
+    and global pooling) and the ImageNet ``classifier``, copied from ``model``.
 
     ``forward(feature_map)`` maps the trunk's output, float ``(N, C, h, w)`` (the output of ``self.split``), to
     ImageNet logits ``(N, K)`` (K = 1000 for ImageNet).
@@ -67,19 +66,18 @@ class PretrainedTail(nn.Module):
 
     def __init__(self, model: nn.Module, frozen_stages: int, classifier: nn.Module | None = None) -> None:
         super().__init__()
-        net = _check(model, frozen_stages)
+        self.split = trunk_names(model, frozen_stages)[-1]
         self.frozen_stages = frozen_stages
-        self.split = trunk_names(net, frozen_stages)[-1]
-        self.layers = nn.Sequential(
-            *copy.deepcopy(list(net.blocks[frozen_stages:])),
-            copy.deepcopy(net.conv_head),
-            copy.deepcopy(net.bn2),
-            copy.deepcopy(net.global_pool),
-            classifier if classifier is not None else copy.deepcopy(net.classifier),
+        self.stages = nn.Sequential(
+            *copy.deepcopy(list(model.blocks[frozen_stages:])),
+            copy.deepcopy(model.conv_head),
+            copy.deepcopy(model.bn2),
+            copy.deepcopy(model.global_pool),
         )
+        self.classifier = classifier if classifier is not None else copy.deepcopy(model.classifier)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.layers(feature_map)
+        return self.classifier(self.stages(feature_map))
 
 
 def pretrained_tail(model: nn.Module) -> PretrainedTail | None:

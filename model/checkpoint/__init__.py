@@ -216,10 +216,10 @@ def _network(ckpt: Checkpoint, state_dict: dict[str, torch.Tensor], device: torc
         kept = state_dict.get(f"{PRETRAINED_HEAD}.weight")
         if kept is not None:
             attach_pretrained_head(model, kept.shape[1], kept.shape[0])
-        tail = [value for key, value in state_dict.items() if key.startswith(f"{PRETRAINED_TAIL}.") and value.ndim == 2]
-        if tail:  # the last 2-D tensor of the tail is its classifier's weight
+        tail = state_dict.get(f"{PRETRAINED_TAIL}.classifier.weight")
+        if tail is not None:
             try:
-                attach_pretrained_tail(model, int(ckpt.config["frozen_stages"]), tail[-1].shape[1], tail[-1].shape[0])
+                attach_pretrained_tail(model, int(ckpt.config["frozen_stages"]), tail.shape[1], tail.shape[0])
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"cannot rebuild the pretrained tail of this checkpoint: {exc}") from exc
     try:

@@ -143,8 +143,11 @@ class ServingRecord:
         """The open-set thresholds of this record as served (its :data:`RULE_FIELDS`), the subject, novelty and logit
         ones overridden where given (not None); the confidence threshold is left at 0 (``model.predictor.Predictor``
         sets it)."""
-        given = {"subject_threshold": subject_threshold, "novelty_threshold": novelty_threshold}
-        given["logit_threshold"] = logit_threshold
+        given = {
+            "subject_threshold": subject_threshold,
+            "novelty_threshold": novelty_threshold,
+            "logit_threshold": logit_threshold,
+        }
         return OpenSetRule(**{f: getattr(self, f) if given.get(f) is None else given[f] for f in RULE_FIELDS})
 
     def with_rule(self, rule: OpenSetRule) -> ServingRecord:
