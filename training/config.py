@@ -50,6 +50,12 @@ class TrainConfig(BaseModel):
         r"regex whose first group (in the file name) keeps related files on one side of the split, "
         r"e.g. 'fish_(\d+)_' for Fish4Knowledge track ids",
     )
+    split_file: str | None = option(
+        None,
+        "data",
+        "reuse this train/val split (a run's split.csv: path, class, split) instead of splitting --data, e.g. to "
+        "train runs with other seeds on the same validation images (the ingredients of python -m training.soup)",
+    )
     classes: list[str] | None = option(
         None,
         "data",
@@ -267,6 +273,7 @@ class TrainConfig(BaseModel):
             (not (self.freeze_backbone and self.head_epochs), "use --freeze-backbone or --head-epochs, not both"),
             (self.ema_decay == 0 or 0.5 <= self.ema_decay < 1, "--ema-decay must be 0 (off) or in [0.5, 1)"),
             (not self.frozen_stages or self.weights == "imagenet", "--frozen-stages needs --weights imagenet"),
+            (not (self.split_file and self.val_data), "use --split-file or --val-data, not both"),
         ]
         for ok, message in checks:
             if not ok:

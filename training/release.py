@@ -135,7 +135,7 @@ def write_release(
         val.logits, val.targets, predictor.class_names, target_accuracy=target_accuracy, fit_temperature=True
     )
     logger.info(
-        "final evaluation of %s (epoch %d) on %d val images:\n%s",
+        "final evaluation of %s (epoch %s) on %d val images:\n%s",
         out / "release.pt",
         best.epoch,
         final["images"],
@@ -196,16 +196,16 @@ def served_network(release: Checkpoint, device: torch.device | str) -> Predictor
     )
 
 
-def release_metrics(final: dict[str, Any], best_epoch: int) -> dict[str, Any]:
+def release_metrics(final: dict[str, Any], best_epoch: int | None) -> dict[str, Any]:
     """The release's ``metrics`` record from the final evaluation (:func:`training.evaluation.evaluate_logits`
-    with a fitted temperature) of ``best.pt``'s epoch."""
+    with a fitted temperature) of ``best.pt``'s epoch (None for weights of no single epoch, e.g. a model soup)."""
     return {
         "val_accuracy": final["accuracy"],
         "val_macro_f1": final["macro_f1"],
         "val_macro_precision": final["macro_precision"],
         "val_macro_recall": final["macro_recall"],
         "val_images": float(final["images"]),
-        "best_epoch": float(best_epoch),
+        "best_epoch": float(best_epoch) if best_epoch is not None else None,
         "val_ece": float(final["ece"]),
         "val_ece_before": float(final["ece_before"]),
         "val_nll": float(final["nll"]),

@@ -38,6 +38,23 @@ from training.optim import class_weights
 logger = logging.getLogger(__name__)
 
 
+def _given_split(path: Path, class_names: list[str], samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """``--split-file``: its train and val rows, which must all be images of ``--data`` under the same class.
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: not a split file, or rows that ``--data`` does not hold.
+    """
+    train, val = read_split(path, class_names, "train"), read_split(path, class_names, "val")
+    scanned = set(samples)
+    missing = [s.path for s in train + val if s not in scanned]
+    if missing:
+        raise ValueError(
+            f"--split-file {path}: {len(missing)} of its images are not in --data under that class (e.g. {missing[0]})"
+        )
+    logger.info("using the split in %s", path)
+    return train, val
+
+
 def load_data(
     cfg: TrainConfig, out: Path, write: bool = True
 ) -> tuple[list[str], Path, list[Sample], Path, list[Sample]]:
@@ -64,6 +81,9 @@ def load_data(
         if val_classes != data_names:
             raise ClassMismatchError(f"--val-data classes {val_classes} differ from --data classes {data_names}")
         train, val = samples + extra, reindex(val, val_classes, class_names)
+    elif cfg.split_file:
+        train, val = _given_split(Path(cfg.split_file), class_names, samples)
+        train += extra
     elif cfg.resume and split_path.exists():
         val = read_split(split_path, class_names, "val")
         train = read_split(split_path, class_names, "train")
